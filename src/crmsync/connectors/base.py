@@ -1,0 +1,150 @@
+"""The one interface every vendor connector implements, and the errors it may raise.
+
+A connector turns a batch of contacts into vendor requests and vendor answers into one result per
+row. It is the only place that looks at HTTP status codes: the sync engine above it sees
+`Ok / Retry / Fail` per row, or one of the batch-wide exceptions below, and never a vendor name.
+
+Contract for `push(batch)`:
+- returns exactly one `RowResult` per input row, in input order;
+- every write is an idempotent upsert keyed by email, because the engine is at-least-once;
+- raises `RateLimited`, `AuthFailed`, `Misconfigured` or `Transient` when the whole batch failed
+  for a reason that is not the rows' fault (nothing in the batch is then considered attempted);
+- never lets a secret (API key, token, password) into a message, a log line or an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+import orjson
+
+from crmsync import USER_AGENT
+from crmsync.enums import Crm
+
+# Vendor messages are stored and shown; keep them to a readable size.
+MAX_MESSAGE_CHARS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ContactPayload:
+    """One queued (contact, CRM) row as a connector sees it."""
+
+    contact_id: uuid.UUID
+    email: str
+    name: str | None = None
+    phone_number: str | None = None
+    email_type: str | None = None
+    has_gmail: bool | None = None
+    context: str | None = None
+    source_url: str | None = None
+    domain_id: uuid.UUID | None = None
+    page_id: uuid.UUID | None = None
+    source_job_id: uuid.UUID | None = None
+    # The vendor's id from an earlier sync, if any (Brevo answers 204 without one on update).
+    external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """The vendor holds the contact; `external_id` is its id there (or our delivery id)."""
+
+    external_id: str | None
+    http_status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Worth trying again later (5xx, timeout, lock): the engine backs off and spends an attempt."""
+
+    reason: str
+    http_status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """The vendor rejected this row for good (invalid email, validation error)."""
+
+    reason: str
+    http_status: int | None = None
+
+
+RowResult = Ok | Retry | Fail
+
+
+class ConnectorError(Exception):
+    """A batch-wide failure. `message` is safe to store and show: it never holds a secret."""
+
+    def __init__(self, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = truncate(message)
+        self.http_status = http_status
+
+
+class RateLimited(ConnectorError):
+    """The vendor's rate limit is exhausted; wait `retry_after` seconds (no attempt is spent)."""
+
+    def __init__(self, retry_after: float, message: str, http_status: int | None = 429) -> None:
+        super().__init__(message, http_status)
+        self.retry_after = max(0.0, retry_after)
+
+
+class AuthFailed(ConnectorError):
+    """Credentials were refused: the CRM pauses until a person fixes them (no attempt spent)."""
+
+
+class Misconfigured(ConnectorError):
+    """The vendor says our configuration is wrong (unknown webhook, missing setting): pause."""
+
+
+class Transient(ConnectorError):
+    """The whole batch failed for a passing reason (timeout, 5xx on a batch call): back off."""
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """What the sync engine needs of a vendor."""
+
+    name: Crm
+    # The most rows one `push` call takes; the engine's default claim size.
+    max_batch: int
+    # Batches one worker may have in flight for this CRM at once (default of MAX_INSTANCES).
+    default_concurrency: int
+
+    def fingerprint(self, contact: ContactPayload) -> str:
+        """A stable hash of exactly what would be sent for this contact (its mapped payload).
+
+        The engine skips the vendor call when it equals the hash of the payload the vendor last
+        accepted, so it must change whenever the request body for the contact would change.
+        """
+        ...
+
+    async def push(self, batch: Sequence[ContactPayload]) -> list[RowResult]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def stable_hash(payload: Any) -> str:
+    """Hash of a JSON-able value, independent of key order."""
+    data = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def truncate(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def make_client(
+    base_url: str = "", headers: dict[str, str] | None = None, max_connections: int = 100
+) -> httpx.AsyncClient:
+    """The pooled HTTP client every connector uses: connect 5 s, read 30 s, our User-Agent."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers={"User-Agent": USER_AGENT, **(headers or {})},
+        timeout=httpx.Timeout(30.0, connect=5.0),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
+    )

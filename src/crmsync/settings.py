@@ -1,0 +1,237 @@
+"""One settings tree, read from the environment and `.env` (pydantic-settings).
+
+Names follow the customer's work order (section 2.1): `BREVO_API_KEY`, `BREVO_SYNC_MAX_RETRIES`,
+... and the same pattern for HubSpot, Mautic and n8n. Each CRM has its own settings object with
+its prefix, so scheduling and retry knobs never leak from one CRM to another.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crmsync.enums import Crm
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./crmsync.db"
+
+
+def _config(prefix: str = "") -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=prefix,
+        env_file=".env",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+
+def _blank_to_none(value: Any) -> Any:
+    """An empty variable (`BREVO_LIST_ID=`) means "not set", as in the customer's .env.example."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+class CrmSettings(BaseSettings):
+    """Scheduling and retry settings every CRM has, read with that CRM's prefix."""
+
+    model_config = _config()
+
+    sync_scheduler_interval_seconds: float | None = Field(default=None, gt=0)
+    sync_scheduler_interval_minutes: float | None = Field(default=None, gt=0)
+    sync_scheduler_batch_size: int | None = Field(default=None, ge=1)
+    sync_scheduler_max_instances: int | None = Field(default=None, ge=1)
+    sync_max_retries: int = Field(default=3, ge=0)
+    sync_retry_delay_minutes: float | None = Field(default=None, ge=0)
+    sync_retry_delay_seconds: float | None = Field(default=None, ge=0)
+    sync_retry_exponential: bool = True
+    # Attempts are not spent while a CRM refuses our credentials; we look again after this.
+    auth_retry_seconds: float = Field(default=300, gt=0)
+    # Requests per second our limiter allows; 0 turns pacing off.
+    rate_limit_per_second: float = Field(default=0, ge=0)
+
+    @field_validator(
+        "sync_scheduler_interval_seconds",
+        "sync_scheduler_interval_minutes",
+        "sync_scheduler_batch_size",
+        "sync_scheduler_max_instances",
+        "sync_retry_delay_minutes",
+        "sync_retry_delay_seconds",
+        mode="before",
+    )
+    @classmethod
+    def _optional_numbers(cls, value: Any) -> Any:
+        return _blank_to_none(value)
+
+    @property
+    def interval_seconds(self) -> float:
+        """Idle poll interval; `_SECONDS` wins over the work order's `_MINUTES`."""
+        if self.sync_scheduler_interval_seconds is not None:
+            return self.sync_scheduler_interval_seconds
+        if self.sync_scheduler_interval_minutes is not None:
+            return self.sync_scheduler_interval_minutes * 60
+        return 5.0
+
+    @property
+    def retry_delay_seconds(self) -> float:
+        """Base backoff delay; `_SECONDS` wins over the work order's `_MINUTES` (default 5 min)."""
+        if self.sync_retry_delay_seconds is not None:
+            return self.sync_retry_delay_seconds
+        if self.sync_retry_delay_minutes is not None:
+            return self.sync_retry_delay_minutes * 60
+        return 300.0
+
+    def missing(self) -> str | None:
+        """Why this CRM cannot run (missing credentials), or None when it is configured."""
+        raise NotImplementedError
+
+
+class BrevoSettings(CrmSettings):
+    model_config = _config("BREVO_")
+
+    api_key: SecretStr | None = None
+    api_base_url: str = "https://api.brevo.com/v3"
+    list_id: int | None = None
+    rate_limit_per_second: float = Field(default=10, ge=0)
+    # At least this many due rows go through the asynchronous import endpoint.
+    import_threshold: int = Field(default=500, ge=1)
+    import_poll_seconds: float = Field(default=2.0, gt=0)
+
+    @field_validator("list_id", mode="before")
+    @classmethod
+    def _list_id_is_a_number(cls, value: Any) -> Any:
+        value = _blank_to_none(value)
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError(f"BREVO_LIST_ID must be the numeric id of a Brevo list, got {value!r}")
+        return value
+
+    def missing(self) -> str | None:
+        return None if self.api_key else "BREVO_API_KEY is not set"
+
+
+class HubSpotSettings(CrmSettings):
+    model_config = _config("HUBSPOT_")
+
+    # HUBSPOT_API_KEY is the customer's name for the same private-app token.
+    access_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("HUBSPOT_ACCESS_TOKEN", "HUBSPOT_API_KEY")
+    )
+    api_base_url: str = "https://api.hubapi.com"
+    # HubSpot's Free/Starter limit is 100 requests per 10 s per app: pace at that by default.
+    rate_limit_per_second: float = Field(default=10, ge=0)
+    custom_property_domain_id: str = "scrapersky_domain_id"
+    custom_property_page_id: str = "scrapersky_page_id"
+    custom_property_email_type: str = "scrapersky_email_type"
+    custom_property_source_url: str = "scrapersky_source_url"
+    custom_property_has_gmail: str = "scrapersky_has_gmail"
+
+    def missing(self) -> str | None:
+        return None if self.access_token else "HUBSPOT_ACCESS_TOKEN is not set"
+
+
+class MauticSettings(CrmSettings):
+    model_config = _config("MAUTIC_")
+
+    base_url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    batch_size: int = Field(default=200, ge=1)
+    # Custom field aliases in Mautic; an empty value leaves the field out.
+    field_domain_id: str = "scrapersky_domain_id"
+    field_page_id: str = "scrapersky_page_id"
+    field_email_type: str = "scrapersky_email_type"
+    field_source_url: str = "scrapersky_source_url"
+    field_has_gmail: str = "scrapersky_has_gmail"
+
+    def missing(self) -> str | None:
+        if not self.base_url:
+            return "MAUTIC_BASE_URL is not set"
+        if self.username and self.password:
+            return None
+        if self.client_id and self.client_secret:
+            return None
+        return "set MAUTIC_USERNAME and MAUTIC_PASSWORD, or MAUTIC_CLIENT_ID and MAUTIC_CLIENT_SECRET"
+
+
+class N8nSettings(CrmSettings):
+    model_config = _config("N8N_")
+
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    auth_header_name: str | None = None
+    auth_header_value: SecretStr | None = None
+    batch_size: int = Field(default=100, ge=1)
+
+    def missing(self) -> str | None:
+        return None if self.webhook_url else "N8N_WEBHOOK_URL is not set"
+
+
+class Settings(BaseSettings):
+    """Everything crmsync reads from its environment."""
+
+    model_config = _config()
+
+    database_url: str = DEFAULT_DATABASE_URL
+    jwt_secret_key: SecretStr | None = None
+    state_dir: Path = Field(default=Path(".crmsync"), validation_alias="CRMSYNC_STATE_DIR")
+
+    lease_seconds: float = Field(default=120, gt=0, validation_alias="CRMSYNC_LEASE_SECONDS")
+    shutdown_grace_seconds: float = Field(
+        default=30, ge=0, validation_alias="CRMSYNC_SHUTDOWN_GRACE_SECONDS"
+    )
+    event_retention_days: float = Field(
+        default=30, gt=0, validation_alias="CRMSYNC_EVENT_RETENTION_DAYS"
+    )
+    resync_on_change: bool = Field(default=True, validation_alias="CRMSYNC_RESYNC_ON_CHANGE")
+    log_format: Literal["text", "json"] = Field(
+        default="text", validation_alias="CRMSYNC_LOG_FORMAT"
+    )
+    log_level: str = Field(default="INFO", validation_alias="CRMSYNC_LOG_LEVEL")
+    metrics_public: bool = Field(default=False, validation_alias="CRMSYNC_METRICS_PUBLIC")
+
+    alert_webhook_url: str | None = Field(default=None, validation_alias="CRMSYNC_ALERT_WEBHOOK_URL")
+    alert_min_interval_seconds: float = Field(
+        default=300, ge=0, validation_alias="CRMSYNC_ALERT_MIN_INTERVAL_SECONDS"
+    )
+    alert_error_rate: float = Field(
+        default=0.2, ge=0, le=1, validation_alias="CRMSYNC_ALERT_ERROR_RATE"
+    )
+    alert_email_to: str | None = Field(default=None, validation_alias="CRMSYNC_ALERT_EMAIL_TO")
+    alert_email_from: str = Field(
+        default="crmsync@localhost", validation_alias="CRMSYNC_ALERT_EMAIL_FROM"
+    )
+    smtp_host: str = Field(default="localhost", validation_alias="SMTP_HOST")
+    smtp_port: int = Field(default=25, validation_alias="SMTP_PORT")
+    smtp_username: str | None = Field(default=None, validation_alias="SMTP_USERNAME")
+    smtp_password: SecretStr | None = Field(default=None, validation_alias="SMTP_PASSWORD")
+    smtp_starttls: bool = Field(default=False, validation_alias="SMTP_STARTTLS")
+
+    brevo: BrevoSettings = Field(default_factory=BrevoSettings)
+    hubspot: HubSpotSettings = Field(default_factory=HubSpotSettings)
+    mautic: MauticSettings = Field(default_factory=MauticSettings)
+    n8n: N8nSettings = Field(default_factory=N8nSettings)
+
+    @field_validator("jwt_secret_key", "alert_webhook_url", "alert_email_to", mode="before")
+    @classmethod
+    def _optional_strings(cls, value: Any) -> Any:
+        return _blank_to_none(value)
+
+    def crm(self, name: Crm | str) -> CrmSettings:
+        crm_settings: CrmSettings = getattr(self, Crm(name).value)
+        return crm_settings
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
