@@ -100,6 +100,8 @@ class BrevoSettings(CrmSettings):
     # At least this many due rows go through the asynchronous import endpoint.
     import_threshold: int = Field(default=500, ge=1)
     import_poll_seconds: float = Field(default=2.0, gt=0)
+    # An import not completed after this long is abandoned and its rows sent one by one.
+    import_timeout_seconds: float = Field(default=90.0, gt=0)
 
     @field_validator("list_id", mode="before")
     @classmethod
@@ -156,7 +158,9 @@ class MauticSettings(CrmSettings):
             return None
         if self.client_id and self.client_secret:
             return None
-        return "set MAUTIC_USERNAME and MAUTIC_PASSWORD, or MAUTIC_CLIENT_ID and MAUTIC_CLIENT_SECRET"
+        return (
+            "set MAUTIC_USERNAME and MAUTIC_PASSWORD, or MAUTIC_CLIENT_ID and MAUTIC_CLIENT_SECRET"
+        )
 
 
 class N8nSettings(CrmSettings):
@@ -195,7 +199,9 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", validation_alias="CRMSYNC_LOG_LEVEL")
     metrics_public: bool = Field(default=False, validation_alias="CRMSYNC_METRICS_PUBLIC")
 
-    alert_webhook_url: str | None = Field(default=None, validation_alias="CRMSYNC_ALERT_WEBHOOK_URL")
+    alert_webhook_url: str | None = Field(
+        default=None, validation_alias="CRMSYNC_ALERT_WEBHOOK_URL"
+    )
     alert_min_interval_seconds: float = Field(
         default=300, ge=0, validation_alias="CRMSYNC_ALERT_MIN_INTERVAL_SECONDS"
     )

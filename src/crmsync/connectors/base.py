@@ -9,6 +9,8 @@ Contract for `push(batch)`:
 - every write is an idempotent upsert keyed by email, because the engine is at-least-once;
 - raises `RateLimited`, `AuthFailed`, `Misconfigured` or `Transient` when the whole batch failed
   for a reason that is not the rows' fault (nothing in the batch is then considered attempted);
+  a connector that fans out may hit that reason after some rows were answered: it then sets the
+  exception's `partial` (see `ConnectorError`) so that no vendor answer is lost;
 - never lets a secret (API key, token, password) into a message, a log line or an exception.
 """
 
@@ -77,19 +79,39 @@ RowResult = Ok | Retry | Fail
 
 
 class ConnectorError(Exception):
-    """A batch-wide failure. `message` is safe to store and show: it never holds a secret."""
+    """A batch-wide failure. `message` is safe to store and show: it never holds a secret.
 
-    def __init__(self, message: str, http_status: int | None = None) -> None:
+    `partial` is None when nothing in the batch was answered (the usual case). Otherwise it holds
+    one entry per input row, in input order: the `RowResult` of a row the vendor already answered
+    before the failure (record it as if `push` had returned it), or None for a row that was not
+    attempted (treat it like the whole batch of a plain exception: no attempt spent).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        http_status: int | None = None,
+        *,
+        partial: Sequence[RowResult | None] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = truncate(message)
         self.http_status = http_status
+        self.partial: list[RowResult | None] | None = None if partial is None else list(partial)
 
 
 class RateLimited(ConnectorError):
     """The vendor's rate limit is exhausted; wait `retry_after` seconds (no attempt is spent)."""
 
-    def __init__(self, retry_after: float, message: str, http_status: int | None = 429) -> None:
-        super().__init__(message, http_status)
+    def __init__(
+        self,
+        retry_after: float,
+        message: str,
+        http_status: int | None = 429,
+        *,
+        partial: Sequence[RowResult | None] | None = None,
+    ) -> None:
+        super().__init__(message, http_status, partial=partial)
         self.retry_after = max(0.0, retry_after)
 
 

@@ -1,0 +1,71 @@
+"""One place that renders every error as JSON a client can act on.
+
+The body carries `detail` (read by the work order's tests and the customer's frontend error path),
+`message` (what the customer's frontend shows) and `status_code`, plus `error: true` as the
+customer's envelope had. Validation errors stay 422 with FastAPI's `detail` list.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from crmsync.errors import CrmSyncError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(status_code: int, message: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "detail": message,
+        "message": message,
+        "status_code": status_code,
+        "error": True,
+        **extra,
+    }
+
+
+def _location(loc: Any) -> str:
+    return ".".join(str(part) for part in loc if part != "body") or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(CrmSyncError)
+    async def _domain(_: Request, exc: CrmSyncError) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.status_code, exc.message, **exc.extra), status_code=exc.status_code
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse(
+            error_body(exc.status_code, message),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()
+        ]
+        summary = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in errors[:5])
+        body = {
+            "detail": errors,
+            "message": f"Invalid request: {summary}",
+            "status_code": 422,
+            "error": True,
+        }
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Never echo the exception text: it may hold SQL, data or a secret.
+        log.exception("unhandled error: %s", type(exc).__name__)
+        return JSONResponse(error_body(500, "Internal server error"), status_code=500)

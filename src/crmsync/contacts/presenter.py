@@ -1,0 +1,88 @@
+"""A contact row plus its per-CRM state rows, shown with the customer's flat keys.
+
+The customer's schema had one `retry_count`/`next_retry_at`/`last_failed_crm` shared by all CRMs
+(a defect: a Brevo success reset HubSpot's counter). Here each CRM keeps its own state, and the
+flat keys are derived from it for drop-in clients:
+
+- `last_failed_crm`: the CRM whose last attempt failed most recently (Queued for retry or Error);
+- `retry_count` and `last_retry_at`: that CRM's attempts and last attempt time;
+- `next_retry_at`: the earliest scheduled retry over all CRMs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from crmsync.enums import CRM_ID_FIELD, Crm, SyncStatus
+
+BASE_KEYS = (
+    "email",
+    "email_type",
+    "has_gmail",
+    "context",
+    "source_url",
+    "name",
+    "phone_number",
+    "domain_id",
+    "page_id",
+    "source_job_id",
+    "id",
+    "created_at",
+    "updated_at",
+    "contact_curation_status",
+    "contact_processing_status",
+    "contact_processing_error",
+)
+
+
+def present(contact: Mapping[Any, Any], states: Iterable[Mapping[Any, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {key: contact[key] for key in BASE_KEYS}
+    by_crm = {state["crm"]: state for state in states}
+    failing: list[Mapping[Any, Any]] = []
+    sync: dict[str, dict[str, Any]] = {}
+    for crm in Crm:
+        state = by_crm.get(crm.value)
+        if state is None:
+            out[f"{crm.value}_sync_status"] = SyncStatus.New.value
+            out[f"{crm.value}_processing_status"] = None
+            out[f"{crm.value}_processing_error"] = None
+            out[CRM_ID_FIELD[crm]] = None
+            sync[crm.value] = {"attempts": 0}
+            continue
+        out[f"{crm.value}_sync_status"] = state["sync_status"]
+        out[f"{crm.value}_processing_status"] = state["processing_status"]
+        out[f"{crm.value}_processing_error"] = state["processing_error"]
+        out[CRM_ID_FIELD[crm]] = state["external_id"]
+        sync[crm.value] = {
+            "attempts": state["attempts"],
+            "next_attempt_at": state["next_attempt_at"],
+            "last_attempt_at": state["last_attempt_at"],
+            "synced_at": state["synced_at"],
+        }
+        if state["processing_error"] and state["sync_status"] in (
+            SyncStatus.Queued.value,
+            SyncStatus.Error.value,
+        ):
+            failing.append(state)
+    last = max(failing, key=lambda st: st["last_attempt_at"] or st["updated_at"], default=None)
+    retries = [
+        st["next_attempt_at"]
+        for st in failing
+        if st["sync_status"] == SyncStatus.Queued.value and st["next_attempt_at"] is not None
+    ]
+    out["retry_count"] = last["attempts"] if last else 0
+    out["last_retry_at"] = last["last_attempt_at"] if last else None
+    out["next_retry_at"] = min(retries) if retries else None
+    out["last_failed_crm"] = last["crm"] if last else None
+    out["sync"] = sync
+    return out
+
+
+def present_many(
+    rows: Sequence[Mapping[Any, Any]], states: Iterable[Mapping[Any, Any]]
+) -> list[dict[str, Any]]:
+    grouped: dict[Any, list[Mapping[Any, Any]]] = {}
+    for state in states:
+        grouped.setdefault(state["contact_id"], []).append(state)
+    return [present(row, grouped.get(row["id"], ())) for row in rows]

@@ -1,0 +1,192 @@
+"""All SQL on the `contacts` table (and the reads of sync state that contact responses need)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    RowMapping,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crmsync.contacts.schemas import ContactFilters
+from crmsync.enums import Crm, CurationStatus, ProcessingStatus, SyncStatus
+from crmsync.sqlutil import chunks, upsert_insert
+from crmsync.tables import contacts, crm_sync_state
+
+# SQLite allows 32,766 bound parameters per statement and asyncpg 32,767.
+_MAX_PARAMS = 30_000
+
+
+def filter_conditions(filters: ContactFilters) -> list[ColumnElement[bool]]:
+    """The WHERE terms for the list filters (ANDed by the caller)."""
+    c = contacts.c
+    conds: list[ColumnElement[bool]] = []
+    if filters.contact_curation_status is not None:
+        conds.append(c.contact_curation_status == filters.contact_curation_status.value)
+    if filters.contact_processing_status is not None:
+        conds.append(c.contact_processing_status == filters.contact_processing_status.value)
+    if filters.email_type is not None:
+        conds.append(c.email_type == filters.email_type.value)
+    if filters.domain_id is not None:
+        conds.append(c.domain_id == filters.domain_id)
+    if filters.page_id is not None:
+        conds.append(c.page_id == filters.page_id)
+    if filters.email_contains is not None:
+        conds.append(c.email.icontains(filters.email_contains, autoescape=True))
+    if filters.name_contains is not None:
+        conds.append(c.name.icontains(filters.name_contains, autoescape=True))
+    if filters.has_gmail is not None:
+        conds.append(c.has_gmail.is_(filters.has_gmail))
+    for crm in Crm:
+        status = getattr(filters, f"{crm.value}_sync_status")
+        if status is not None:
+            conds.append(crm_status_condition(crm, status))
+    return conds
+
+
+def crm_status_condition(crm: Crm, status: SyncStatus) -> ColumnElement[bool]:
+    """A contact's status for a CRM; no state row means it was never selected there: New."""
+    s = crm_sync_state.c
+    if status is SyncStatus.New:
+        return ~exists().where(
+            s.contact_id == contacts.c.id, s.crm == crm.value, s.sync_status != SyncStatus.New
+        )
+    return exists().where(
+        s.contact_id == contacts.c.id, s.crm == crm.value, s.sync_status == status.value
+    )
+
+
+def where(conds: Sequence[ColumnElement[bool]]) -> ColumnElement[bool]:
+    return and_(true(), *conds)
+
+
+def by_ids(ids: Sequence[uuid.UUID]) -> ColumnElement[bool]:
+    return contacts.c.id.in_(ids)
+
+
+async def insert(conn: AsyncConnection, values: dict[str, Any]) -> RowMapping:
+    result = await conn.execute(contacts.insert().values(**values).returning(*contacts.c))
+    return result.mappings().one()
+
+
+async def get(conn: AsyncConnection, contact_id: uuid.UUID) -> RowMapping | None:
+    result = await conn.execute(select(contacts).where(contacts.c.id == contact_id))
+    return result.mappings().one_or_none()
+
+
+async def find_by_email(conn: AsyncConnection, email: str) -> RowMapping | None:
+    result = await conn.execute(
+        select(contacts).where(func.lower(contacts.c.email) == email.lower())
+    )
+    return result.mappings().one_or_none()
+
+
+async def update_one(
+    conn: AsyncConnection, contact_id: uuid.UUID, values: dict[str, Any]
+) -> RowMapping | None:
+    result = await conn.execute(
+        update(contacts).where(contacts.c.id == contact_id).values(**values).returning(*contacts.c)
+    )
+    return result.mappings().one_or_none()
+
+
+async def delete_one(conn: AsyncConnection, contact_id: uuid.UUID) -> bool:
+    result = await conn.execute(delete(contacts).where(contacts.c.id == contact_id))
+    return result.rowcount > 0
+
+
+async def list_page(
+    conn: AsyncConnection, conds: Sequence[ColumnElement[bool]], limit: int, offset: int
+) -> Sequence[RowMapping]:
+    stmt = (
+        select(contacts)
+        .where(*conds)
+        .order_by(contacts.c.created_at, contacts.c.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return (await conn.execute(stmt)).mappings().all()
+
+
+async def count(conn: AsyncConnection, conds: Sequence[ColumnElement[bool]]) -> int:
+    stmt = select(func.count()).select_from(contacts).where(*conds)
+    return int((await conn.execute(stmt)).scalar_one())
+
+
+async def states_for(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> Sequence[RowMapping]:
+    """The sync state rows of these contacts (for their derived per-CRM fields)."""
+    rows: list[RowMapping] = []
+    for part in chunks(list(ids), _MAX_PARAMS):
+        stmt = select(crm_sync_state).where(crm_sync_state.c.contact_id.in_(part))
+        rows.extend((await conn.execute(stmt)).mappings().all())
+    return rows
+
+
+async def existing_by_email(conn: AsyncConnection, emails: Iterable[str]) -> dict[str, RowMapping]:
+    """Existing contacts keyed by lower-cased email."""
+    found: dict[str, RowMapping] = {}
+    for part in chunks(sorted({e.lower() for e in emails}), _MAX_PARAMS):
+        stmt = select(contacts).where(func.lower(contacts.c.email).in_(part))
+        for row in (await conn.execute(stmt)).mappings():
+            found[row["email"].lower()] = row
+    return found
+
+
+async def insert_new(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert contacts whose email is free; return the lower-cased emails actually inserted.
+
+    `ON CONFLICT DO NOTHING` makes a concurrent insert of the same email lose quietly instead of
+    failing the whole request; the caller then treats that row as an update.
+    """
+    inserted: set[str] = set()
+    if not rows:
+        return inserted
+    per_row = len(rows[0])
+    for part in chunks(rows, max(1, _MAX_PARAMS // per_row)):
+        stmt = (
+            upsert_insert(conn, contacts)
+            .values(part)
+            .on_conflict_do_nothing(index_elements=[func.lower(contacts.c.email)])
+            .returning(contacts.c.email)
+        )
+        inserted.update(email.lower() for email in (await conn.execute(stmt)).scalars())
+    return inserted
+
+
+async def update_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Apply per-contact column values; each row has `id` plus the same set of columns."""
+    if not rows:
+        return
+    columns = [k for k in rows[0] if k != "id"]
+    stmt = (
+        update(contacts)
+        .where(contacts.c.id == bindparam("_id"))
+        .values({col: bindparam(col) for col in columns})
+    )
+    params = [{**{k: r[k] for k in columns}, "_id": r["id"]} for r in rows]
+    await conn.execute(stmt, params)
+
+
+async def set_curation_status(
+    conn: AsyncConnection, cond: ColumnElement[bool], status: CurationStatus, now: dt.datetime
+) -> int:
+    """Set the curation status; Queued also queues the contact's own processing (dual status)."""
+    values: dict[str, Any] = {"contact_curation_status": status.value, "updated_at": now}
+    if status is CurationStatus.Queued:
+        values["contact_processing_status"] = ProcessingStatus.Queued.value
+        values["contact_processing_error"] = None
+    result = await conn.execute(update(contacts).where(cond).values(**values))
+    return int(result.rowcount)

@@ -1,0 +1,368 @@
+"""Contact use cases: CRUD, bulk upsert, curation status, and CRM selection.
+
+Each public method is one short transaction. Editing a contact's synced fields re-queues it, in
+that same transaction, for every CRM where it was Complete (`CRMSYNC_RESYNC_ON_CHANGE`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import ColumnElement
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from crmsync import db
+from crmsync.clock import Clock, utcnow
+from crmsync.connectors.mapping import SYNCED_FIELDS
+from crmsync.contacts import repository as repo
+from crmsync.contacts.presenter import present, present_many
+from crmsync.contacts.schemas import (
+    BulkRejected,
+    BulkResponse,
+    ContactCreate,
+    ContactFilters,
+    ContactUpdate,
+    CrmSelectionResponse,
+    FilteredRequest,
+    StatusUpdateResponse,
+)
+from crmsync.enums import CRM_NAMES, Crm, CurationStatus, SyncStatus
+from crmsync.errors import BadRequest, Conflict, NotFound, Unprocessable
+from crmsync.settings import Settings
+from crmsync.sync import selection, wakeup
+
+ACTIONS = ("select", "unselect")
+_ENGINE_OWNED = {SyncStatus.Processing, SyncStatus.Complete, SyncStatus.Error}
+
+
+def parse_crms(names: Iterable[str]) -> list[Crm]:
+    """Validate CRM names (400 on unknown ones); duplicates are dropped, order kept."""
+    cleaned = [name.strip().lower() for name in names]
+    invalid = sorted({name for name in cleaned if name not in CRM_NAMES})
+    if invalid:
+        raise BadRequest(f"Invalid CRM names: {invalid}. Valid: {list(CRM_NAMES)}")
+    return [Crm(name) for name in dict.fromkeys(cleaned)]
+
+
+def parse_action(action: str) -> str:
+    if action not in ACTIONS:
+        raise BadRequest(f"Invalid action {action!r}: use 'select' or 'unselect'")
+    return action
+
+
+def require_filter(request: FilteredRequest) -> list[ColumnElement[bool]]:
+    """The WHERE terms of a filtered bulk action; no filter at all needs an explicit `all`."""
+    conds = repo.filter_conditions(request)
+    if not conds and not request.all:
+        raise BadRequest(
+            'No filter given: add at least one filter, or send "all": true to act on every contact'
+        )
+    return conds
+
+
+@dataclass
+class ContactService:
+    engine: AsyncEngine
+    settings: Settings
+    clock: Clock = utcnow
+    # Called after a selection commits, to wake this process's idle workers at once.
+    on_queued: Callable[[Sequence[Crm]], None] | None = None
+    read_engine: AsyncEngine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.read_engine = db.read_only(self.engine)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def get(self, contact_id: uuid.UUID) -> dict[str, Any]:
+        async with self.read_engine.connect() as conn:
+            row = await repo.get(conn, contact_id)
+            if row is None:
+                raise NotFound(f"Contact {contact_id} not found")
+            return present(row, await repo.states_for(conn, [contact_id]))
+
+    async def page(
+        self, filters: ContactFilters, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        conds = repo.filter_conditions(filters)
+        async with self.read_engine.connect() as conn:
+            rows = await repo.list_page(conn, conds, limit, offset)
+            total = await repo.count(conn, conds)
+            states = await repo.states_for(conn, [row["id"] for row in rows])
+        return present_many(rows, states), total
+
+    # -- single contact ------------------------------------------------------------------------
+
+    async def create(self, body: ContactCreate) -> dict[str, Any]:
+        now = self.clock()
+        values = body.model_dump(mode="python")
+        values["contact_curation_status"] = body.contact_curation_status.value
+        if body.email_type is not None:
+            values["email_type"] = body.email_type.value
+        async with self.engine.begin() as conn:
+            await self._ensure_email_free(conn, body.email)
+            row = await repo.insert(
+                conn, {**values, "id": uuid.uuid4(), "created_at": now, "updated_at": now}
+            )
+        return present(row, ())
+
+    async def update(self, contact_id: uuid.UUID, body: ContactUpdate) -> dict[str, Any]:
+        sent = body.model_dump(mode="json", exclude_unset=True)
+        crm_changes = {
+            crm: SyncStatus(sent.pop(f"{crm.value}_sync_status"))
+            for crm in Crm
+            if sent.get(f"{crm.value}_sync_status") is not None
+        }
+        for crm in Crm:
+            sent.pop(f"{crm.value}_sync_status", None)
+        for crm, status in crm_changes.items():
+            if status in _ENGINE_OWNED:
+                raise Unprocessable(
+                    f"{crm.value}_sync_status cannot be set to {status.value}: the sync engine "
+                    "sets it. Use Selected to queue the contact or New to unselect it."
+                )
+        for required in ("email", "contact_curation_status"):
+            if required in sent and sent[required] is None:
+                raise Unprocessable(f"{required} cannot be null")
+        values = {key: getattr(body, key) for key in sent}
+        for key in ("email_type", "contact_curation_status", "contact_processing_status"):
+            if values.get(key) is not None:
+                values[key] = values[key].value
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            before = await repo.get(conn, contact_id)
+            if before is None:
+                raise NotFound(f"Contact {contact_id} not found")
+            if "email" in values and values["email"].lower() != before["email"].lower():
+                await self._ensure_email_free(conn, values["email"])
+            row = await repo.update_one(conn, contact_id, {**values, "updated_at": now})
+            assert row is not None
+            if self.settings.resync_on_change and _synced_fields_changed(before, values):
+                await selection.requeue_after_edit(conn, [contact_id], now)
+            await self._apply_crm_statuses(conn, crm_changes, repo.by_ids([contact_id]))
+            states = await repo.states_for(conn, [contact_id])
+        self._wake([crm for crm, st in crm_changes.items() if st is not SyncStatus.New])
+        return present(row, states)
+
+    async def delete(self, contact_id: uuid.UUID) -> None:
+        async with self.engine.begin() as conn:
+            if not await repo.delete_one(conn, contact_id):
+                raise NotFound(f"Contact {contact_id} not found")
+
+    async def _ensure_email_free(self, conn: AsyncConnection, email: str) -> None:
+        existing = await repo.find_by_email(conn, email)
+        if existing is not None:
+            raise Conflict(
+                f"A contact with email {email!r} already exists (id {existing['id']})",
+                existing_id=str(existing["id"]),
+            )
+
+    async def _apply_crm_statuses(
+        self,
+        conn: AsyncConnection,
+        changes: dict[Crm, SyncStatus],
+        where: ColumnElement[bool],
+    ) -> None:
+        now = self.clock()
+        for crm, status in changes.items():
+            if status in (SyncStatus.Selected, SyncStatus.Queued):
+                await selection.select_contacts(conn, crm, where, now)
+            elif status is SyncStatus.New:
+                await selection.unselect_contacts(conn, crm, where, now)
+            elif status is SyncStatus.Skipped:
+                await selection.skip_contacts(conn, crm, where, now)
+        await wakeup.announce(conn, changes)
+
+    # -- many contacts -------------------------------------------------------------------------
+
+    async def bulk_upsert(self, raw_rows: Sequence[Any]) -> BulkResponse:
+        """Upsert by email. Valid rows are written even when others are rejected.
+
+        A row updates the fields it carries (an explicit null included) and leaves the rest.
+        """
+        rejected: list[BulkRejected] = []
+        valid: dict[str, tuple[int, ContactCreate]] = {}
+        for index, raw in enumerate(raw_rows):
+            email = raw.get("email") if isinstance(raw, dict) else None
+            shown = email if isinstance(email, str) else None
+            try:
+                contact = ContactCreate.model_validate(raw)
+            except ValidationError as exc:
+                rejected.append(BulkRejected(index=index, email=shown, reason=_reason(exc)))
+                continue
+            key = contact.email.lower()
+            if key in valid:
+                first = valid[key][0]
+                reason = f"duplicate email: same as row {first} of this request"
+                rejected.append(BulkRejected(index=index, email=shown, reason=reason))
+                continue
+            valid[key] = (index, contact)
+
+        now = self.clock()
+        created = updated = 0
+        async with self.engine.begin() as conn:
+            existing = await repo.existing_by_email(conn, valid)
+            fresh = [_row_values(c, now) for key, (_, c) in valid.items() if key not in existing]
+            inserted = await repo.insert_new(conn, fresh)
+            created = len(inserted)
+            lost_race = [key for key in valid if key not in existing and key not in inserted]
+            if lost_race:
+                existing.update(await repo.existing_by_email(conn, lost_race))
+            changes: dict[frozenset[str], list[dict[str, Any]]] = {}
+            requeue: list[uuid.UUID] = []
+            for key, (_, contact) in valid.items():
+                if key in inserted:
+                    continue
+                updated += 1
+                before = existing[key]
+                values = _changed_values(contact, before)
+                if not values:
+                    continue
+                values["updated_at"] = now
+                changes.setdefault(frozenset(values), []).append({"id": before["id"], **values})
+                if _synced_fields_changed(before, values):
+                    requeue.append(before["id"])
+            for rows in changes.values():
+                await repo.update_many(conn, rows)
+            if self.settings.resync_on_change:
+                await selection.requeue_after_edit(conn, requeue, now)
+        return BulkResponse(
+            created_count=created,
+            updated_count=updated,
+            rejected_count=len(rejected),
+            rejected=rejected,
+        )
+
+    async def set_status(
+        self, contact_ids: Sequence[uuid.UUID], status: CurationStatus
+    ) -> StatusUpdateResponse:
+        if not contact_ids:
+            return StatusUpdateResponse(updated_count=0, queued_count=0)
+        return await self._set_status(repo.by_ids(contact_ids), status)
+
+    async def set_status_filtered(
+        self, request: FilteredRequest, status: CurationStatus
+    ) -> StatusUpdateResponse:
+        return await self._set_status(repo.where(require_filter(request)), status)
+
+    async def _set_status(
+        self, cond: ColumnElement[bool], status: CurationStatus
+    ) -> StatusUpdateResponse:
+        async with self.engine.begin() as conn:
+            count = await repo.set_curation_status(conn, cond, status, self.clock())
+        queued = count if status is CurationStatus.Queued else 0
+        return StatusUpdateResponse(updated_count=count, queued_count=queued)
+
+    # -- CRM selection -------------------------------------------------------------------------
+
+    async def select_by_ids(
+        self, contact_ids: Sequence[uuid.UUID], crm_names: list[str], action: str, force: bool
+    ) -> CrmSelectionResponse:
+        crms = parse_crms(crm_names)
+        action = parse_action(action)
+        if not contact_ids:
+            return _empty(crms, action, "No contact IDs provided")
+        if not crms:
+            return _empty(crms, action, "No CRMs specified")
+        return await self._select(repo.by_ids(contact_ids), crms, action, force, by_ids=True)
+
+    async def select_filtered(
+        self, request: FilteredRequest, crm_names: list[str], action: str, force: bool
+    ) -> CrmSelectionResponse:
+        crms = parse_crms(crm_names)
+        action = parse_action(action)
+        conds = require_filter(request)
+        if not crms:
+            return _empty(crms, action, "No CRMs specified")
+        return await self._select(repo.where(conds), crms, action, force, by_ids=False)
+
+    async def _select(
+        self,
+        where: ColumnElement[bool],
+        crms: list[Crm],
+        action: str,
+        force: bool,
+        *,
+        by_ids: bool,
+    ) -> CrmSelectionResponse:
+        now = self.clock()
+        queued = 0
+        async with self.engine.begin() as conn:
+            matched = await repo.count(conn, [where])
+            if matched == 0 and by_ids:
+                raise NotFound("No contacts found with provided IDs")
+            for crm in crms:
+                if action == "select":
+                    queued += await selection.select_contacts(conn, crm, where, now, force=force)
+                else:
+                    await selection.unselect_contacts(conn, crm, where, now)
+            if action == "select" and matched:
+                await wakeup.announce(conn, crms)
+        if action == "select" and matched:
+            self._wake(crms)
+        return CrmSelectionResponse(
+            updated_count=matched,
+            queued_count=queued,
+            crms=[crm.value for crm in crms],
+            action=action,
+            message=self._selection_message(action, matched, crms, queued),
+        )
+
+    def _selection_message(self, action: str, matched: int, crms: list[Crm], queued: int) -> str:
+        if action == "unselect":
+            return f"Unselected {matched} contacts for {len(crms)} CRM(s)"
+        message = (
+            f"Selected {matched} contacts for {len(crms)} CRM(s), {queued} queued for processing"
+        )
+        idle = [(crm, self.settings.crm(crm).missing()) for crm in crms]
+        notes = [f"{crm.value} is not configured ({why})" for crm, why in idle if why]
+        if notes and queued:
+            message += ". " + "; ".join(notes) + ": its contacts stay Queued until it is configured"
+        return message
+
+    def _wake(self, crms: Sequence[Crm]) -> None:
+        if self.on_queued is not None and crms:
+            self.on_queued(crms)
+
+
+def _empty(crms: list[Crm], action: str, message: str) -> CrmSelectionResponse:
+    return CrmSelectionResponse(
+        updated_count=0,
+        queued_count=0,
+        crms=[crm.value for crm in crms],
+        action=action,
+        message=message,
+    )
+
+
+def _row_values(contact: ContactCreate, now: Any) -> dict[str, Any]:
+    values = contact.model_dump(mode="python")
+    values["contact_curation_status"] = contact.contact_curation_status.value
+    values["email_type"] = contact.email_type.value if contact.email_type else None
+    return {**values, "id": uuid.uuid4(), "created_at": now, "updated_at": now}
+
+
+def _changed_values(contact: ContactCreate, before: Any) -> dict[str, Any]:
+    """The fields this row carries whose value differs from the stored contact."""
+    candidate = _row_values(contact, None)
+    return {
+        key: candidate[key]
+        for key in contact.model_fields_set
+        if key in candidate and candidate[key] != before[key]
+    }
+
+
+def _synced_fields_changed(before: Any, values: dict[str, Any]) -> bool:
+    return any(key in SYNCED_FIELDS and values[key] != before[key] for key in values)
+
+
+def _reason(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "row"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,1 @@
+"""Alembic migrations, shipped inside the package so `crmsync db upgrade` works when installed."""

@@ -1,0 +1,133 @@
+"""A person's actions on the queue: select, unselect, re-queue after an edit, operator retry.
+
+Every function is one set-based statement per CRM, run inside the caller's transaction, so that a
+selection and its queue entry commit together (a transactional outbox). Each also voids any lease
+on the rows it touches: a person's newer action wins over a result still in flight, whose late
+write is then refused by the lease guard (see `sync/queue.py`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crmsync.enums import Crm, ProcessingStatus, SyncStatus
+from crmsync.sqlutil import upsert_insert
+from crmsync.tables import contacts, crm_sync_state
+
+s = crm_sync_state.c
+
+
+def _queued(now: dt.datetime) -> dict[str, Any]:
+    """Values that put a row at the back of the queue, due now, with a fresh attempt budget."""
+    return {
+        "sync_status": SyncStatus.Selected.value,
+        "processing_status": ProcessingStatus.Queued.value,
+        "processing_error": None,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+
+
+async def select_contacts(
+    conn: AsyncConnection,
+    crm: Crm,
+    contact_where: ColumnElement[bool],
+    now: dt.datetime,
+    *,
+    force: bool = False,
+) -> int:
+    """Queue every matching contact for `crm`; returns the number of rows queued.
+
+    Re-selecting resets the attempt budget (the customer's shared counter never reset). With
+    `force`, the stored payload hash is forgotten so the contact is pushed even if unchanged.
+    """
+    on_conflict = {"synced_hash": None} if force else {}
+    return await _upsert_states(conn, crm, contact_where, _queued(now), on_conflict)
+
+
+async def _upsert_states(
+    conn: AsyncConnection,
+    crm: Crm,
+    contact_where: ColumnElement[bool],
+    values: dict[str, Any],
+    also_on_conflict: dict[str, Any],
+) -> int:
+    """Create or overwrite the (contact, crm) rows of every matching contact in one statement."""
+    source = select(
+        contacts.c.id,
+        literal(crm.value),
+        *(literal(v, type_=crm_sync_state.c[k].type) for k, v in values.items()),
+    ).where(contact_where)
+    insert = upsert_insert(conn, crm_sync_state).from_select(
+        ["contact_id", "crm", *values.keys()], source
+    )
+    set_ = {k: insert.excluded[k] for k in values} | also_on_conflict
+    stmt = insert.on_conflict_do_update(index_elements=[s.contact_id, s.crm], set_=set_)
+    result = await conn.execute(stmt)
+    return int(result.rowcount)
+
+
+async def unselect_contacts(
+    conn: AsyncConnection, crm: Crm, contact_where: ColumnElement[bool], now: dt.datetime
+) -> int:
+    """Back to New: not queued, no error. The external id and payload hash are kept."""
+    stmt = (
+        update(crm_sync_state)
+        .where(s.crm == crm.value, s.contact_id.in_(select(contacts.c.id).where(contact_where)))
+        .values(
+            sync_status=SyncStatus.New.value,
+            processing_status=None,
+            processing_error=None,
+            next_attempt_at=None,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+    )
+    result = await conn.execute(stmt)
+    return int(result.rowcount)
+
+
+async def requeue_after_edit(
+    conn: AsyncConnection, contact_ids: Sequence[Any], now: dt.datetime
+) -> int:
+    """A contact's synced fields changed: push it again wherever it was Complete or in flight."""
+    if not contact_ids:
+        return 0
+    stmt = (
+        update(crm_sync_state)
+        .where(
+            s.contact_id.in_(contact_ids),
+            s.sync_status.in_([SyncStatus.Complete.value, SyncStatus.Processing.value]),
+        )
+        .values(**_queued(now))
+    )
+    result = await conn.execute(stmt)
+    return int(result.rowcount)
+
+
+async def skip_contacts(
+    conn: AsyncConnection, crm: Crm, contact_where: ColumnElement[bool], now: dt.datetime
+) -> int:
+    """Park contacts as Skipped for `crm` (a person decided not to sync them there)."""
+    values = {
+        "sync_status": SyncStatus.Skipped.value,
+        "processing_status": None,
+        "processing_error": None,
+        "next_attempt_at": None,
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+    return await _upsert_states(conn, crm, contact_where, values, {})

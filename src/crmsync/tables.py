@@ -1,0 +1,199 @@
+"""The schema, as SQLAlchemy Core tables (Alembic migrations create it; these describe it).
+
+- `contacts`: the customer's contact columns (customer-system 2.1, without DeBounce/enrichment).
+- `crm_sync_state`: one row per (contact, CRM) that was ever selected. It is the work queue: a
+  selection and its queue entry are one commit (a transactional outbox, no dual write). A contact
+  with no row for a CRM is "New" there.
+- `sync_events`: append-only history of every attempt, pruned by age.
+- `crm_control`: per-CRM pauses (rate limit, auth, configuration, operator) every worker sees.
+- `workers`: heartbeats of running workers, for health.
+
+Statuses are stored as short strings with CHECK constraints: portable between SQLite and
+PostgreSQL, and no database enum types to migrate (the customer lost days to enum type names).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
+from sqlalchemy.types import TypeDecorator
+
+from crmsync.enums import CRM_NAMES, CurationStatus, EmailType, ProcessingStatus, SyncStatus
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on both databases.
+
+    SQLite has no time zone type; values are stored as UTC text of fixed width, so comparisons
+    stay correct. The customer's system wrote naive local times into timestamptz and was 8 h off.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: crmsync stores timezone-aware UTC only")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+# SQLite only aliases rowid for INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _in(column: str, values: Any) -> str:
+    listed = ", ".join(f"'{v}'" for v in values)
+    return f"{column} IN ({listed})"
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("email", String(320), nullable=False),
+    Column("name", Text),
+    Column("phone_number", Text),
+    Column("email_type", String(16)),
+    Column("has_gmail", Boolean),
+    Column("context", Text),
+    Column("source_url", Text),
+    Column("domain_id", Uuid),
+    Column("page_id", Uuid),
+    Column("source_job_id", Uuid),
+    Column("contact_curation_status", String(16), nullable=False, server_default="New"),
+    Column("contact_processing_status", String(16)),
+    Column("contact_processing_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint(_in("email_type", EmailType), name="email_type"),
+    CheckConstraint(_in("contact_curation_status", CurationStatus), name="curation_status"),
+    CheckConstraint(_in("contact_processing_status", ProcessingStatus), name="processing_status"),
+    Index("ix_contacts_created_at_id", "created_at", "id"),
+    Index("ix_contacts_contact_curation_status", "contact_curation_status"),
+    Index("ix_contacts_contact_processing_status", "contact_processing_status"),
+    Index("ix_contacts_email_type", "email_type"),
+    Index("ix_contacts_domain_id", "domain_id"),
+    Index("ix_contacts_page_id", "page_id"),
+    Index("ix_contacts_has_gmail", "has_gmail"),
+)
+
+# One contact per email, whatever its case.
+Index("uq_contacts_email_lower", func.lower(contacts.c.email), unique=True)
+
+crm_sync_state = Table(
+    "crm_sync_state",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("contact_id", Uuid, ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    Column("crm", String(16), nullable=False),
+    Column("sync_status", String(16), nullable=False, server_default="New"),
+    Column("processing_status", String(16)),
+    Column("processing_error", Text),
+    Column("external_id", String(255)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime),
+    Column("last_attempt_at", UTCDateTime),
+    Column("synced_at", UTCDateTime),
+    # Lease: which worker holds the row and until when; the token fences late writers.
+    Column("lease_owner", String(128)),
+    Column("lease_token", String(32)),
+    Column("lease_expires_at", UTCDateTime),
+    # Hash of the payload the CRM last accepted: an unchanged contact is not sent again.
+    Column("synced_hash", String(32)),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("contact_id", "crm"),
+    CheckConstraint(_in("crm", CRM_NAMES), name="crm"),
+    CheckConstraint(_in("sync_status", SyncStatus), name="sync_status"),
+    CheckConstraint(_in("processing_status", ProcessingStatus), name="processing_status"),
+    # The queue: due rows of one CRM in order of when they became due.
+    Index("ix_crm_sync_state_queue", "crm", "sync_status", "next_attempt_at"),
+    # List filters by CRM status and the status counts.
+    Index("ix_crm_sync_state_status_contact", "crm", "sync_status", "contact_id"),
+)
+
+sync_events = Table(
+    "sync_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("contact_id", Uuid, ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    Column("crm", String(16), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("http_status", Integer),
+    Column("message", Text),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("duration_ms", Integer, nullable=False, server_default="0"),
+    Column("worker", String(128)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_sync_events_contact_id_created_at", "contact_id", "created_at"),
+    Index("ix_sync_events_crm_created_at", "crm", "created_at"),
+    Index("ix_sync_events_created_at", "created_at"),
+)
+
+crm_control = Table(
+    "crm_control",
+    metadata,
+    Column("crm", String(16), primary_key=True),
+    # Set by an operator (`crmsync pause`); only `crmsync resume` clears it.
+    Column("manual_pause", Boolean, nullable=False, server_default="0"),
+    # Set by workers after a 429, an auth failure or a configuration failure.
+    Column("paused_until", UTCDateTime),
+    Column("pause_kind", String(16)),
+    Column("pause_reason", Text),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("crms", String(64), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("last_cycle_at", UTCDateTime),
+    Column("stopped_at", UTCDateTime),
+    Column("rows_done", BigInteger, nullable=False, server_default="0"),
+    Column("cycle_seconds", Float),
+)
