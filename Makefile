@@ -26,8 +26,8 @@ run: $(VENV)/.installed
 	$(BIN)/crmsync serve --host $(HOST) --port $(PORT) --print-token
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff format --check src tests $(wildcard bench)
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy

@@ -128,9 +128,7 @@ async def client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings, SECRET, engine=engine)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://test", headers=auth
-    ) as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=auth) as http:
         yield http
 
 
@@ -141,9 +139,7 @@ async def add_contacts(client: httpx.AsyncClient, count: int, **fields: object) 
     response = await client.post("/api/v3/contacts/bulk", json={"contacts": rows})
     assert response.status_code == 200, response.text
     assert response.json()["created_count"] == count
-    listed = await client.get(
-        "/api/v3/contacts", params={"email_contains": prefix, "limit": 1000}
-    )
+    listed = await client.get("/api/v3/contacts", params={"email_contains": prefix, "limit": 1000})
     ids = [c["id"] for c in listed.json()]
     assert len(ids) == count
     return ids

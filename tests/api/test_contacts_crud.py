@@ -121,7 +121,12 @@ async def test_list_is_stable_paginated_and_counted(client: httpx.AsyncClient) -
 async def test_list_filters(client: httpx.AsyncClient) -> None:
     domain = str(uuid.uuid4())
     rows = [
-        {"email": "ann@corp.com", "name": "Ann Lee", "email_type": "CORPORATE", "domain_id": domain},
+        {
+            "email": "ann@corp.com",
+            "name": "Ann Lee",
+            "email_type": "CORPORATE",
+            "domain_id": domain,
+        },
         {"email": "bob@gmail.com", "name": "Bob 100%", "email_type": "FREE", "has_gmail": True},
         {"email": "cy_x@corp.com", "name": "Cy", "email_type": "CORPORATE", "has_gmail": False},
     ]

@@ -25,7 +25,9 @@ async def _states(engine: AsyncEngine, contact_id: str) -> dict[str, dict[str, o
 
 async def test_select_contacts_for_brevo(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
     ids = await add_contacts(client, 3)
-    r = await client.put(SELECT, json={"contact_ids": ids[:2], "crms": ["brevo"], "action": "select"})
+    r = await client.put(
+        SELECT, json={"contact_ids": ids[:2], "crms": ["brevo"], "action": "select"}
+    )
     assert r.status_code == 200, r.text
     data = r.json()
     assert data["updated_count"] == 2 and data["queued_count"] == 2
