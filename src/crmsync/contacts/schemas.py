@@ -158,9 +158,7 @@ class FilteredRequest(ContactFilters):
 
 
 class BulkRequest(BaseModel):
-    contacts: list[Any] = Field(
-        description=f"Up to {MAX_BULK:,} contacts, upserted by email."
-    )
+    contacts: list[Any] = Field(description=f"Up to {MAX_BULK:,} contacts, upserted by email.")
 
 
 class BulkRejected(BaseModel):
