@@ -1,0 +1,549 @@
+"""HubSpot CRM v3: contacts upserted by email with `batch/upsert`, at most 100 per request.
+
+`POST {HUBSPOT_API_BASE_URL}/crm/v3/objects/contacts/batch/upsert`, authenticated with the
+private-app token as `Authorization: Bearer`, body
+`{"inputs": [{"id": email, "idProperty": "email", "properties": {...}}]}` (crm-apis.md 2.2).
+A push of more than 100 contacts is sent as several requests at once, paced by the limiter.
+
+How answers become row results:
+
+- 200 / 207: results and errors are matched to rows by email, case-insensitively, in any order;
+  an error names its input in `context` (e.g. `{"ids": [...]}`) or in its message.
+- A missing custom property (`PROPERTY_DOESNT_EXIST`) fails every row of the request with the fix
+  (`crmsync hubspot ensure-properties`): splitting would only fail every row the same way.
+- Any other whole-request refusal (400, 409, 413, 422; e.g. one invalid email, which may refuse
+  the whole batch) is narrowed down: inputs the error names are failed and the rest re-sent; if it
+  names none, the batch is halved, recursively. A row refused alone gets `Fail` with HubSpot's
+  message. At most `SPLIT_BUDGET` extra requests per 100 inputs; rows left then get `Retry`.
+- 429: `RateLimited` (see `_rate_limited`); the limiter's saved-up tokens are drained.
+- 401 / 403: `AuthFailed`. 404 / 405: `Misconfigured` (wrong base URL).
+- 423, 477, 5xx, timeouts, connection errors: `Retry` for the request's rows. This connector never
+  raises `Transient`: a push is several requests, and per-row results keep the answers of the
+  ones that succeeded. The engine bounds `Retry` by attempts, so a request that always fails
+  (a row HubSpot chokes on) cannot loop forever.
+- A batch-wide error after some requests were answered is raised with `partial` set.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+
+from crmsync.connectors.base import (
+    AuthFailed,
+    ConnectorError,
+    ContactPayload,
+    Fail,
+    Misconfigured,
+    Ok,
+    RateLimited,
+    Retry,
+    RowResult,
+    Transient,
+    make_client,
+    stable_hash,
+    truncate,
+)
+from crmsync.connectors.httputil import body_text, describe, json_body, redact, seconds_header
+from crmsync.connectors.mapping import clean_phone, split_name
+from crmsync.connectors.ratelimit import RateLimiter
+from crmsync.connectors.upsert import (
+    CUSTOM_FIELDS,
+    Budget,
+    PushRun,
+    chunked,
+    custom_values,
+    email_key,
+    halves,
+)
+from crmsync.enums import Crm
+from crmsync.settings import HubSpotSettings
+
+logger = logging.getLogger(__name__)
+
+UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
+PROPERTIES_PATH = "/crm/v3/properties/contacts"
+MAX_INPUTS = 100
+# Extra requests one chunk of 100 inputs may spend isolating refused rows: halving isolates one
+# bad row in about 14 requests, so this finds two or three per attempt.
+SPLIT_BUDGET = 32
+# The rolling window HubSpot counts requests in, when its header does not say.
+DEFAULT_WINDOW_SECONDS = 10.0
+# The daily limit resets at midnight in the account's time zone, which we cannot know: wait until
+# the next midnight UTC but look again at least this often, so a reset at another hour is not
+# missed by a whole day.
+DAILY_RECHECK_SECONDS = 3600.0
+ENSURE_PROPERTIES = 'run "crmsync hubspot ensure-properties"'
+SCOPES = "crm.objects.contacts.read and crm.objects.contacts.write"
+
+_RETRY_STATUSES = frozenset({423, 477})
+_NARROW_STATUSES = frozenset({400, 409, 413, 422})
+# A 207 error in one of these categories is HubSpot's trouble, not the row's.
+_RETRY_CATEGORIES = frozenset({"RATE_LIMITS", "RATE_LIMIT", "LOCKED", "INTERNAL_ERROR", "TIMEOUT"})
+# `Property "x" does not exist`, however many times the quotes were JSON-escaped.
+_PROPERTY_MISSING = re.compile(r'Property \\*"([^"\\]+)\\*" does not exist', re.IGNORECASE)
+_VALUES_NOT_VALID = "Property values were not valid: "
+
+
+def property_names(settings: HubSpotSettings) -> dict[str, str]:
+    """The configured custom property name per `CUSTOM_FIELDS` key; an empty setting omits it."""
+    names: dict[str, str] = {}
+    for field in CUSTOM_FIELDS:
+        name = str(getattr(settings, f"custom_property_{field}")).strip()
+        if name:
+            names[field] = name
+    return names
+
+
+class HubSpotConnector:
+    """The `Connector` for HubSpot (see the module docstring for the status mapping)."""
+
+    name = Crm.hubspot
+    max_batch = MAX_INPUTS
+    default_concurrency = 4
+
+    def __init__(
+        self,
+        settings: HubSpotSettings,
+        client: httpx.AsyncClient | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._base = settings.api_base_url.rstrip("/")
+        self._token = settings.access_token.get_secret_value() if settings.access_token else None
+        self._properties = property_names(settings)
+        self._owns_client = client is None
+        self._client = client if client is not None else make_client()
+        self._clock = clock
+        self._limiter = RateLimiter(settings.rate_limit_per_second)
+
+    def payload(self, contact: ContactPayload) -> dict[str, Any]:
+        """The `batch/upsert` input for one contact; placeholders and missing values left out."""
+        email = contact.email.strip()
+        properties: dict[str, str] = {"email": email}
+        first, last = split_name(contact.name)
+        if first:
+            properties["firstname"] = first
+        if last:
+            properties["lastname"] = last
+        phone = clean_phone(contact.phone_number)
+        if phone:
+            properties["phone"] = phone
+        for field, value in custom_values(contact).items():
+            name = self._properties.get(field)
+            if name:
+                properties[name] = (
+                    ("true" if value else "false") if isinstance(value, bool) else value
+                )
+        return {"id": email, "idProperty": "email", "properties": properties}
+
+    def fingerprint(self, contact: ContactPayload) -> str:
+        return stable_hash(self.payload(contact))
+
+    async def push(self, batch: Sequence[ContactPayload]) -> list[RowResult]:
+        if not batch:
+            return []
+        if self._token is None:
+            raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
+        run = PushRun(batch)
+        inputs = {key: self.payload(contact) for key, contact in run.contacts.items()}
+        return await run.run(
+            self._upsert(run, inputs, keys, Budget(SPLIT_BUDGET))
+            for keys in chunked(run.keys, MAX_INPUTS)
+        )
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    # --- one request -------------------------------------------------------------------------
+
+    async def _upsert(
+        self, run: PushRun, inputs: dict[str, dict[str, Any]], keys: list[str], budget: Budget
+    ) -> None:
+        """Send `keys`' inputs in one request and record a result for each (or raise)."""
+        run.check()
+        await self._limiter.acquire()
+        run.check()
+        started = time.monotonic()
+        try:
+            response = await self._client.post(
+                self._base + UPSERT_PATH,
+                content=orjson.dumps({"inputs": [inputs[key] for key in keys]}),
+                headers=_headers(self._token),
+            )
+        except httpx.UnsupportedProtocol as exc:
+            raise Misconfigured(f"HUBSPOT_API_BASE_URL is not an http(s) URL: {exc}") from None
+        except httpx.HTTPError as exc:
+            reason = self._redact(f"HubSpot request failed: {describe(exc)}")
+            logger.warning("%s (%d contacts will be retried)", reason, len(keys))
+            run.set(keys, Retry(reason))
+            return
+        status = response.status_code
+        logger.debug(
+            "HubSpot batch upsert of %d contacts: HTTP %d in %.2f s",
+            len(keys),
+            status,
+            time.monotonic() - started,
+        )
+        if status in (200, 201, 207):
+            self._read_results(run, keys, response)
+        elif status == 429:
+            raise self._rate_limited(response)
+        elif status == 401:
+            raise AuthFailed(
+                f"HubSpot refused the access token (401): {self._message(response).rstrip('.')}. "
+                "Check HUBSPOT_ACCESS_TOKEN (a private-app token).",
+                401,
+            )
+        elif status == 403:
+            raise AuthFailed(
+                f"HubSpot refused the request (403): {self._message(response).rstrip('.')}. "
+                f"The private app needs the scopes {SCOPES}.",
+                403,
+            )
+        elif status in _NARROW_STATUSES:
+            await self._narrow(run, inputs, keys, response, budget)
+        elif status in (404, 405):
+            raise Misconfigured(
+                f"HubSpot answered {status} for {UPSERT_PATH}: check HUBSPOT_API_BASE_URL "
+                f"({self._base})",
+                status,
+            )
+        elif status in _RETRY_STATUSES or status >= 500:
+            run.set(keys, Retry(f"HubSpot answered {status}: {self._message(response)}", status))
+        elif 400 <= status < 500:
+            message = self._message(response)
+            run.set(keys, Fail(f"HubSpot refused the batch ({status}): {message}", status))
+        else:
+            run.set(keys, Retry(f"HubSpot answered an unexpected {status}", status))
+
+    def _read_results(self, run: PushRun, keys: list[str], response: httpx.Response) -> None:
+        """Match a 200 / 207 answer's results and errors to the request's rows by email."""
+        status = response.status_code
+        body = json_body(response)
+        if not isinstance(body, dict):
+            run.set(keys, Retry(f"HubSpot answered {status} without a readable body", status))
+            return
+        pending = dict.fromkeys(keys)  # an ordered set
+        unmatched_ids: list[str] = []
+        for item in _dicts(body.get("results")):
+            if item.get("id") is None:
+                continue
+            properties = item.get("properties")
+            email = properties.get("email") if isinstance(properties, dict) else None
+            key = email_key(email) if isinstance(email, str) else None
+            if key is not None and key in pending:
+                run.set([key], Ok(str(item["id"]), status))
+                del pending[key]
+            else:
+                unmatched_ids.append(str(item["id"]))
+        unattributed: list[str] = []
+        for error in _dicts(body.get("errors")):
+            named = _named(error, list(pending))
+            missing = _missing_properties(error)
+            result: RowResult
+            if missing is not None:
+                # A property error concerns every input, named or not.
+                result = Fail(self._missing_reason(missing), status)
+                named = named or list(pending)
+            elif not named:
+                unattributed.append(self._error_text(error))
+                continue
+            elif str(error.get("category", "")).upper() in _RETRY_CATEGORIES:
+                text = self._error_text(error)
+                result = Retry(f"HubSpot could not save the contact: {text}", status)
+            else:
+                result = Fail(f"HubSpot refused the contact: {self._error_text(error)}", status)
+            run.set(named, result)
+            for key in named:
+                pending.pop(key, None)
+        if not pending:
+            return
+        left = list(pending)
+        if len(left) == 1 and len(unattributed) == 1 and not unmatched_ids:
+            run.set(left, Fail(f"HubSpot refused the contact: {unattributed[0]}", status))
+        elif len(left) == 1 and len(unmatched_ids) == 1 and not unattributed:
+            run.set(left, Ok(unmatched_ids[0], status))
+        elif unattributed:
+            reason = "HubSpot reported errors it did not tie to a contact: " + "; ".join(
+                unattributed
+            )
+            run.set(left, Retry(truncate(reason), status))
+        else:
+            run.set(left, Retry("HubSpot's answer did not include this contact", status))
+
+    async def _narrow(
+        self,
+        run: PushRun,
+        inputs: dict[str, dict[str, Any]],
+        keys: list[str],
+        response: httpx.Response,
+        budget: Budget,
+    ) -> None:
+        """A request refused as a whole: find the rows at fault instead of failing them all."""
+        status = response.status_code
+        body = json_body(response)
+        error = body if isinstance(body, dict) else {"message": body_text(response)}
+        missing = _missing_properties(error)
+        if missing is not None:
+            reason = self._missing_reason(missing)
+            logger.error("%s (%d contacts failed)", reason, len(keys))
+            run.set(keys, Fail(reason, status))
+            return
+        message = self._error_text(error)
+        named = _named(error, keys)
+        if len(keys) == 1 or len(named) == len(keys):
+            run.set(keys, Fail(f"HubSpot refused the contact ({status}): {message}", status))
+            return
+        if named:
+            run.set(named, Fail(f"HubSpot refused the contact ({status}): {message}", status))
+            parts = [[key for key in keys if key not in named]]
+        else:
+            parts = halves(keys)
+        logger.info(
+            "HubSpot refused a batch of %d contacts (%d: %s); re-sending in %d part(s)",
+            len(keys),
+            status,
+            message,
+            len(parts),
+        )
+        for part in parts:
+            if budget.take():
+                await self._upsert(run, inputs, part, budget)
+            else:
+                run.set(
+                    part,
+                    Retry(
+                        f"HubSpot refused the batch this contact was in ({status}: {message}); "
+                        "not narrowed down further in this attempt",
+                        status,
+                    ),
+                )
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def _rate_limited(self, response: httpx.Response) -> RateLimited:
+        """A 429 as `RateLimited`: wait for the 10-second window, or for the daily reset."""
+        self._limiter.drain()
+        body = json_body(response)
+        policy = str(body.get("policyName") or "").upper() if isinstance(body, dict) else ""
+        headers = response.headers
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        retry_after = headers.get("Retry-After")
+        daily_left = headers.get("X-HubSpot-RateLimit-Daily-Remaining", "").strip()
+        if policy == "DAILY" or (not policy and daily_left == "0"):
+            midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+            default = min((midnight - now).total_seconds(), DAILY_RECHECK_SECONDS)
+            wait = seconds_header(retry_after, default, now)
+            message = (
+                f"HubSpot's daily API limit is used up; trying again in {wait / 60:.0f} min "
+                "(it resets at midnight in the HubSpot account's time zone, which crmsync does "
+                "not know, so it looks at least hourly until midnight UTC)"
+            )
+        else:
+            window = _window_seconds(headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"))
+            wait = seconds_header(retry_after, window, now)
+            message = (
+                f"HubSpot rate limit reached ({policy or 'rolling window'}); waiting {wait:g} s"
+            )
+        logger.warning(message)
+        return RateLimited(wait, message)
+
+    def _missing_reason(self, names: list[str]) -> str:
+        settings = {name: field for field, name in self._properties.items()}
+        quoted = ", ".join(f'"{name}"' for name in names) or "a property crmsync sends"
+        hints = [
+            f"HUBSPOT_CUSTOM_PROPERTY_{settings[name].upper()}"
+            for name in names
+            if name in settings
+        ]
+        reason = f"HubSpot has no contact property {quoted}: {ENSURE_PROPERTIES} to create it"
+        if hints:
+            reason += f" (or set {', '.join(hints)} to an existing property, or empty to omit it)"
+        return self._redact(reason)
+
+    def _message(self, response: httpx.Response) -> str:
+        body = json_body(response)
+        if isinstance(body, dict):
+            return self._error_text(body)
+        return self._redact(body_text(response) or response.reason_phrase)
+
+    def _error_text(self, error: dict[str, Any]) -> str:
+        """HubSpot's message, with the inner messages of a property-values error unwrapped."""
+        message = str(error.get("message") or "").strip()
+        if message.startswith(_VALUES_NOT_VALID):
+            try:
+                details = orjson.loads(message[len(_VALUES_NOT_VALID) :])
+                inner = [
+                    str(d["message"]) for d in details if isinstance(d, dict) and "message" in d
+                ]
+            except (orjson.JSONDecodeError, TypeError):
+                inner = []
+            if inner:
+                message = "; ".join(inner)
+        category = error.get("category")
+        if category and str(category) not in message:
+            message = f"{category}: {message}" if message else str(category)
+        return truncate(self._redact(message or "no message"))
+
+    def _redact(self, text: str) -> str:
+        return redact(text, [self._token])
+
+
+# --- ensure-properties -------------------------------------------------------------------------
+
+
+async def ensure_properties(
+    settings: HubSpotSettings, client: httpx.AsyncClient | None = None
+) -> list[str]:
+    """Create each configured custom contact property HubSpot lacks; the names created.
+
+    Lists `GET /crm/v3/properties/contacts`, then `POST`s each missing one as a single-line text
+    property in the "contactinformation" group (a 409 means it appeared meanwhile: fine). Needs
+    the scopes `crm.schemas.contacts.read` and `crm.schemas.contacts.write`; raises `AuthFailed`
+    when they or the token are refused, and a `ConnectorError` on any other failure.
+    """
+    if settings.access_token is None:
+        raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
+    token = settings.access_token.get_secret_value()
+    url = settings.api_base_url.rstrip("/") + PROPERTIES_PATH
+    labels = {name: CUSTOM_FIELDS[field] for field, name in property_names(settings).items()}
+    http = client if client is not None else make_client()
+    try:
+        response = await _admin_call(http.get(url, headers=_headers(token)), token)
+        _raise_for_admin(response, "list the contact properties", token)
+        body = json_body(response)
+        results = body.get("results") if isinstance(body, dict) else None
+        existing = {str(item.get("name")) for item in _dicts(results)}
+        created: list[str] = []
+        for name, label in labels.items():
+            if name in existing:
+                continue
+            definition = {
+                "name": name,
+                "label": label,
+                "type": "string",
+                "fieldType": "text",
+                "groupName": "contactinformation",
+                "description": "Set by crmsync",
+            }
+            response = await _admin_call(
+                http.post(url, content=orjson.dumps(definition), headers=_headers(token)), token
+            )
+            if response.status_code == 409:
+                logger.info('HubSpot property "%s" already exists', name)
+                continue
+            _raise_for_admin(response, f'create the property "{name}"', token)
+            logger.info('Created HubSpot contact property "%s"', name)
+            created.append(name)
+        return created
+    finally:
+        if client is None:
+            await http.aclose()
+
+
+async def _admin_call(request: Any, token: str) -> httpx.Response:
+    try:
+        response: httpx.Response = await request
+    except httpx.HTTPError as exc:
+        raise Transient(redact(f"Could not reach HubSpot: {describe(exc)}", [token])) from None
+    return response
+
+
+def _raise_for_admin(response: httpx.Response, action: str, token: str) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    body = json_body(response)
+    message = str(body.get("message") or "") if isinstance(body, dict) else body_text(response)
+    message = redact(message or response.reason_phrase, [token]).rstrip(".")
+    if status == 401:
+        raise AuthFailed(
+            f"HubSpot refused the access token (401) to {action}: {message}. "
+            "Check HUBSPOT_ACCESS_TOKEN.",
+            401,
+        )
+    if status == 403:
+        raise AuthFailed(
+            f"HubSpot refused to {action} (403): {message}. The private app needs the scopes "
+            "crm.schemas.contacts.read and crm.schemas.contacts.write.",
+            403,
+        )
+    if status == 429:
+        wait = seconds_header(response.headers.get("Retry-After"), DEFAULT_WINDOW_SECONDS)
+        raise RateLimited(wait, f"HubSpot rate limit reached while trying to {action}: {message}")
+    raise ConnectorError(f"HubSpot answered {status} when asked to {action}: {message}", status)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+
+
+def _window_seconds(milliseconds: str | None) -> float:
+    try:
+        window = float(milliseconds or "") / 1000
+    except ValueError:
+        return DEFAULT_WINDOW_SECONDS
+    return window if 0 < window <= 3600 else DEFAULT_WINDOW_SECONDS
+
+
+def _dicts(value: Any) -> Iterable[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _named(error: dict[str, Any], keys: list[str]) -> list[str]:
+    """The keys an error names: in its `context` values (`ids`, ...) or its message text."""
+    errors = [error, *_dicts(error.get("errors"))]
+    ids: set[str] = set()
+    texts: list[str] = []
+    for item in errors:
+        context = item.get("context")
+        if isinstance(context, dict):
+            for value in context.values():
+                for text in value if isinstance(value, list) else [value]:
+                    if isinstance(text, str):
+                        ids.add(email_key(text))
+        if isinstance(item.get("message"), str):
+            texts.append(item["message"])
+    message = "\n".join(texts)
+    return [key for key in keys if key in ids or _mentions(message, key)]
+
+
+def _mentions(text: str, email: str) -> bool:
+    """Whether `text` contains `email` as a whole address (not inside a longer one)."""
+    if not text or email not in text.lower():
+        return False
+    pattern = r"(?<![\w.%+\-@])" + re.escape(email) + r"(?![\w%+\-@]|\.\w)"
+    return re.search(pattern, text, re.IGNORECASE) is not None
+
+
+def _missing_properties(error: dict[str, Any]) -> list[str] | None:
+    """The property names a "property does not exist" error names (maybe none), else None."""
+    blob = orjson.dumps(error).decode()
+    found = _PROPERTY_MISSING.findall(blob)
+    if not found and "PROPERTY_DOESNT_EXIST" not in blob:
+        return None
+    for item in [error, *_dicts(error.get("errors"))]:
+        context = item.get("context")
+        names = context.get("propertyName") if isinstance(context, dict) else None
+        if isinstance(names, list):
+            found.extend(str(name) for name in names)
+    return list(dict.fromkeys(found))
+
+
+__all__ = ["MAX_INPUTS", "HubSpotConnector", "ensure_properties", "property_names"]

@@ -1,0 +1,435 @@
+"""Fake of Brevo API v3 contacts (crm-apis.md section 1), mounted at `/brevo/v3`.
+
+Endpoints: `POST /contacts` (create or, with `updateEnabled`, update), `GET|PUT
+/contacts/{identifier}`, `POST /contacts/import` (asynchronous: a process goes queued ->
+in_process -> completed and only then are the rows stored) and `GET /processes/{id}`.
+
+Auth is the `api-key` header. `/contacts*` carries `x-sib-ratelimit-*` headers on every answer and
+is limited per second and per hour (fixed windows); 429 bodies are UNVERIFIED, so we send a small
+errorModel-like body that a client should not rely on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from crmsync.sandbox.common import (
+    BadRequestBody,
+    ContactStore,
+    FixedWindow,
+    JSONResponse,
+    RawHeaders,
+    StoredContact,
+    Vendor,
+    is_valid_email,
+    iso,
+    read_json,
+    seconds_until,
+)
+from crmsync.sandbox.config import BrevoOptions, SandboxConfig
+
+# Documented import body limit (crm-apis.md 1.2.A).
+MAX_IMPORT_BYTES = 10 * 1024 * 1024
+# Keys of a createContact body that are request switches, not contact data.
+_CONTROL_KEYS = frozenset({"updateEnabled", "smtpBlacklistSender"})
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    """Brevo's errorModel: `{"code", "message"}` (+ `metadata` on duplicates)."""
+    return JSONResponse({"code": code, "message": message, **extra}, status_code=status)
+
+
+def normalise_sms(value: Any) -> str | None:
+    """E.164-ish form used for SMS uniqueness; None when the number has no country code."""
+    text = str(value).strip().replace(" ", "")
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    if not text.startswith("+") or not text[1:].isdigit() or len(text) < 8:
+        return None
+    return text
+
+
+@dataclass(slots=True)
+class ImportProcess:
+    id: int
+    rows: list[dict[str, Any]]
+    list_ids: list[int]
+    update_existing: bool
+    started: float
+    done: bool = False
+    imported: int = 0
+    skipped: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class BrevoFake(Vendor):
+    name = "brevo"
+    limit_headers_on_rejections = True
+    options: BrevoOptions
+
+    def __init__(self, config: SandboxConfig) -> None:
+        super().__init__(config, ContactStore())
+        self.per_second = FixedWindow(1.0)
+        self.per_hour = FixedWindow(3600.0)
+        self.processes: dict[int, ImportProcess] = {}
+        self.sms_owner: dict[str, str] = {}
+        self.ext_id_owner: dict[str, str] = {}
+        self._next_process = 1
+        self._next_list = 100
+
+    def routes(self) -> list[BaseRoute]:
+        e = self.endpoint
+        return [
+            Route("/contacts", e("POST /contacts", self.create_contact), methods=["POST"]),
+            Route(
+                "/contacts/import",
+                e("POST /contacts/import", self.import_contacts),
+                methods=["POST"],
+            ),
+            Route(
+                "/contacts/{identifier}",
+                e("GET /contacts/{identifier}", self.get_contact),
+                methods=["GET"],
+            ),
+            Route(
+                "/contacts/{identifier}",
+                e("PUT /contacts/{identifier}", self.update_contact),
+                methods=["PUT"],
+            ),
+            # Not a /contacts* endpoint: no rate-limit bucket or headers.
+            Route(
+                "/processes/{process_id}",
+                e("GET /processes/{id}", self.get_process, limited=False),
+                methods=["GET"],
+            ),
+            self.fallback_route(),
+        ]
+
+    # --- pipeline hooks --------------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> Response | None:
+        key = request.headers.get("api-key")
+        if key is None:
+            return error(401, "unauthorized", "authentication not found in headers")
+        if self.options.bad_credentials or key != self.config.brevo_api_key:
+            return error(401, "unauthorized", "Key not found")
+        return None
+
+    def error_response(self, status: int) -> Response:
+        # Brevo documents no 5xx body; this mirrors its errorModel so clients can log it.
+        return error(status, "internal_error", "Internal server error (sandbox fault)")
+
+    def not_found_response(self, request: Request) -> Response:
+        return error(404, "document_not_found", f"No route {request.method} {request.url.path}")
+
+    def check_limits(self, now: float, *, burst: bool) -> tuple[Response | None, RawHeaders]:
+        second, hour = self.options.rate_limit_per_second, self.options.rate_limit_per_hour
+        refused = burst or (
+            (second > 0 and not self.per_second.allows(now, second))
+            or (hour > 0 and not self.per_hour.allows(now, hour))
+        )
+        if refused:
+            return self.rate_limited_response(now), []
+        if second > 0:
+            self.per_second.take(now)
+        if hour > 0:
+            self.per_hour.take(now)
+        return None, self.limit_headers(now)
+
+    def limit_headers(self, now: float) -> RawHeaders:
+        """Report the binding window: the hourly one once it is used up, else the per-second."""
+        second, hour = self.options.rate_limit_per_second, self.options.rate_limit_per_hour
+        if hour > 0 and (second <= 0 or self.per_hour.remaining(now, hour) == 0):
+            limit, remaining = hour, self.per_hour.remaining(now, hour)
+            reset = seconds_until(self.per_hour.reset_at(now), now)
+        elif second > 0:
+            limit, remaining = second, self.per_second.remaining(now, second)
+            reset = seconds_until(self.per_second.reset_at(now), now)
+        else:
+            return []
+        return [
+            (b"x-sib-ratelimit-limit", str(limit).encode()),
+            (b"x-sib-ratelimit-remaining", str(remaining).encode()),
+            (b"x-sib-ratelimit-reset", str(reset).encode()),
+        ]
+
+    def rate_limited_response(self, now: float) -> Response:
+        headers = self.limit_headers(now)
+        if not headers:  # burst_429 with limits off: still look like a used-up second
+            headers = [
+                (b"x-sib-ratelimit-limit", b"10"),
+                (b"x-sib-ratelimit-remaining", b"0"),
+                (b"x-sib-ratelimit-reset", b"1"),
+            ]
+        else:
+            headers[1] = (b"x-sib-ratelimit-remaining", b"0")
+        reset = int(headers[2][1])
+        response = error(429, "too_many_requests", "Too many requests (sandbox rate limit)")
+        response.raw_headers.extend(self.retry_after(headers, reset))
+        return response
+
+    def reset(self, *, faults: bool) -> None:
+        super().reset(faults=faults)
+        for process in self.processes.values():
+            if process.timer is not None:
+                process.timer.cancel()
+        self.processes.clear()
+        self.sms_owner.clear()
+        self.ext_id_owner.clear()
+        self.per_second.clear()
+        self.per_hour.clear()
+        self._next_process = 1
+
+    # --- contacts --------------------------------------------------------------------------
+
+    async def create_contact(self, request: Request) -> Response:
+        try:
+            body = await read_json(request)
+        except BadRequestBody as exc:
+            return error(400, "bad_request", exc.message)
+        if not isinstance(body, dict):
+            return error(400, "bad_request", "Input must be a JSON object")
+        self.stats.contacts_received += 1
+        email = body.get("email")
+        if email is None:
+            # Brevo also creates contacts identified only by SMS or ext_id; the sandbox keys every
+            # contact by email, so it refuses them rather than invent another identity.
+            return error(400, "missing_parameter", "email is required (sandbox)")
+        if not is_valid_email(email):
+            return error(400, "invalid_parameter", "Invalid email address")
+        existing = self.store.get(email)
+        if existing is not None and body.get("updateEnabled") is not True:
+            return error(
+                400,
+                "duplicate_parameter",
+                "Unable to create contact, email is already associated with another Contact",
+                metadata={"duplicate_identifiers": ["email"]},
+            )
+        fields = {k: v for k, v in body.items() if k not in _CONTROL_KEYS}
+        refused = self._check_identifiers(email, fields, updating=existing is not None)
+        if refused is not None:
+            return refused
+        contact, created = self._store(email, fields)
+        if created:
+            return JSONResponse({"id": contact.id}, status_code=201)
+        return Response(status_code=204)
+
+    async def update_contact(self, request: Request) -> Response:
+        contact = self._find(request.path_params["identifier"])
+        if contact is None:
+            return error(404, "document_not_found", "Contact does not exist")
+        try:
+            body = await read_json(request)
+        except BadRequestBody as exc:
+            return error(400, "bad_request", exc.message)
+        if not isinstance(body, dict):
+            return error(400, "bad_request", "Input must be a JSON object")
+        self.stats.contacts_received += 1
+        fields = {"email": contact.email, **body}
+        refused = self._check_identifiers(contact.email, fields, updating=True)
+        if refused is not None:
+            return refused
+        self._store(contact.email, fields)
+        return Response(status_code=204)
+
+    async def get_contact(self, request: Request) -> Response:
+        contact = self._find(request.path_params["identifier"])
+        if contact is None:
+            return error(404, "document_not_found", "Contact does not exist")
+        fields = contact.fields
+        return JSONResponse(
+            {
+                "email": contact.email,
+                "id": contact.id,
+                "emailBlacklisted": bool(fields.get("emailBlacklisted", False)),
+                "smsBlacklisted": bool(fields.get("smsBlacklisted", False)),
+                "createdAt": contact.created_at,
+                "modifiedAt": contact.updated_at,
+                "attributes": fields.get("attributes") or {},
+                "listIds": contact.extra.get("listIds", []),
+                "statistics": {},
+            }
+        )
+
+    def _find(self, identifier: str) -> StoredContact | None:
+        if identifier.isdigit():
+            return self.store.by_id.get(int(identifier))
+        return self.store.get(identifier)
+
+    def _check_identifiers(
+        self, email: str, fields: dict[str, Any], *, updating: bool
+    ) -> Response | None:
+        """SMS needs a country code; SMS and ext_id must not belong to another contact."""
+        key = email.lower()
+        verb = "update" if updating else "create"
+        attributes = fields.get("attributes")
+        sms = attributes.get("SMS") if isinstance(attributes, dict) else None
+        clashes = []
+        if sms not in (None, ""):
+            number = normalise_sms(sms)
+            if number is None:
+                return error(400, "invalid_parameter", "Invalid phone number")
+            if self.sms_owner.get(number, key) != key:
+                clashes.append("SMS")
+        ext_id = fields.get("ext_id")
+        if ext_id not in (None, "") and self.ext_id_owner.get(str(ext_id), key) != key:
+            clashes.append("EXT_ID")
+        if clashes:
+            return error(
+                400,
+                "duplicate_parameter",
+                f"Unable to {verb} contact, {' and '.join(clashes)} "
+                f"{'is' if len(clashes) == 1 else 'are'} already associated with another Contact",
+                metadata={"duplicate_identifiers": clashes},
+            )
+        return None
+
+    def _store(self, email: str, fields: dict[str, Any]) -> tuple[StoredContact, bool]:
+        now = iso(self.clock())
+        contact, created = self.store.upsert(email, fields, now)
+        attributes = fields.get("attributes")
+        if isinstance(attributes, dict) and attributes.get("SMS") not in (None, ""):
+            number = normalise_sms(attributes["SMS"])
+            if number is not None:
+                self.sms_owner[number] = contact.email
+        if fields.get("ext_id") not in (None, ""):
+            self.ext_id_owner[str(fields["ext_id"])] = contact.email
+        list_ids = fields.get("listIds")
+        if isinstance(list_ids, list) and list_ids:
+            known = contact.extra.setdefault("listIds", [])
+            known.extend(i for i in list_ids if i not in known)
+        return contact, created
+
+    # --- import ----------------------------------------------------------------------------
+
+    async def import_contacts(self, request: Request) -> Response:
+        raw = await request.body()
+        if len(raw) > MAX_IMPORT_BYTES:
+            # Status and text for an oversized import are not documented; 400 is Brevo's usual.
+            return error(400, "invalid_parameter", "Request body exceeds the 10 MB limit")
+        try:
+            body = await read_json(request)
+        except BadRequestBody as exc:
+            return error(400, "bad_request", exc.message)
+        if not isinstance(body, dict):
+            return error(400, "bad_request", "Input must be a JSON object")
+        list_ids = body.get("listIds")
+        new_list = body.get("newList")
+        if not list_ids and not new_list:
+            return error(400, "missing_parameter", "listIds or newList is required")
+        if list_ids is not None and (
+            not isinstance(list_ids, list) or not all(type(i) is int for i in list_ids)
+        ):
+            return error(400, "invalid_parameter", "listIds must be an array of list ids")
+        rows = self._import_rows(body)
+        if isinstance(rows, Response):
+            return rows
+        self.stats.contacts_received += len(rows)
+        valid = [r for r in rows if is_valid_email(r.get("email"))]
+        if not valid:
+            return error(
+                400,
+                "invalid_parameter",
+                "We could not find any valid email or SMS or Contact ID in the file you "
+                "uploaded. Please check your file and try again.",
+            )
+        targets = list(list_ids or [])
+        if new_list:
+            targets.append(self._next_list)
+            self._next_list += 1
+        process = ImportProcess(
+            id=self._next_process,
+            rows=valid,
+            list_ids=targets,
+            update_existing=body.get("updateExistingContacts", True) is not False,
+            started=self.clock(),
+            skipped=len(rows) - len(valid),
+        )
+        self._next_process += 1
+        self.processes[process.id] = process
+        delay = (self.options.import_queued_ms + self.options.import_processing_ms) / 1000
+        process.timer = asyncio.get_running_loop().call_later(delay, self._finish, process)
+        return JSONResponse({"processId": process.id}, status_code=202)
+
+    def _import_rows(self, body: dict[str, Any]) -> list[dict[str, Any]] | Response:
+        if "jsonBody" in body:
+            rows = body["jsonBody"]
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                return error(400, "invalid_parameter", "jsonBody must be an array of objects")
+            return rows
+        if "fileBody" in body:
+            if not isinstance(body["fileBody"], str):
+                return error(400, "invalid_parameter", "fileBody must be a string")
+            return _csv_rows(body["fileBody"])
+        if "fileUrl" in body:
+            return error(400, "invalid_parameter", "fileUrl imports are not supported (sandbox)")
+        return error(400, "missing_parameter", "jsonBody, fileBody or fileUrl is required")
+
+    def _finish(self, process: ImportProcess) -> None:
+        """Apply the import's rows: what Brevo does when the process completes."""
+        if process.done:
+            return
+        process.done = True
+        process.timer = None
+        for row in process.rows:
+            email = row["email"]
+            existing = self.store.get(email)
+            if existing is not None and not process.update_existing:
+                process.skipped += 1
+                continue
+            # Clashing SMS/ext_id rows are skipped, as an import reports them in its log.
+            if self._check_identifiers(email, row, updating=existing is not None) is not None:
+                process.skipped += 1
+                continue
+            fields = {**row, "listIds": process.list_ids} if process.list_ids else row
+            self._store(email, fields)
+            process.imported += 1
+
+    async def get_process(self, request: Request) -> Response:
+        raw_id = request.path_params["process_id"]
+        process = self.processes.get(int(raw_id)) if raw_id.isdigit() else None
+        if process is None:
+            return error(404, "invalid_parameter", "processId is invalid")
+        elapsed_ms = (self.clock() - process.started) * 1000
+        total_ms = self.options.import_queued_ms + self.options.import_processing_ms
+        if not process.done and elapsed_ms >= total_ms:
+            self._finish(process)  # the timer is late (busy loop): don't report stale status
+        if process.done:
+            status = "completed"
+        elif elapsed_ms >= self.options.import_queued_ms:
+            status = "in_process"
+        else:
+            status = "queued"
+        return JSONResponse({"id": process.id, "status": status, "name": "IMPORTUSER"})
+
+    def inspect_processes(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": p.id,
+                "done": p.done,
+                "rows": len(p.rows),
+                "imported": p.imported,
+                "skipped": p.skipped,
+                "list_ids": p.list_ids,
+            }
+            for p in self.processes.values()
+        ]
+
+
+def _csv_rows(text: str) -> list[dict[str, Any]]:
+    """A `;`-separated fileBody with a header row (EMAIL;FIRSTNAME;...) as jsonBody-like rows."""
+    reader = csv.DictReader(io.StringIO(text), delimiter=";")
+    rows: list[dict[str, Any]] = []
+    for record in reader:
+        attributes = {k.upper(): v for k, v in record.items() if k and k.upper() != "EMAIL" and v}
+        email = next((v for k, v in record.items() if k and k.upper() == "EMAIL"), None)
+        rows.append({"email": email, "attributes": attributes})
+    return rows
