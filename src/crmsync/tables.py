@@ -146,10 +146,20 @@ crm_sync_state = Table(
     CheckConstraint(_in("crm", CRM_NAMES), name="crm"),
     CheckConstraint(_in("sync_status", SyncStatus), name="sync_status"),
     CheckConstraint(_in("processing_status", ProcessingStatus), name="processing_status"),
-    # The queue: due rows of one CRM in order of when they became due.
+    # Status counts and due-now counts per status.
     Index("ix_crm_sync_state_queue", "crm", "sync_status", "next_attempt_at"),
     # List filters by CRM status and the status counts.
     Index("ix_crm_sync_state_status_contact", "crm", "sync_status", "contact_id"),
+)
+
+# The claim reads this: active rows of one CRM in due order (see the migration).
+ACTIVE_STATUSES = (SyncStatus.Selected.value, SyncStatus.Queued.value, SyncStatus.Processing.value)
+Index(
+    "ix_crm_sync_state_due",
+    crm_sync_state.c.crm,
+    crm_sync_state.c.next_attempt_at,
+    sqlite_where=crm_sync_state.c.sync_status.in_(ACTIVE_STATUSES),
+    postgresql_where=crm_sync_state.c.sync_status.in_(ACTIVE_STATUSES),
 )
 
 sync_events = Table(

@@ -26,6 +26,7 @@ from crmsync.contacts.schemas import (
     FilteredStatusUpdateRequest,
     StatusUpdateRequest,
     StatusUpdateResponse,
+    SyncEventRead,
 )
 from crmsync.errors import Unprocessable
 
@@ -134,6 +135,18 @@ async def select_filtered_for_crm_sync(
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {**ERRORS, 404: {"description": "No such contact"}}
+
+
+@router.get("/{contact_id}/sync-history", response_model=list[SyncEventRead], responses=NOT_FOUND)
+async def sync_history(
+    _: UserDep,
+    service: ContactsDep,
+    contact_id: uuid.UUID,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2_000_000_000)] = 0,
+) -> list[dict[str, Any]]:
+    """Every attempt to push this contact, newest first (kept CRMSYNC_EVENT_RETENTION_DAYS)."""
+    return await service.history(contact_id, limit, offset)
 
 
 @router.get("/{contact_id}", response_model=ContactRead, responses=NOT_FOUND)

@@ -211,3 +211,17 @@ class CrmSelectionResponse(BaseModel):
     crms: list[str]
     action: str
     message: str
+
+
+class SyncEventRead(BaseModel):
+    """One attempt to push a contact to a CRM."""
+
+    id: int
+    crm: str
+    outcome: str
+    http_status: int | None
+    message: str | None
+    attempt: int
+    duration_ms: int
+    worker: str | None
+    created_at: dt.datetime

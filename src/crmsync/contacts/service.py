@@ -33,7 +33,7 @@ from crmsync.contacts.schemas import (
 from crmsync.enums import CRM_NAMES, Crm, CurationStatus, SyncStatus
 from crmsync.errors import BadRequest, Conflict, NotFound, Unprocessable
 from crmsync.settings import Settings
-from crmsync.sync import selection, wakeup
+from crmsync.sync import events, selection, wakeup
 
 ACTIONS = ("select", "unselect")
 _ENGINE_OWNED = {SyncStatus.Processing, SyncStatus.Complete, SyncStatus.Error}
@@ -94,6 +94,13 @@ class ContactService:
             total = await repo.count(conn, conds)
             states = await repo.states_for(conn, [row["id"] for row in rows])
         return present_many(rows, states), total
+
+    async def history(self, contact_id: uuid.UUID, limit: int, offset: int) -> list[dict[str, Any]]:
+        async with self.read_engine.connect() as conn:
+            if await repo.get(conn, contact_id) is None:
+                raise NotFound(f"Contact {contact_id} not found")
+            rows = await events.history(conn, contact_id, limit, offset)
+        return [dict(row) for row in rows]
 
     # -- single contact ------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ CURATION = ("New", "Queued", "Processing", "Complete", "Error", "Skipped")
 PROCESSING = ("Queued", "Processing", "Complete", "Error")
 EMAIL_TYPES = ("SERVICE", "CORPORATE", "FREE", "UNKNOWN")
 CRMS = ("brevo", "hubspot", "mautic", "n8n")
+ACTIVE = "sync_status IN ('Selected', 'Queued', 'Processing')"
 
 
 def upgrade() -> None:
@@ -102,8 +103,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_crm_sync_state"),
         sa.UniqueConstraint("contact_id", "crm", name="uq_crm_sync_state_contact_id_crm"),
     )
+    # Status counts and due-now counts per status (health, summary).
     op.create_index(
         "ix_crm_sync_state_queue", "crm_sync_state", ["crm", "sync_status", "next_attempt_at"]
+    )
+    # The claim: active rows of one CRM in due order. Partial, so that it stays as small as the
+    # work waiting (millions of Complete rows never enter it) and a claim reads only what it takes.
+    op.create_index(
+        "ix_crm_sync_state_due",
+        "crm_sync_state",
+        ["crm", "next_attempt_at"],
+        sqlite_where=sa.text(ACTIVE),
+        postgresql_where=sa.text(ACTIVE),
     )
     op.create_index(
         "ix_crm_sync_state_status_contact", "crm_sync_state", ["crm", "sync_status", "contact_id"]

@@ -1,0 +1,173 @@
+"""The sync state machine, per (contact, CRM), and how a push's results become row updates.
+
+```
+New --select--> Selected --claim--> Processing --ok--> Complete
+                   ^                    |  |--retry, attempts left--> Queued (after a backoff)
+                   |                    |  |--fail, or retries used up--> Error
+                   |                    |--rate limited / auth / config--> Queued (no attempt)
+   unselect: Selected/Queued/Error/Complete/Processing --> New
+   contact edited while Complete or Processing --> Selected (re-sync)
+   operator retry or re-select: Error --> Selected (attempts reset)
+```
+
+`processing_status` mirrors it as the customer's dual status: Queued while waiting (Selected or
+Queued), Processing, Complete, Error. Selected/Queued/Processing rows are "active": the claim
+takes them when `next_attempt_at <= now`; a claim moves `next_attempt_at` to the lease's expiry,
+so a row whose worker died becomes due again exactly when its lease runs out.
+
+This module is pure: it turns results into `RowUpdate`s and `Event`s; `queue.py` writes them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from crmsync.connectors.base import ContactPayload, Fail, Ok, Retry, RowResult, truncate
+from crmsync.sync.backoff import Backoff
+
+
+class Outcome(StrEnum):
+    ok = "ok"  # the vendor holds the contact
+    unchanged = "unchanged"  # same payload as last accepted: no call made
+    retry = "retry"  # failed, will be tried again after a backoff
+    error = "error"  # failed for good (permanent, or retries used up)
+    rate_limited = "rate_limited"  # released without spending an attempt
+    auth_failed = "auth_failed"  # released; the CRM is paused
+    misconfigured = "misconfigured"  # released; the CRM is paused
+    released = "released"  # handed back unattempted (shutdown)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A row this worker holds under a lease, with what the connector needs to push it."""
+
+    state_id: int
+    attempts: int
+    synced_hash: str | None
+    payload: ContactPayload
+
+    @property
+    def contact_id(self) -> uuid.UUID:
+        return self.payload.contact_id
+
+
+@dataclass(frozen=True, slots=True)
+class RowUpdate:
+    state_id: int
+    contact_id: uuid.UUID
+    outcome: Outcome
+    attempts: int
+    message: str | None = None
+    http_status: int | None = None
+    external_id: str | None = None
+    synced_hash: str | None = None
+    next_attempt_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int
+    backoff: Backoff
+
+
+def max_retries_message(last_error: str) -> str:
+    return truncate(f"Max retries exceeded. Last error: {last_error}")
+
+
+def apply_result(
+    row: Claimed, result: RowResult, fingerprint: str, policy: RetryPolicy, now: dt.datetime
+) -> RowUpdate:
+    """The update one vendor answer causes. Success resets the row's attempt counter."""
+    if isinstance(result, Ok):
+        return RowUpdate(
+            row.state_id,
+            row.contact_id,
+            Outcome.ok,
+            attempts=0,
+            http_status=result.http_status,
+            external_id=result.external_id,
+            synced_hash=fingerprint,
+        )
+    if isinstance(result, Fail):
+        return RowUpdate(
+            row.state_id,
+            row.contact_id,
+            Outcome.error,
+            attempts=row.attempts + 1,
+            message=truncate(result.reason),
+            http_status=result.http_status,
+        )
+    return retry_or_give_up(row, result.reason, result.http_status, policy, now)
+
+
+def retry_or_give_up(
+    row: Claimed, reason: str, http_status: int | None, policy: RetryPolicy, now: dt.datetime
+) -> RowUpdate:
+    """A failure worth retrying: Queued with backoff, or Error once the retries are used up."""
+    failures = row.attempts + 1
+    if failures > policy.max_retries:
+        return RowUpdate(
+            row.state_id,
+            row.contact_id,
+            Outcome.error,
+            attempts=failures,
+            message=max_retries_message(reason),
+            http_status=http_status,
+        )
+    return RowUpdate(
+        row.state_id,
+        row.contact_id,
+        Outcome.retry,
+        attempts=failures,
+        message=truncate(reason),
+        http_status=http_status,
+        next_attempt_at=now + policy.backoff.delay(failures),
+    )
+
+
+def release(
+    row: Claimed,
+    outcome: Outcome,
+    until: dt.datetime,
+    message: str | None = None,
+    http_status: int | None = None,
+) -> RowUpdate:
+    """Hand a row back without spending an attempt, due again at `until`."""
+    return RowUpdate(
+        row.state_id,
+        row.contact_id,
+        outcome,
+        attempts=row.attempts,
+        message=message,
+        http_status=http_status,
+        next_attempt_at=until,
+    )
+
+
+def unchanged(row: Claimed) -> RowUpdate:
+    return RowUpdate(
+        row.state_id,
+        row.contact_id,
+        Outcome.unchanged,
+        attempts=0,
+        external_id=row.payload.external_id,
+        synced_hash=row.synced_hash,
+    )
+
+
+__all__ = [
+    "Claimed",
+    "Fail",
+    "Ok",
+    "Outcome",
+    "Retry",
+    "RetryPolicy",
+    "RowUpdate",
+    "apply_result",
+    "release",
+    "retry_or_give_up",
+    "unchanged",
+]

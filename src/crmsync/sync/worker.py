@@ -1,0 +1,506 @@
+"""The worker: drains each enabled CRM's queue at the vendor's pace, on one host or many.
+
+Per CRM, one loop claims a batch (short transaction), hands it to a task that pushes it (no
+transaction open) and records the outcome (short transaction), then claims the next batch while
+up to `{CRM}_SYNC_SCHEDULER_MAX_INSTANCES` batches are still in flight: the next claim overlaps
+the current vendor call. When nothing is due it sleeps `{CRM}_SYNC_SCHEDULER_INTERVAL_SECONDS`,
+or less if a selection wakes it (same process: an event; other processes: PostgreSQL NOTIFY).
+
+Beside the loops: a heartbeat (worker row, lease renewal for slow batches), event pruning, and
+on PostgreSQL a LISTEN connection. On stop, no new claims; in-flight batches get
+`CRMSYNC_SHUTDOWN_GRACE_SECONDS` to finish, then are cancelled and their rows handed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crmsync import metrics
+from crmsync.clock import Clock, utcnow
+from crmsync.connectors.base import (
+    AuthFailed,
+    Connector,
+    ConnectorError,
+    Misconfigured,
+    RateLimited,
+    RowResult,
+    Transient,
+)
+from crmsync.connectors.registry import create_connector
+from crmsync.enums import Crm
+from crmsync.settings import CrmSettings, Settings
+from crmsync.sync import control, events, heartbeat, queue
+from crmsync.sync.backoff import Backoff
+from crmsync.sync.state import (
+    Claimed,
+    Outcome,
+    RetryPolicy,
+    RowUpdate,
+    apply_result,
+    release,
+    retry_or_give_up,
+    unchanged,
+)
+from crmsync.sync.wakeup import CHANNEL, Wakeup
+
+log = logging.getLogger(__name__)
+
+# How often in-memory views of shared state are refreshed.
+CONTROL_TTL = 1.0
+SUMMARY_SECONDS = 10.0
+PRUNE_SECONDS = 3600.0
+
+# Called with (crm, outcome, rows) after each batch is recorded; the alerting hooks in here.
+BatchListener = Callable[[Crm, Sequence[RowUpdate]], Awaitable[None]]
+PauseListener = Callable[[Crm, control.PauseKind, str], Awaitable[None]]
+
+
+@dataclass
+class Hooks:
+    on_batch: list[BatchListener] = field(default_factory=list)
+    on_pause: list[PauseListener] = field(default_factory=list)
+
+
+class CrmRunner:
+    """Drains one CRM's queue."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        crm: Crm,
+        connector: Connector,
+        crm_settings: CrmSettings,
+    ) -> None:
+        self.worker = worker
+        self.crm = crm
+        self.connector = connector
+        self.settings = crm_settings
+        self.batch_size = crm_settings.sync_scheduler_batch_size or connector.max_batch
+        self.max_instances = (
+            crm_settings.sync_scheduler_max_instances or connector.default_concurrency
+        )
+        self.policy = RetryPolicy(
+            crm_settings.sync_max_retries,
+            Backoff(
+                crm_settings.retry_delay_seconds,
+                crm_settings.sync_retry_exponential,
+                random=worker.random,
+            ),
+        )
+        self.in_flight: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(self.max_instances)
+        self._control = control.Control(crm)
+        self._control_read = -CONTROL_TTL
+        self._counts: Counter[str] = Counter()
+        self._summary_started = time.monotonic()
+        self.last_cycle_at: dt.datetime | None = None
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                wait = await self._cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A database hiccup must not kill the loop: log, back off, try again.
+                log.exception("%s: sync cycle failed; retrying", self.crm.value)
+                wait = self.settings.interval_seconds
+            if wait > 0:
+                await self.worker.idle(self.crm, wait)
+        self._log_summary(force=True)
+
+    async def _cycle(self) -> float:
+        """Claim and dispatch one batch; return how long to idle afterwards (0: go on)."""
+        now = self.worker.clock()
+        pause = await self._pause_left(now)
+        if pause is not None:
+            return pause
+        await self._slots.acquire()
+        if self.worker.stopping.is_set():
+            self._slots.release()
+            return 0
+        token = uuid.uuid4().hex
+        lease_until = now + dt.timedelta(seconds=self.worker.settings.lease_seconds)
+        try:
+            batch = await queue.claim(
+                self.worker.engine,
+                self.crm,
+                self.batch_size,
+                self.worker.id,
+                token,
+                now,
+                lease_until,
+            )
+        except BaseException:
+            self._slots.release()
+            raise
+        self.last_cycle_at = now
+        if not batch:
+            self._slots.release()
+            self._log_summary(force=True)
+            return self.settings.interval_seconds
+        task = asyncio.create_task(self._process(batch, token), name=f"{self.crm.value}:{token}")
+        self.in_flight[token] = task
+        metrics.IN_FLIGHT.labels(self.crm.value).inc()
+        task.add_done_callback(functools.partial(self._done, token))
+        self._log_summary()
+        # A short batch means the queue is drained for now: rest until woken or polled.
+        return 0 if len(batch) >= self.batch_size else self.settings.interval_seconds
+
+    async def run_once(self) -> int:
+        """Claim one batch and push it to the end; the number of rows it held (0: none due)."""
+        now = self.worker.clock()
+        token = uuid.uuid4().hex
+        lease_until = now + dt.timedelta(seconds=self.worker.settings.lease_seconds)
+        batch = await queue.claim(
+            self.worker.engine, self.crm, self.batch_size, self.worker.id, token, now, lease_until
+        )
+        if batch:
+            await self._process(batch, token)
+        return len(batch)
+
+    def _done(self, token: str, _task: asyncio.Task[None]) -> None:
+        self.in_flight.pop(token, None)
+        metrics.IN_FLIGHT.labels(self.crm.value).dec()
+        self._slots.release()
+
+    async def _pause_left(self, now: dt.datetime) -> float | None:
+        """Seconds to wait while the CRM is paused (manual or timed), else None."""
+        if time.monotonic() - self._control_read >= CONTROL_TTL:
+            async with self.worker.read_engine.connect() as conn:
+                self._control = (await control.load(conn))[self.crm]
+            self._control_read = time.monotonic()
+        ctl = self._control
+        if ctl.manual_pause:
+            return self.settings.interval_seconds
+        if ctl.paused_until is not None and ctl.paused_until > now:
+            left = (ctl.paused_until - now).total_seconds()
+            return min(left, self.settings.interval_seconds)
+        return None
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    async def _process(self, batch: list[Claimed], token: str) -> None:
+        started = self.worker.clock()
+        t0 = time.perf_counter()
+        updates: list[RowUpdate] = []
+        to_push: list[Claimed] = []
+        fingerprints: list[str] = []
+        for row in batch:
+            fingerprint = self.connector.fingerprint(row.payload)
+            if fingerprint == row.synced_hash:
+                updates.append(unchanged(row))  # the CRM already holds exactly this
+            else:
+                to_push.append(row)
+                fingerprints.append(fingerprint)
+        if to_push:
+            updates += await self._push(to_push, fingerprints)
+        duration = time.perf_counter() - t0
+        metrics.VENDOR_LATENCY.labels(self.crm.value).observe(duration)
+        timing = queue.Timing(self.worker.id, started, int(duration * 1000))
+        recorded = await queue.record(
+            self.worker.engine, self.crm, token, updates, self.worker.clock(), timing
+        )
+        if recorded.lost:
+            metrics.LEASE_LOST.labels(self.crm.value).inc(len(recorded.lost))
+            log.warning(
+                "%s: %d result(s) not applied: their rows changed or were reclaimed meanwhile",
+                self.crm.value,
+                len(recorded.lost),
+            )
+        for update in updates:
+            self._counts[update.outcome.value] += 1
+            metrics.PUSHES.labels(self.crm.value, update.outcome.value).inc()
+        self._counts["lost"] += len(recorded.lost)
+        self.worker.rows_done += len(updates)
+        for listener in self.worker.hooks.on_batch:
+            await _quietly(listener(self.crm, updates))
+
+    async def _push(self, rows: list[Claimed], fingerprints: list[str]) -> list[RowUpdate]:
+        now = self.worker.clock()
+        try:
+            results = await self.connector.push([row.payload for row in rows])
+            if len(results) != len(rows):
+                raise Transient(f"connector returned {len(results)} results for {len(rows)} rows")
+        except RateLimited as exc:
+            metrics.RATE_LIMITED.labels(self.crm.value).inc()
+            until = now + dt.timedelta(seconds=exc.retry_after)
+            await self._pause(control.PauseKind.rate_limit, until, exc.message)
+            return self._partial(rows, fingerprints, exc, Outcome.rate_limited, until, None)
+        except (AuthFailed, Misconfigured) as exc:
+            kind = (
+                control.PauseKind.auth
+                if isinstance(exc, AuthFailed)
+                else control.PauseKind.configuration
+            )
+            until = now + dt.timedelta(seconds=self.settings.auth_retry_seconds)
+            await self._pause(kind, until, exc.message)
+            outcome = Outcome.auth_failed if isinstance(exc, AuthFailed) else Outcome.misconfigured
+            return self._partial(rows, fingerprints, exc, outcome, until, exc.message)
+        except Transient as exc:
+            return [
+                retry_or_give_up(row, exc.message, exc.http_status, self.policy, now)
+                for row in rows
+            ]
+        except ConnectorError as exc:
+            return [
+                retry_or_give_up(row, exc.message, exc.http_status, self.policy, now)
+                for row in rows
+            ]
+        except Exception as exc:
+            log.exception("%s: connector failed unexpectedly", self.crm.value)
+            reason = f"internal error in the {self.crm.value} connector: {type(exc).__name__}"
+            return [retry_or_give_up(row, reason, None, self.policy, now) for row in rows]
+        return [
+            apply_result(row, result, fingerprint, self.policy, now)
+            for row, result, fingerprint in zip(rows, results, fingerprints, strict=True)
+        ]
+
+    def _partial(
+        self,
+        rows: list[Claimed],
+        fingerprints: list[str],
+        exc: ConnectorError,
+        outcome: Outcome,
+        until: dt.datetime,
+        message: str | None,
+    ) -> list[RowUpdate]:
+        """Rows the vendor answered keep their result; the others go back, no attempt spent."""
+        now = self.worker.clock()
+        partial: list[RowResult | None] = exc.partial or [None] * len(rows)
+        out = []
+        for row, fingerprint, result in zip(rows, fingerprints, partial, strict=True):
+            if result is None:
+                out.append(release(row, outcome, until, message, exc.http_status))
+            else:
+                out.append(apply_result(row, result, fingerprint, self.policy, now))
+        return out
+
+    async def _pause(self, kind: control.PauseKind, until: dt.datetime, reason: str) -> None:
+        log.warning(
+            "%s paused until %s (%s): %s", self.crm.value, until.isoformat(), kind.value, reason
+        )
+        async with self.worker.engine.begin() as conn:
+            await control.pause_until(conn, self.crm, until, kind, reason, self.worker.clock())
+        self._control = control.Control(self.crm, False, until, kind.value, reason)
+        self._control_read = time.monotonic()
+        for listener in self.worker.hooks.on_pause:
+            await _quietly(listener(self.crm, kind, reason))
+
+    def _log_summary(self, force: bool = False) -> None:
+        """One line per CRM per cycle (at most every SUMMARY_SECONDS while busy)."""
+        elapsed = time.monotonic() - self._summary_started
+        if not self._counts or (not force and elapsed < SUMMARY_SECONDS):
+            return
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+        total = sum(v for k, v in self._counts.items() if k != "lost")
+        log.info(
+            "%s: %s in %.1f s (%.0f rows/s)",
+            self.crm.value,
+            parts,
+            elapsed,
+            total / elapsed if elapsed else 0,
+            extra={"crm": self.crm.value, "counts": dict(self._counts)},
+        )
+        self._counts.clear()
+        self._summary_started = time.monotonic()
+
+
+async def _quietly(awaitable: Awaitable[None]) -> None:
+    """Run a listener; its failure is logged and never disturbs the sync."""
+    try:
+        await awaitable
+    except Exception:
+        log.exception("a sync listener failed")
+
+
+class Worker:
+    """All CRM loops of one process, plus heartbeat, pruning and the PostgreSQL listener."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        crms: Sequence[Crm] | None = None,
+        *,
+        connectors: dict[Crm, Connector] | None = None,
+        clock: Clock = utcnow,
+        wakeup: Wakeup | None = None,
+        rand: Callable[[], float] = random.random,
+        hooks: Hooks | None = None,
+    ) -> None:
+        from crmsync.db import read_only
+
+        self.engine = engine
+        self.read_engine = read_only(engine)
+        self.settings = settings
+        self.clock = clock
+        self.random = rand
+        self.wakeup = wakeup or Wakeup()
+        self.hooks = hooks or Hooks()
+        self.id = heartbeat.worker_id(uuid.uuid4().hex[:6])
+        self.stopping = asyncio.Event()
+        self.rows_done = 0
+        self.runners: dict[Crm, CrmRunner] = {}
+        self.disabled: dict[Crm, str] = {}
+        self._own_connectors: list[Connector] = []
+        for crm in crms or list(Crm):
+            connector = (connectors or {}).get(crm)
+            if connector is None:
+                missing = settings.crm(crm).missing()
+                if missing:
+                    self.disabled[crm] = missing
+                    log.warning(
+                        "%s is disabled: %s; contacts selected for it stay Queued until it is "
+                        "configured",
+                        crm.value,
+                        missing,
+                    )
+                    continue
+                connector = create_connector(crm, settings)
+                self._own_connectors.append(connector)
+            self.runners[crm] = CrmRunner(self, crm, connector, settings.crm(crm))
+
+    async def idle(self, crm: Crm, seconds: float) -> None:
+        """Sleep until woken for `crm`, stopped, or `seconds` pass."""
+        if not self.stopping.is_set():
+            await self.wakeup.wait(crm, seconds)
+
+    def stop(self) -> None:
+        """Stop claiming (in-flight batches finish in `run`'s shutdown)."""
+        self.stopping.set()
+        self.wakeup.notify(list(Crm))
+
+    async def run(self) -> None:
+        """Run until `stop()`; then shut down gracefully. Connectors are closed on the way out."""
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            await heartbeat.register(conn, self.id, list(self.runners), now)
+        log.info(
+            "worker %s started for %s",
+            self.id,
+            ", ".join(crm.value for crm in self.runners) or "no CRM (none is configured)",
+        )
+        helpers = [
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(self._prune(), name="prune"),
+        ]
+        if self.engine.dialect.name == "postgresql":
+            helpers.append(asyncio.create_task(self._listen(), name="listen"))
+        loops = [
+            asyncio.create_task(runner.run(self.stopping), name=f"loop:{crm.value}")
+            for crm, runner in self.runners.items()
+        ]
+        try:
+            if loops:
+                await asyncio.gather(*loops)
+            else:
+                await self.stopping.wait()
+        finally:
+            for task in loops:
+                task.cancel()
+            await self._drain()
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            async with self.engine.begin() as conn:
+                await heartbeat.stopped(conn, self.id, self.clock())
+            for connector in self._own_connectors:
+                await connector.aclose()
+            log.info("worker %s stopped", self.id)
+
+    async def _drain(self) -> None:
+        """Give in-flight batches the grace period, then cancel them and hand their rows back."""
+        tasks = {
+            (runner, token): task
+            for runner in self.runners.values()
+            for token, task in runner.in_flight.items()
+        }
+        if not tasks:
+            return
+        log.info(
+            "waiting up to %ss for %d batch(es) in flight",
+            self.settings.shutdown_grace_seconds,
+            len(tasks),
+        )
+        _, pending = await asyncio.wait(
+            tasks.values(), timeout=self.settings.shutdown_grace_seconds
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        now = self.clock()
+        for (runner, token), task in tasks.items():
+            if task in pending:
+                timing = queue.Timing(self.id, now, 0)
+                count = await queue.release_lease(self.engine, runner.crm, token, now, timing)
+                log.warning("%s: handed back %d unfinished row(s)", runner.crm.value, count)
+
+    async def _heartbeat(self) -> None:
+        period = min(5.0, self.settings.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                now = self.clock()
+                last = max(
+                    (r.last_cycle_at for r in self.runners.values() if r.last_cycle_at),
+                    default=None,
+                )
+                async with self.engine.begin() as conn:
+                    await heartbeat.beat(conn, self.id, now, last, self.rows_done)
+                tokens = [t for r in self.runners.values() for t in r.in_flight]
+                until = now + dt.timedelta(seconds=self.settings.lease_seconds)
+                await queue.renew(self.engine, tokens, until)
+                metrics.HEARTBEAT.set(time.time())
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def _prune(self) -> None:
+        while True:
+            try:
+                before = self.clock() - dt.timedelta(days=self.settings.event_retention_days)
+                while True:
+                    async with self.engine.begin() as conn:
+                        if await events.prune(conn, before) == 0:
+                            break
+            except Exception:
+                log.exception("pruning sync events failed")
+            await asyncio.sleep(PRUNE_SECONDS)
+
+    async def _listen(self) -> None:
+        """LISTEN for selections committed by other processes; reconnect after errors."""
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    raw = await conn.get_raw_connection()
+                    driver = raw.driver_connection
+                    assert driver is not None
+
+                    def _on_notify(_c: object, _pid: int, _ch: str, payload: str) -> None:
+                        self.wakeup.notify_payload(payload)
+
+                    await driver.add_listener(CHANNEL, _on_notify)
+                    try:
+                        await asyncio.Event().wait()
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await driver.remove_listener(CHANNEL, _on_notify)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("LISTEN connection lost; polling until it is back", exc_info=True)
+                await asyncio.sleep(5)

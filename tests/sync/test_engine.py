@@ -1,0 +1,492 @@
+"""The sync engine against a real database (SQLite and PostgreSQL) and an in-process connector."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crmsync.connectors.base import (
+    AuthFailed,
+    ContactPayload,
+    Fail,
+    Misconfigured,
+    Ok,
+    RateLimited,
+    Retry,
+    RowResult,
+    Transient,
+)
+from crmsync.enums import Crm
+from crmsync.settings import Settings
+from crmsync.sync import queue
+from crmsync.sync.state import Outcome, RowUpdate
+from crmsync.sync.worker import Worker
+from crmsync.tables import crm_control, crm_sync_state, sync_events
+from tests.conftest import add_contacts
+from tests.sync.fakes import FakeConnector, FrozenClock
+
+SELECT = "/api/v3/contacts/crm/select"
+HUB = Crm.hubspot
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
+
+
+@pytest.fixture
+def fake() -> FakeConnector:
+    return FakeConnector()
+
+
+@pytest.fixture
+async def worker(
+    engine: AsyncEngine, settings: Settings, fake: FakeConnector, clock: FrozenClock
+) -> AsyncIterator[Worker]:
+    settings.hubspot.sync_retry_delay_seconds = 60
+    settings.hubspot.sync_max_retries = 3
+    yield Worker(engine, settings, [HUB], connectors={HUB: fake}, clock=clock, rand=lambda: 0.5)
+
+
+async def select_for(client: httpx.AsyncClient, ids: list[str], **extra: object) -> None:
+    r = await client.put(SELECT, json={"contact_ids": ids, "crms": ["hubspot"], **extra})
+    assert r.status_code == 200, r.text
+
+
+async def states(engine: AsyncEngine) -> dict[str, dict[str, object]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(crm_sync_state).where(crm_sync_state.c.crm == "hubspot"))
+        return {str(r.contact_id): dict(r._mapping) for r in rows}
+
+
+async def event_rows(engine: AsyncEngine) -> list[dict[str, object]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(sync_events).order_by(sync_events.c.id))
+        return [dict(r._mapping) for r in rows]
+
+
+async def test_claim_leases_disjoint_batches_and_skips_rows_not_due(
+    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    ids = await add_contacts(client, 5)
+    async with engine.begin() as conn:  # selections are stamped with wall-clock time
+        await conn.execute(update(crm_sync_state).values(next_attempt_at=clock.now))
+    await select_for(client, ids)
+    async with engine.begin() as conn:
+        await conn.execute(update(crm_sync_state).values(next_attempt_at=clock.now))
+        # One row waits for a retry in the future; it must not be claimed.
+        await conn.execute(
+            update(crm_sync_state)
+            .where(crm_sync_state.c.contact_id == uuid.UUID(ids[4]))
+            .values(sync_status="Queued", next_attempt_at=clock.now + dt.timedelta(minutes=5))
+        )
+    lease = clock.now + dt.timedelta(seconds=30)
+    a = await queue.claim(engine, HUB, 2, "w1", "tok-a", clock.now, lease)
+    b = await queue.claim(engine, HUB, 10, "w2", "tok-b", clock.now, lease)
+    c = await queue.claim(engine, HUB, 10, "w3", "tok-c", clock.now, lease)
+    assert len(a) == 2 and len(b) == 2 and c == []
+    assert {r.contact_id for r in a}.isdisjoint({r.contact_id for r in b})
+    rows = await states(engine)
+    held = [r for r in rows.values() if r["sync_status"] == "Processing"]
+    assert len(held) == 4
+    assert {r["lease_token"] for r in held} == {"tok-a", "tok-b"}
+    assert all(r["lease_expires_at"] == lease and r["next_attempt_at"] == lease for r in held)
+    assert rows[ids[4]]["sync_status"] == "Queued"
+    assert a[0].payload.email.endswith("@example.com")
+
+
+async def test_expired_lease_is_reclaimed_and_the_stale_write_refused(
+    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    ids = await add_contacts(client, 3)
+    await select_for(client, ids)
+    now = clock.now + dt.timedelta(minutes=1)
+    first = await queue.claim(engine, HUB, 10, "dead", "tok-1", now, now + dt.timedelta(seconds=5))
+    assert len(first) == 3
+    # The first worker is killed here, between claim and record. Before its lease ends, nobody
+    # else may take the rows; after it, another worker does.
+    assert await queue.claim(engine, HUB, 10, "w2", "tok-2", now, now) == []
+    later = now + dt.timedelta(seconds=6)
+    second = await queue.claim(engine, HUB, 10, "w2", "tok-2", later, later + dt.timedelta(60))
+    assert {r.state_id for r in second} == {r.state_id for r in first}
+
+    def ok(token_rows: list[queue.Claimed]) -> list[RowUpdate]:
+        return [
+            RowUpdate(r.state_id, r.contact_id, Outcome.ok, 0, external_id="x") for r in token_rows
+        ]
+
+    timing = queue.Timing("w", later, 1)
+    done = await queue.record(engine, HUB, "tok-2", ok(second), later, timing)
+    assert done.applied == 3 and done.lost == []
+    # The resurrected first worker reports late: nothing of it is applied.
+    stale = await queue.record(engine, HUB, "tok-1", ok(first), later, timing)
+    assert stale.applied == 0 and len(stale.lost) == 3
+    assert all(r["sync_status"] == "Complete" for r in (await states(engine)).values())
+    messages = [e["message"] for e in await event_rows(engine)]
+    assert sum(1 for m in messages if m and m.startswith(queue.NOT_APPLIED)) == 3
+
+
+async def test_success_stores_the_vendor_id_and_resets_attempts(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker: Worker, fake: FakeConnector
+) -> None:
+    ids = await add_contacts(client, 3)
+    await select_for(client, ids)
+    async with engine.begin() as conn:
+        await conn.execute(update(crm_sync_state).values(attempts=2))
+    assert await worker.runners[HUB].run_once() == 3
+    rows = await states(engine)
+    for cid in ids:
+        row = rows[cid]
+        assert row["sync_status"] == "Complete" and row["processing_status"] == "Complete"
+        assert row["attempts"] == 0 and row["lease_token"] is None
+        assert str(row["external_id"]).startswith("ext-") and row["synced_hash"]
+    contact = (await client.get(f"/api/v3/contacts/{ids[0]}")).json()
+    assert contact["hubspot_contact_id"].startswith("ext-")
+    assert contact["sync"]["hubspot"]["synced_at"] is not None
+    history = (await client.get(f"/api/v3/contacts/{ids[0]}/sync-history")).json()
+    assert [h["outcome"] for h in history] == ["ok"] and history[0]["crm"] == "hubspot"
+
+
+async def test_backoff_then_max_retries_error(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    worker: Worker,
+    fake: FakeConnector,
+    clock: FrozenClock,
+) -> None:
+    ids = await add_contacts(client, 1)
+    await select_for(client, ids)
+    clock.advance(3600)  # past the selection's wall-clock time
+    fake.script = lambda batch: [Retry("HTTP 503 from HubSpot", 503) for _ in batch]
+    runner = worker.runners[HUB]
+    expected_delays = [60, 120, 240]  # base·2^n, jitter fixed at 0 by rand() = 0.5
+    for attempt, delay in enumerate(expected_delays, start=1):
+        assert await runner.run_once() == 1
+        row = (await states(engine))[ids[0]]
+        assert row["sync_status"] == "Queued" and row["processing_status"] == "Queued"
+        assert row["attempts"] == attempt
+        assert row["next_attempt_at"] == clock.now + dt.timedelta(seconds=delay)
+        assert row["processing_error"] == "HTTP 503 from HubSpot"
+        assert await runner.run_once() == 0  # not due yet
+        clock.advance(delay)
+    assert await runner.run_once() == 1
+    row = (await states(engine))[ids[0]]
+    assert row["sync_status"] == "Error" and row["processing_status"] == "Error"
+    assert row["processing_error"] == "Max retries exceeded. Last error: HTTP 503 from HubSpot"
+    assert row["attempts"] == 4
+    clock.advance(10**6)
+    assert await runner.run_once() == 0  # an Error row is never picked up again by itself
+    contact = (await client.get(f"/api/v3/contacts/{ids[0]}")).json()
+    assert contact["retry_count"] == 4 and contact["last_failed_crm"] == "hubspot"
+
+
+async def test_linear_backoff_with_jitter_bounds(settings: Settings) -> None:
+    from crmsync.sync.backoff import Backoff
+
+    linear = Backoff(300, exponential=False, random=lambda: 0.5)
+    assert [linear.delay(n).total_seconds() for n in (1, 2, 3)] == [300, 600, 900]
+    low = Backoff(100, random=lambda: 0.0).delay(1).total_seconds()
+    high = Backoff(100, random=lambda: 1.0).delay(1).total_seconds()
+    assert (low, high) == (80, 120)  # ±20%
+    assert Backoff(3600).delay(40) == dt.timedelta(hours=24)  # capped
+
+
+async def test_permanent_failure_is_error_at_once(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker: Worker, fake: FakeConnector
+) -> None:
+    ids = await add_contacts(client, 2)
+    await select_for(client, ids)
+    bad = (await client.get(f"/api/v3/contacts/{ids[0]}")).json()["email"]
+    fake.script = lambda batch: [
+        Fail("Email address is invalid", 400) if c.email == bad else Ok("1", 200) for c in batch
+    ]
+    await worker.runners[HUB].run_once()
+    rows = await states(engine)
+    assert rows[ids[0]]["sync_status"] == "Error" and rows[ids[0]]["attempts"] == 1
+    assert rows[ids[0]]["processing_error"] == "Email address is invalid"
+    assert rows[ids[1]]["sync_status"] == "Complete"
+    failed = await client.get("/api/v3/contacts", params={"hubspot_sync_status": "Error"})
+    assert [c["id"] for c in failed.json()] == [ids[0]]
+
+
+async def test_transient_batch_failure_backs_off(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker: Worker, fake: FakeConnector
+) -> None:
+    ids = await add_contacts(client, 2)
+    await select_for(client, ids)
+    fake.error = Transient("timed out after 30 s")
+    await worker.runners[HUB].run_once()
+    for row in (await states(engine)).values():
+        assert row["sync_status"] == "Queued" and row["attempts"] == 1
+        assert row["processing_error"] == "timed out after 30 s"
+
+
+async def test_rate_limit_spends_no_attempt_and_pauses_the_crm(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    worker: Worker,
+    fake: FakeConnector,
+    clock: FrozenClock,
+) -> None:
+    ids = await add_contacts(client, 3)
+    await select_for(client, ids)
+    clock.advance(3600)
+    first = (await client.get(f"/api/v3/contacts/{ids[0]}")).json()["email"]
+    fake.error = RateLimited(10, "HubSpot rate limit reached")
+    runner = worker.runners[HUB]
+    await runner.run_once()
+    rows = await states(engine)
+    assert all(r["sync_status"] == "Queued" and r["attempts"] == 0 for r in rows.values())
+    assert all(r["next_attempt_at"] == clock.now + dt.timedelta(seconds=10) for r in rows.values())
+    assert all(r["processing_error"] is None for r in rows.values())
+    async with engine.connect() as conn:
+        ctl = (await conn.execute(select(crm_control))).one()
+    assert ctl.crm == "hubspot" and ctl.pause_kind == "rate_limit"
+    assert ctl.paused_until == clock.now + dt.timedelta(seconds=10)
+    assert await runner._pause_left(clock.now) == pytest.approx(5.0)  # min(left, interval)
+
+    # A later 429 after some rows were answered: those are recorded, the rest released.
+    clock.advance(11)
+
+    def answered_then_limited(batch: Sequence[ContactPayload]) -> list[RowResult]:
+        answered: list[RowResult | None] = [
+            Ok("42", 200) if c.email == first else None for c in batch
+        ]
+        raise RateLimited(3, "limit again", partial=answered)
+
+    fake.error = None
+    fake.script = answered_then_limited
+    await runner.run_once()
+    rows = await states(engine)
+    assert rows[ids[0]]["sync_status"] == "Complete" and rows[ids[0]]["external_id"] == "42"
+    assert rows[ids[1]]["sync_status"] == "Queued" and rows[ids[1]]["attempts"] == 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [AuthFailed("Authentication credentials not found"), Misconfigured("webhook not registered")],
+)
+async def test_auth_or_config_failure_pauses_without_spending_attempts(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    worker: Worker,
+    fake: FakeConnector,
+    clock: FrozenClock,
+    settings: Settings,
+    error: Exception,
+) -> None:
+    ids = await add_contacts(client, 2)
+    await select_for(client, ids)
+    clock.advance(3600)
+    fake.error = error
+    runner = worker.runners[HUB]
+    await runner.run_once()
+    wait = settings.hubspot.auth_retry_seconds
+    for row in (await states(engine)).values():
+        assert row["sync_status"] == "Queued" and row["attempts"] == 0
+        assert row["processing_error"] == str(error)
+        assert row["next_attempt_at"] == clock.now + dt.timedelta(seconds=wait)
+    async with engine.connect() as conn:
+        ctl = (await conn.execute(select(crm_control))).one()
+    assert ctl.pause_kind == ("auth" if isinstance(error, AuthFailed) else "configuration")
+    assert ctl.pause_reason == str(error)
+    assert await runner._pause_left(clock.now) is not None
+    # Credentials fixed: after the pause the rows go through.
+    fake.error = None
+    clock.advance(wait + 1)
+    assert await runner._pause_left(clock.now + dt.timedelta(seconds=2)) is None
+    assert await runner.run_once() == 2
+    assert all(r["sync_status"] == "Complete" for r in (await states(engine)).values())
+
+
+async def test_reselecting_an_unchanged_contact_makes_no_vendor_call(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    worker: Worker,
+    fake: FakeConnector,
+    clock: FrozenClock,
+) -> None:
+    ids = await add_contacts(client, 2)
+    await select_for(client, ids)
+    runner = worker.runners[HUB]
+    clock.advance(3600)
+    await runner.run_once()
+    assert len(fake.pushed_emails) == 2
+    await select_for(client, ids)
+    clock.advance(3600)
+    assert await runner.run_once() == 2
+    assert len(fake.pushed_emails) == 2  # no new call
+    rows = await states(engine)
+    assert all(r["sync_status"] == "Complete" for r in rows.values())
+    outcomes = [e["outcome"] for e in await event_rows(engine)]
+    assert outcomes.count("unchanged") == 2
+    # force: true pushes anyway.
+    await select_for(client, ids[:1], force=True)
+    clock.advance(3600)
+    await runner.run_once()
+    assert len(fake.pushed_emails) == 3
+
+
+async def test_editing_a_synced_field_requeues_the_contact(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    worker: Worker,
+    fake: FakeConnector,
+    clock: FrozenClock,
+) -> None:
+    ids = await add_contacts(client, 2)
+    await select_for(client, ids)
+    runner = worker.runners[HUB]
+    clock.advance(3600)
+    await runner.run_once()
+    await client.put(f"/api/v3/contacts/{ids[0]}", json={"context": "not synced? yes it is"})
+    await client.put(f"/api/v3/contacts/{ids[1]}", json={"contact_curation_status": "Skipped"})
+    rows = await states(engine)
+    assert rows[ids[0]]["sync_status"] == "Selected"  # re-queued in the edit's transaction
+    assert rows[ids[1]]["sync_status"] == "Complete"  # curation status is not sent anywhere
+    await client.put(f"/api/v3/contacts/{ids[0]}", json={"name": "New Name"})
+    clock.advance(3600)
+    assert await runner.run_once() == 1
+    assert fake.pushes[-1][0].name == "New Name"
+    # Bulk upsert edits re-queue too.
+    email = (await client.get(f"/api/v3/contacts/{ids[1]}")).json()["email"]
+    r = await client.post("/api/v3/contacts/bulk", json=[{"email": email, "phone_number": "+1"}])
+    assert r.json()["updated_count"] == 1
+    assert (await states(engine))[ids[1]]["sync_status"] == "Selected"
+
+
+async def test_resync_on_change_can_be_turned_off(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    worker: Worker,
+    clock: FrozenClock,
+    settings: Settings,
+) -> None:
+    settings.resync_on_change = False
+    ids = await add_contacts(client, 1)
+    await select_for(client, ids)
+    clock.advance(3600)
+    await worker.runners[HUB].run_once()
+    await client.put(f"/api/v3/contacts/{ids[0]}", json={"name": "Changed"})
+    assert (await states(engine))[ids[0]]["sync_status"] == "Complete"
+
+
+async def test_unselect_during_processing_wins(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    worker: Worker,
+    fake: FakeConnector,
+    clock: FrozenClock,
+) -> None:
+    ids = await add_contacts(client, 2)
+    await select_for(client, ids)
+    clock.advance(3600)
+    fake.gate = asyncio.Event()
+    task = asyncio.create_task(worker.runners[HUB].run_once())
+    await asyncio.wait_for(fake.started.wait(), 10)
+    assert all(r["sync_status"] == "Processing" for r in (await states(engine)).values())
+    r = await client.put(
+        SELECT, json={"contact_ids": ids[:1], "crms": ["hubspot"], "action": "unselect"}
+    )
+    assert r.status_code == 200
+    fake.gate.set()
+    await task
+    rows = await states(engine)
+    assert rows[ids[0]]["sync_status"] == "New"  # the person's newer action stands
+    assert rows[ids[1]]["sync_status"] == "Complete"
+    history = (await client.get(f"/api/v3/contacts/{ids[0]}/sync-history")).json()
+    assert history[0]["outcome"] == "ok" and history[0]["message"].startswith("[not applied")
+
+
+async def test_a_crm_without_credentials_is_disabled(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ids = await add_contacts(client, 1)
+    r = await client.put(SELECT, json={"contact_ids": ids, "crms": ["mautic"]})
+    assert "mautic is not configured" in r.json()["message"]
+    worker = Worker(engine, settings, [Crm.mautic])
+    assert worker.runners == {} and "MAUTIC_BASE_URL" in worker.disabled[Crm.mautic]
+    assert "mautic is disabled" in caplog.text
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.2)
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    contact = (await client.get(f"/api/v3/contacts/{ids[0]}")).json()
+    assert contact["mautic_sync_status"] == "Selected"
+    assert contact["mautic_processing_status"] == "Queued"
+
+
+async def test_worker_run_drains_the_queue_and_wakes_on_selection(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, fake: FakeConnector
+) -> None:
+    settings.hubspot.sync_scheduler_interval_seconds = 30  # only a wake-up can be this fast
+    worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
+    client._transport.app.state.contacts.on_queued = worker.wakeup.notify  # type: ignore[attr-defined]
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.3)  # the worker finds nothing and goes idle for 30 s
+    ids = await add_contacts(client, 250)
+    await select_for(client, ids)
+    for _ in range(100):
+        rows = await states(engine)
+        if len(rows) == 250 and all(r["sync_status"] == "Complete" for r in rows.values()):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the worker did not drain the queue after being woken")
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    assert sorted(fake.pushed_emails) == sorted(set(fake.pushed_emails))
+    assert len(fake.pushed_emails) == 250
+    assert max(len(b) for b in fake.pushes) == 100
+
+
+async def test_graceful_shutdown_hands_back_unfinished_batches(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, fake: FakeConnector
+) -> None:
+    settings.shutdown_grace_seconds = 0.3
+    worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
+    ids = await add_contacts(client, 3)
+    await select_for(client, ids)
+    fake.gate = asyncio.Event()  # the vendor never answers
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(fake.started.wait(), 10)
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    rows = await states(engine)
+    assert all(
+        r["sync_status"] == "Queued" and r["attempts"] == 0 and r["lease_token"] is None
+        for r in rows.values()
+    )
+    assert [e["outcome"] for e in await event_rows(engine)] == ["released"] * 3
+
+
+async def test_graceful_shutdown_lets_a_batch_finish_within_grace(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, fake: FakeConnector
+) -> None:
+    settings.shutdown_grace_seconds = 5
+    worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
+    ids = await add_contacts(client, 3)
+    await select_for(client, ids)
+    fake.gate = asyncio.Event()
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(fake.started.wait(), 10)
+    worker.stop()
+    await asyncio.sleep(0.2)
+    fake.gate.set()  # the vendor answers during the grace period
+    await asyncio.wait_for(task, 10)
+    assert all(r["sync_status"] == "Complete" for r in (await states(engine)).values())
+
+
+async def test_sync_history_of_an_unknown_contact_is_404(client: httpx.AsyncClient) -> None:
+    r = await client.get(f"/api/v3/contacts/{uuid.uuid4()}/sync-history")
+    assert r.status_code == 404
