@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from crmsync import __version__, auth, db, logs
+from crmsync.enums import CRM_NAMES, Crm
 from crmsync.migrate import upgrade
 from crmsync.settings import Settings
 
@@ -22,6 +23,25 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+hubspot_app = typer.Typer(help="HubSpot set-up commands.", no_args_is_help=True)
+app.add_typer(hubspot_app, name="hubspot")
+
+CrmOption = Annotated[
+    list[str] | None,
+    typer.Option("--crm", help="Only this CRM (repeatable): brevo, hubspot, mautic, n8n."),
+]
+
+
+def parse_crm_names(names: list[str] | None) -> list[Crm] | None:
+    if not names:
+        return None
+    try:
+        return [Crm(name.strip().lower()) for name in names]
+    except ValueError:
+        valid = ", ".join(CRM_NAMES)
+        raise typer.BadParameter(
+            f"unknown CRM in {names}; valid: {valid}", param_hint="--crm"
+        ) from None
 
 
 def load_settings() -> Settings:
@@ -85,8 +105,12 @@ def serve(
     print_token: Annotated[
         bool, typer.Option("--print-token", help="Print a ready 12-hour token at start.")
     ] = False,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Run a sync worker in this process.")
+    ] = True,
+    crm: CrmOption = None,
 ) -> None:
-    """Run the HTTP API (upgrading the database schema first)."""
+    """Run the HTTP API and a sync worker (upgrading the database schema first)."""
     import uvicorn
 
     from crmsync.api.app import create_app
@@ -106,7 +130,84 @@ def serve(
         typer.echo(f"token (12 h): {ready}", err=True)
         typer.echo(f'try: curl -H "Authorization: Bearer $TOKEN" {url}/api/v3/contacts', err=True)
     application = create_app(settings, secret)
+    if worker:
+        from crmsync.runtime import embed_worker
+
+        embed_worker(application, parse_crm_names(crm))
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command("worker")
+def worker_command(crm: CrmOption = None) -> None:
+    """Run a sync worker (no HTTP) until SIGTERM/SIGINT. Run several, on several hosts."""
+    from crmsync.runtime import SchemaOutdated, run_worker
+
+    settings = load_settings()
+    crms = parse_crm_names(crm)
+
+    async def _run() -> None:
+        engine = db.create_engine(settings.database_url)
+        try:
+            await run_worker(settings, engine, crms)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(_run())
+    except SchemaOutdated as exc:
+        typer.echo(f"crmsync worker: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def sandbox(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8900,
+    faults: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--faults",
+            help="Faults and limits per vendor, e.g. hubspot:error_rate=0.2,latency_ms=50 "
+            "(repeatable).",
+        ),
+    ] = None,
+    no_rate_limits: Annotated[
+        bool, typer.Option("--no-rate-limits", help="Turn every vendor rate limit off.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed for injected faults.")] = 0,
+) -> None:
+    """Run local fakes of Brevo, HubSpot, Mautic and n8n (for tests, demos and benchmarks)."""
+    from crmsync.sandbox import SandboxConfig, parse_faults
+    from crmsync.sandbox import serve as serve_sandbox
+
+    try:
+        config = SandboxConfig(
+            seed=seed, faults=parse_faults(faults or []), no_rate_limits=no_rate_limits
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--faults") from None
+    logs.configure("text", "WARNING")
+    serve_sandbox(host, port, config)
+
+
+@hubspot_app.command("ensure-properties")
+def hubspot_ensure_properties() -> None:
+    """Create the custom contact properties crmsync sends (domain id, page id, ...) in HubSpot."""
+    from crmsync.connectors.base import ConnectorError
+    from crmsync.connectors.hubspot import ensure_properties, property_names
+
+    settings = load_settings()
+    if missing := settings.hubspot.missing():
+        typer.echo(f"crmsync: {missing}", err=True)
+        raise typer.Exit(2)
+    try:
+        created = asyncio.run(ensure_properties(settings.hubspot))
+    except ConnectorError as exc:
+        typer.echo(f"crmsync: HubSpot refused: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    wanted = sorted(property_names(settings.hubspot).values())
+    for name in wanted:
+        typer.echo(f"{'created' if name in created else 'exists '}  {name}")
 
 
 def main() -> None:

@@ -24,22 +24,23 @@ def create_app(
     *,
     engine: AsyncEngine | None = None,
     clock: Clock = utcnow,
-    on_startup: Hook | None = None,
-    on_shutdown: Hook | None = None,
 ) -> FastAPI:
-    """Build the app. The engine is created (and disposed) here unless one is passed in."""
+    """Build the app. The engine is created (and disposed) here unless one is passed in.
+
+    `app.state.startup_hooks` / `shutdown_hooks` run in the lifespan (the embedded worker).
+    """
     own_engine = engine is None
     engine = engine or db.create_engine(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if on_startup is not None:
-            await on_startup(app)
+        for hook in app.state.startup_hooks:
+            await hook(app)
         try:
             yield
         finally:
-            if on_shutdown is not None:
-                await on_shutdown(app)
+            for hook in reversed(app.state.shutdown_hooks):
+                await hook(app)
             if own_engine:
                 await engine.dispose()
 
@@ -49,6 +50,8 @@ def create_app(
         description="Pushes selected contacts to Brevo, HubSpot, Mautic and n8n.",
         lifespan=lifespan,
     )
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
     app.state.settings = settings
     app.state.engine = engine
     app.state.jwt_secret = jwt_secret

@@ -362,7 +362,7 @@ class BrevoConnector:
             if "SMS" in body["attributes"] and self._sms_conflict(response):
                 if push.stopped:
                     return None
-                logger.warning(
+                logger.debug(
                     "brevo: contact %s: Brevo refused its phone (%s); upserting it without SMS",
                     contact.contact_id,
                     self._message(response)[1],

@@ -225,7 +225,8 @@ class CrmRunner:
         for update in updates:
             self._counts[update.outcome.value] += 1
             metrics.PUSHES.labels(self.crm.value, update.outcome.value).inc()
-        self._counts["lost"] += len(recorded.lost)
+        if recorded.lost:
+            self._counts["lost"] += len(recorded.lost)
         self.worker.rows_done += len(updates)
         for listener in self.worker.hooks.on_batch:
             await _quietly(listener(self.crm, updates))
@@ -306,7 +307,7 @@ class CrmRunner:
         elapsed = time.monotonic() - self._summary_started
         if not self._counts or (not force and elapsed < SUMMARY_SECONDS):
             return
-        parts = ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()) if v)
         total = sum(v for k, v in self._counts.items() if k != "lost")
         log.info(
             "%s: %s in %.1f s (%.0f rows/s)",
