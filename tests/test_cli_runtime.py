@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -22,6 +23,20 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         if not k.startswith(("BREVO", "HUBSPOT", "MAUTIC", "N8N", "JWT", "DATABASE"))
     }
     return {**clean, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", **extra}
+
+
+def _read_until(stream: IO[str], needle: str, timeout: float) -> str:
+    """Read a child's output until `needle` appears (it is then ready for signals)."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while needle not in seen:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{needle!r} not seen within {timeout}s:\n{seen}")
+        line = stream.readline()
+        if not line:
+            raise AssertionError(f"process ended before {needle!r}:\n{seen}")
+        seen += line
+    return seen
 
 
 def _free_port() -> int:
@@ -50,13 +65,14 @@ def test_worker_runs_and_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        time.sleep(3)
+        assert proc.stderr is not None
+        seen = _read_until(proc.stderr, "started for hubspot", timeout=60)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err
-    assert "started for hubspot" in err and "stopped" in err
+    assert proc.returncode == 0, seen + err
+    assert "stopped" in err
 
 
 def test_worker_rejects_an_unknown_crm(tmp_path: Path) -> None:

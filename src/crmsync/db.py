@@ -3,17 +3,23 @@
 SQLite runs in WAL mode with a busy timeout, and every write transaction starts with
 `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes can fail at once with
 "database is locked" when another process wrote in between, while an immediate one waits its turn.
-Read-only work uses `read_engine`, whose transactions begin deferred and never block writers.
+
+SQLite has one writer at a time, so the write engine of a process holds a single connection:
+writers of the same process then queue in the pool (woken the moment it is free) instead of in
+SQLite's busy handler, which sleeps and polls (measured: half the sync engine's time went there).
+Reads go through `read_only(engine)`: for SQLite a sibling engine with its own pool whose
+transactions begin deferred and never wait for writers; for PostgreSQL the same engine.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -36,6 +42,10 @@ def is_sqlite(engine: AsyncEngine | AsyncConnection) -> bool:
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
+        if _is_file(parsed):
+            kwargs.setdefault("pool_size", 1)
+            kwargs.setdefault("max_overflow", 0)
+            kwargs.setdefault("pool_timeout", 120)
         engine = create_async_engine(parsed, connect_args={"timeout": 30}, **kwargs)
         _configure_sqlite(engine)
         return engine
@@ -45,9 +55,34 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(parsed, **kwargs)
 
 
+def _is_file(url: URL) -> bool:
+    return bool(url.database) and url.database != ":memory:"
+
+
+_READERS: weakref.WeakKeyDictionary[Engine, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
 def read_only(engine: AsyncEngine) -> AsyncEngine:
-    """The same pool, with transactions that begin deferred on SQLite (reads never queue)."""
-    return engine.execution_options(sqlite_begin="DEFERRED")
+    """An engine for reads: on SQLite a sibling with its own pool and deferred transactions."""
+    if engine.dialect.name != "sqlite" or not _is_file(engine.url):
+        return engine
+    reader = _READERS.get(engine.sync_engine)
+    if reader is None:
+        reader = create_async_engine(
+            engine.url,
+            connect_args={"timeout": 30},
+            execution_options={"sqlite_begin": "DEFERRED"},
+        )
+        _configure_sqlite(reader)
+        _READERS[engine.sync_engine] = reader
+        sibling = reader.sync_engine
+
+        # Disposing the write engine disposes its reader too (callers know only the writer).
+        @event.listens_for(engine.sync_engine, "engine_disposed")
+        def _dispose_reader(_engine: Engine) -> None:
+            sibling.dispose()
+
+    return reader
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

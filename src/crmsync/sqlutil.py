@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any, cast
 
-from sqlalchemy import Table
+from sqlalchemy import ClauseElement, Dialect, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.compiler import SQLCompiler
 
 
 def upsert_insert(conn: AsyncConnection, table: Table) -> Any:
@@ -19,3 +23,65 @@ def upsert_insert(conn: AsyncConnection, table: Table) -> Any:
 def chunks(items: list[Any], size: int) -> list[list[Any]]:
     """Split a parameter list so that no statement exceeds the drivers' bind-parameter limits."""
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class Compiled:
+    """A Core statement compiled once per dialect, executed many times with plain tuples.
+
+    SQLAlchemy's executemany builds and type-processes a parameter dict per row, which costs
+    more than the SQL itself on the hot paths (measured: ~35 us per row). Here the statement is
+    still written in Core, compiled once, and each row is a tuple of values already in the
+    driver's form (see `DriverValues`).
+    """
+
+    def __init__(self, stmt: ClauseElement, row_keys: Sequence[str]) -> None:
+        self.stmt = stmt
+        self.row_keys = tuple(row_keys)
+        self._by_dialect: dict[str, tuple[str, tuple[int | None, ...], tuple[Any, ...]]] = {}
+
+    def _compile(self, dialect: Dialect) -> tuple[str, tuple[int | None, ...], tuple[Any, ...]]:
+        cached = self._by_dialect.get(dialect.name)
+        if cached is None:
+            compiled = cast(SQLCompiler, self.stmt.compile(dialect=dialect))
+            order = compiled.positiontup or ()
+            slots = tuple(
+                self.row_keys.index(name) if name in self.row_keys else None for name in order
+            )
+            constants = tuple(compiled.params[name] for name in order)
+            cached = (compiled.string, slots, constants)
+            self._by_dialect[dialect.name] = cached
+        return cached
+
+    async def executemany(self, conn: AsyncConnection, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        sql, slots, constants = self._compile(conn.dialect)
+        params = [
+            tuple(
+                c if slot is None else row[slot] for slot, c in zip(slots, constants, strict=True)
+            )
+            for row in rows
+        ]
+        await conn.exec_driver_sql(sql, params)
+
+
+class DriverValues:
+    """Python values in the form each driver stores them, as SQLAlchemy's types would bind them.
+
+    SQLite: UUIDs as 32 hex digits, timestamps as naive UTC text `YYYY-MM-DD HH:MM:SS.ffffff`
+    (what `Uuid` and `UTCDateTime` write, so comparisons and reads stay consistent).
+    PostgreSQL (asyncpg): native UUID and timezone-aware datetime objects.
+    """
+
+    def __init__(self, dialect_name: str) -> None:
+        self.sqlite = dialect_name == "sqlite"
+
+    def uuid(self, value: uuid.UUID | None) -> Any:
+        if value is None or not self.sqlite:
+            return value
+        return value.hex
+
+    def ts(self, value: dt.datetime | None) -> Any:
+        if value is None or not self.sqlite:
+            return value
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")

@@ -12,22 +12,25 @@ still kept in the history, marked as not applied.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crmsync.connectors.base import ContactPayload
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
-from crmsync.sqlutil import chunks
+from crmsync.sqlutil import Compiled, DriverValues, chunks
 from crmsync.sync.state import Claimed, Outcome, RowUpdate
 from crmsync.tables import ACTIVE_STATUSES, contacts, crm_sync_state, sync_events
 
 s = crm_sync_state.c
 NOT_APPLIED = "[not applied: the row changed while this attempt was in flight] "
+# Literal values, not bound parameters: only then can SQLite and PostgreSQL (generic plans of
+# prepared statements) prove the claim matches the partial index `ix_crm_sync_state_due`.
+# With parameters, both sort every due row to return the first hundred.
+_ACTIVE = s.sync_status.in_([literal_column(f"'{status}'") for status in ACTIVE_STATUSES])
 _CHUNK = 5_000
 
 _PAYLOAD_COLUMNS = (
@@ -61,7 +64,7 @@ async def claim(
     """
     due = (
         select(s.id)
-        .where(s.crm == crm.value, s.sync_status.in_(ACTIVE_STATUSES), s.next_attempt_at <= now)
+        .where(s.crm == crm.value, _ACTIVE, s.next_attempt_at <= now)
         .order_by(s.next_attempt_at)
         .limit(limit)
     )
@@ -79,51 +82,79 @@ async def claim(
         if conn.dialect.name == "postgresql":
             # SKIP LOCKED: concurrent workers on any host take disjoint rows without waiting.
             # MATERIALIZED: the locked id list is computed once, never re-evaluated per row.
+            # One statement locks, updates and returns the rows with their contacts.
             locked = (
                 due.with_for_update(skip_locked=True, key_share=True)
                 .cte("due")
                 .prefix_with("MATERIALIZED")
             )
-            stmt = update(crm_sync_state).where(s.id == locked.c.id)
-        else:
-            # SQLite: the engine's BEGIN IMMEDIATE already makes this transaction the only writer.
-            stmt = update(crm_sync_state).where(s.id.in_(due.scalar_subquery()))
-        result = await conn.execute(
-            stmt.values(**values).returning(
-                s.id, s.contact_id, s.attempts, s.external_id, s.synced_hash
+            claim_stmt = (
+                update(crm_sync_state)
+                .where(s.id == locked.c.id, contacts.c.id == s.contact_id)
+                .values(**values)
+                .returning(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
             )
-        )
-        claimed = result.all()
-        if not claimed:
-            return []
-        people: dict[uuid.UUID, Any] = {}
-        for part in chunks([row.contact_id for row in claimed], _CHUNK):
-            rows = await conn.execute(select(*_PAYLOAD_COLUMNS).where(contacts.c.id.in_(part)))
-            people.update((row.id, row) for row in rows)
-    out = []
-    for row in claimed:
-        person = people[row.contact_id]
-        payload = ContactPayload(
-            contact_id=person.id,
-            email=person.email,
-            name=person.name,
-            phone_number=person.phone_number,
-            email_type=person.email_type,
-            has_gmail=person.has_gmail,
-            context=person.context,
-            source_url=person.source_url,
-            domain_id=person.domain_id,
-            page_id=person.page_id,
-            source_job_id=person.source_job_id,
-            external_id=row.external_id,
-        )
-        out.append(Claimed(row.id, row.attempts, row.synced_hash, payload))
-    return out
+            rows = (await conn.execute(claim_stmt)).all()
+        else:
+            # SQLite: BEGIN IMMEDIATE already made this transaction the only writer, so reading
+            # the due rows and then marking them cannot race with another worker.
+            read = (
+                select(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
+                .join(contacts, contacts.c.id == s.contact_id)
+                .where(s.id.in_(due.scalar_subquery()))
+            )
+            rows = (await conn.execute(read)).all()
+            if rows:
+                await conn.execute(
+                    update(crm_sync_state)
+                    .where(s.id.in_([row.state_id for row in rows]))
+                    .values(**values)
+                )
+    return [_claimed(row) for row in rows]
 
 
-def _guarded(values: dict[str, Any]) -> Any:
+_STATE_COLUMNS = (
+    s.id.label("state_id"),
+    s.attempts,
+    s.external_id,
+    s.synced_hash,
+)
+
+
+def _claimed(row: Any) -> Claimed:
+    payload = ContactPayload(
+        contact_id=row.id,
+        email=row.email,
+        name=row.name,
+        phone_number=row.phone_number,
+        email_type=row.email_type,
+        has_gmail=row.has_gmail,
+        context=row.context,
+        source_url=row.source_url,
+        domain_id=row.domain_id,
+        page_id=row.page_id,
+        source_job_id=row.source_job_id,
+        external_id=row.external_id,
+    )
+    return Claimed(row.state_id, row.attempts, row.synced_hash, payload)
+
+
+# Per-row values of an outcome write, in this order (see `Compiled`).
+_ROW_KEYS = (
+    "_id",
+    "_token",
+    "now",
+    "message",
+    "attempts",
+    "next_attempt_at",
+    "external_id",
+    "synced_hash",
+)
+
+
+def _guarded(values: dict[str, Any]) -> Compiled:
     """An UPDATE of one row per parameter set, applied only while we still hold its lease."""
-    return (
+    stmt = (
         update(crm_sync_state)
         .where(
             s.id == bindparam("_id"),
@@ -132,6 +163,7 @@ def _guarded(values: dict[str, Any]) -> Any:
         )
         .values(**values)
     )
+    return Compiled(stmt, _ROW_KEYS)
 
 
 _RELEASE_VALUES: dict[str, Any] = {
@@ -146,7 +178,7 @@ _RELEASE_VALUES: dict[str, Any] = {
     "updated_at": bindparam("now"),
 }
 
-_STATEMENTS: dict[Outcome, Any] = {
+_STATEMENTS: dict[Outcome, Compiled] = {
     Outcome.ok: _guarded(
         {
             "sync_status": SyncStatus.Complete.value,
@@ -194,6 +226,21 @@ _STATEMENTS: dict[Outcome, Any] = {
 for _kind in (Outcome.rate_limited, Outcome.auth_failed, Outcome.misconfigured, Outcome.released):
     _STATEMENTS[_kind] = _STATEMENTS[Outcome.retry]
 
+_EVENT_KEYS = (
+    "contact_id",
+    "crm",
+    "outcome",
+    "http_status",
+    "message",
+    "attempt",
+    "duration_ms",
+    "worker",
+    "created_at",
+)
+_INSERT_EVENT = Compiled(
+    insert(sync_events).values({key: bindparam(key) for key in _EVENT_KEYS}), _EVENT_KEYS
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
@@ -224,32 +271,28 @@ async def record(
         return Recorded(0, [])
     async with engine.begin() as conn:
         owned = await _owned(conn, token, [u.state_id for u in updates])
-        groups: dict[Outcome, list[dict[str, Any]]] = {}
+        db = DriverValues(conn.dialect.name)
+        stamp = db.ts(now)
+        groups: dict[Compiled, list[tuple[Any, ...]]] = {}
         for u in updates:
             if u.state_id in owned:
-                groups.setdefault(u.outcome, []).append(
-                    {
-                        "_id": u.state_id,
-                        "_token": token,
-                        "now": now,
-                        "message": u.message,
-                        "attempts": u.attempts,
-                        "next_attempt_at": u.next_attempt_at,
-                        "external_id": u.external_id,
-                        "synced_hash": u.synced_hash,
-                    }
+                groups.setdefault(_STATEMENTS[u.outcome], []).append(
+                    (
+                        u.state_id,
+                        token,
+                        stamp,
+                        u.message,
+                        u.attempts,
+                        db.ts(u.next_attempt_at),
+                        u.external_id,
+                        u.synced_hash,
+                    )
                 )
-        for outcome, params in groups.items():
-            await conn.execute(_STATEMENTS[outcome], _only_used(outcome, params))
+        for statement, rows in groups.items():
+            await statement.executemany(conn, rows)
         await insert_events(conn, crm, updates, owned, now, timing)
     lost = [u.state_id for u in updates if u.state_id not in owned]
     return Recorded(len(updates) - len(lost), lost)
-
-
-def _only_used(outcome: Outcome, params: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop bind values a statement does not use (executemany wants exactly its parameters)."""
-    used = set(_STATEMENTS[outcome].compile().params)
-    return [{k: v for k, v in p.items() if k in used} for p in params]
 
 
 async def _owned(conn: AsyncConnection, token: str, ids: list[int]) -> set[int]:
@@ -273,22 +316,23 @@ async def insert_events(
     now: dt.datetime,
     timing: Timing,
 ) -> None:
+    db = DriverValues(conn.dialect.name)
+    stamp = db.ts(now)
     rows = [
-        {
-            "contact_id": u.contact_id,
-            "crm": crm.value,
-            "outcome": u.outcome.value,
-            "http_status": u.http_status,
-            "message": u.message if u.state_id in applied else NOT_APPLIED + (u.message or ""),
-            "attempt": u.attempts if u.outcome in (Outcome.retry, Outcome.error) else 0,
-            "duration_ms": timing.duration_ms,
-            "worker": timing.worker,
-            "created_at": now,
-        }
+        (
+            db.uuid(u.contact_id),
+            crm.value,
+            u.outcome.value,
+            u.http_status,
+            u.message if u.state_id in applied else NOT_APPLIED + (u.message or ""),
+            u.attempts if u.outcome in (Outcome.retry, Outcome.error) else 0,
+            timing.duration_ms,
+            timing.worker,
+            stamp,
+        )
         for u in updates
     ]
-    if rows:
-        await conn.execute(insert(sync_events), rows)
+    await _INSERT_EVENT.executemany(conn, rows)
 
 
 async def renew(engine: AsyncEngine, tokens: Sequence[str], until: dt.datetime) -> int:

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync import metrics
@@ -37,6 +38,7 @@ from crmsync.connectors.base import (
     RateLimited,
     RowResult,
     Transient,
+    make_client,
 )
 from crmsync.connectors.registry import create_connector
 from crmsync.enums import Crm
@@ -57,12 +59,14 @@ from crmsync.sync.wakeup import CHANNEL, Wakeup
 
 log = logging.getLogger(__name__)
 
+# Sent with every vendor request: which worker pushed (the sandbox's push log records it).
+WORKER_HEADER = "X-Crmsync-Worker"
 # How often in-memory views of shared state are refreshed.
 CONTROL_TTL = 1.0
 SUMMARY_SECONDS = 10.0
 PRUNE_SECONDS = 3600.0
 
-# Called with (crm, outcome, rows) after each batch is recorded; the alerting hooks in here.
+# Called with (crm, applied row updates) after each batch is recorded; alerting hooks in here.
 BatchListener = Callable[[Crm, Sequence[RowUpdate]], Awaitable[None]]
 PauseListener = Callable[[Crm, control.PauseKind, str], Awaitable[None]]
 
@@ -133,6 +137,8 @@ class CrmRunner:
         if self.worker.stopping.is_set():
             self._slots.release()
             return 0
+        # Waiting for a slot may have taken a whole slow batch: the lease starts from now.
+        now = self.worker.clock()
         token = uuid.uuid4().hex
         lease_until = now + dt.timedelta(seconds=self.worker.settings.lease_seconds)
         try:
@@ -173,7 +179,14 @@ class CrmRunner:
             await self._process(batch, token)
         return len(batch)
 
-    def _done(self, token: str, _task: asyncio.Task[None]) -> None:
+    def _done(self, token: str, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Its rows stay Processing until the lease runs out; then any worker retries them.
+            log.error(
+                "%s: a batch failed before its outcome was recorded",
+                self.crm.value,
+                exc_info=task.exception(),
+            )
         self.in_flight.pop(token, None)
         metrics.IN_FLIGHT.labels(self.crm.value).dec()
         self._slots.release()
@@ -222,14 +235,19 @@ class CrmRunner:
                 self.crm.value,
                 len(recorded.lost),
             )
-        for update in updates:
-            self._counts[update.outcome.value] += 1
-            metrics.PUSHES.labels(self.crm.value, update.outcome.value).inc()
+        outcomes = Counter(update.outcome.value for update in updates)
+        for outcome, count in outcomes.items():
+            metrics.PUSHES.labels(self.crm.value, outcome).inc(count)
+        self._counts.update(outcomes)
         if recorded.lost:
             self._counts["lost"] += len(recorded.lost)
         self.worker.rows_done += len(updates)
-        for listener in self.worker.hooks.on_batch:
-            await _quietly(listener(self.crm, updates))
+        if self.worker.hooks.on_batch:
+            # Listeners (alerts) see only what was applied, not results a person overrode.
+            lost = set(recorded.lost)
+            applied = [u for u in updates if u.state_id not in lost] if lost else updates
+            for listener in self.worker.hooks.on_batch:
+                await _quietly(listener(self.crm, applied))
 
     async def _push(self, rows: list[Claimed], fingerprints: list[str]) -> list[RowUpdate]:
         now = self.worker.clock()
@@ -359,6 +377,7 @@ class Worker:
         self.runners: dict[Crm, CrmRunner] = {}
         self.disabled: dict[Crm, str] = {}
         self._own_connectors: list[Connector] = []
+        self._own_clients: list[httpx.AsyncClient] = []
         for crm in crms or list(Crm):
             connector = (connectors or {}).get(crm)
             if connector is None:
@@ -372,8 +391,10 @@ class Worker:
                         missing,
                     )
                     continue
-                connector = create_connector(crm, settings)
+                client = make_client(headers={WORKER_HEADER: self.id})
+                connector = create_connector(crm, settings, client)
                 self._own_connectors.append(connector)
+                self._own_clients.append(client)
             self.runners[crm] = CrmRunner(self, crm, connector, settings.crm(crm))
 
     async def idle(self, crm: Crm, seconds: float) -> None:
@@ -422,6 +443,8 @@ class Worker:
                 await heartbeat.stopped(conn, self.id, self.clock())
             for connector in self._own_connectors:
                 await connector.aclose()
+            for client in self._own_clients:
+                await client.aclose()
             log.info("worker %s stopped", self.id)
 
     async def _drain(self) -> None:
