@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crmsync import alerts
 from crmsync.enums import Crm
 from crmsync.migrate import current_revision, head_revision
 from crmsync.settings import Settings
@@ -32,9 +34,35 @@ async def check_schema(engine: AsyncEngine) -> None:
         )
 
 
-def build_hooks(settings: Settings, engine: AsyncEngine) -> Hooks:
-    """Listeners that run after each batch (alerting plugs in here)."""
-    return Hooks()
+def build_hooks(
+    settings: Settings, engine: AsyncEngine, alerter: alerts.Alerter | None = None
+) -> Hooks:
+    """Listeners that run after each batch and on each pause: the alerter's, when there is one.
+
+    The alerter needs a running loop for its delivery tasks, so it is made and started by
+    `worker_hooks`; this only wires it.
+    """
+    hooks = Hooks()
+    if alerter is not None:
+        hooks.on_batch.append(alerter.on_batch)
+        hooks.on_pause.append(alerter.on_pause)
+    return hooks
+
+
+@asynccontextmanager
+async def worker_hooks(settings: Settings, engine: AsyncEngine) -> AsyncIterator[Hooks]:
+    """A worker's hooks with what they need running: alert delivery, when alerts are configured.
+
+    Leave the block only after the worker stopped: on the way out, alerts still collected are
+    sent (for a few seconds at most).
+    """
+    alerter = alerts.from_settings(settings)
+    if alerter is None:
+        log.info("alerts are off: set CRMSYNC_ALERT_WEBHOOK_URL and/or CRMSYNC_ALERT_EMAIL_TO")
+        yield build_hooks(settings, engine)
+        return
+    async with alerter:
+        yield build_hooks(settings, engine, alerter)
 
 
 def embed_worker(app: FastAPI, crms: Sequence[Crm] | None = None) -> None:
@@ -43,7 +71,14 @@ def embed_worker(app: FastAPI, crms: Sequence[Crm] | None = None) -> None:
     async def start(app: FastAPI) -> None:
         engine: AsyncEngine = app.state.engine
         settings: Settings = app.state.settings
-        worker = Worker(engine, settings, crms, hooks=build_hooks(settings, engine))
+        services = AsyncExitStack()
+        try:
+            hooks = await services.enter_async_context(worker_hooks(settings, engine))
+            worker = Worker(engine, settings, crms, hooks=hooks)
+        except BaseException:
+            await services.aclose()
+            raise
+        app.state.worker_services = services
         # A selection made through this API wakes this worker at once.
         app.state.contacts.on_queued = worker.wakeup.notify
         app.state.worker = worker
@@ -53,7 +88,10 @@ def embed_worker(app: FastAPI, crms: Sequence[Crm] | None = None) -> None:
         worker: Worker | None = getattr(app.state, "worker", None)
         if worker is not None:
             worker.stop()
-            await app.state.worker_task
+            try:
+                await app.state.worker_task
+            finally:
+                await app.state.worker_services.aclose()  # after the worker: its last alerts
 
     app.state.startup_hooks.append(start)
     app.state.shutdown_hooks.append(stop)
@@ -62,12 +100,13 @@ def embed_worker(app: FastAPI, crms: Sequence[Crm] | None = None) -> None:
 async def run_worker(settings: Settings, engine: AsyncEngine, crms: Sequence[Crm] | None) -> None:
     """`crmsync worker`: run until SIGTERM or SIGINT, then shut down gracefully."""
     await check_schema(engine)
-    worker = Worker(engine, settings, crms, hooks=build_hooks(settings, engine))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
-    try:
-        await worker.run()
-    finally:
+    async with worker_hooks(settings, engine) as hooks:
+        worker = Worker(engine, settings, crms, hooks=hooks)
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, worker.stop)
+        try:
+            await worker.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

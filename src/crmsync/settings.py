@@ -217,6 +217,9 @@ class Settings(BaseSettings):
     smtp_username: str | None = Field(default=None, validation_alias="SMTP_USERNAME")
     smtp_password: SecretStr | None = Field(default=None, validation_alias="SMTP_PASSWORD")
     smtp_starttls: bool = Field(default=False, validation_alias="SMTP_STARTTLS")
+    # Implicit TLS from the first byte (usually port 465), instead of STARTTLS on 25/587.
+    smtp_ssl: bool = Field(default=False, validation_alias="SMTP_SSL")
+    smtp_timeout_seconds: float = Field(default=10, gt=0, validation_alias="SMTP_TIMEOUT_SECONDS")
 
     brevo: BrevoSettings = Field(default_factory=BrevoSettings)
     hubspot: HubSpotSettings = Field(default_factory=HubSpotSettings)
