@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from sqlalchemy import ClauseElement, Dialect, Table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -52,7 +53,7 @@ class Compiled:
             self._by_dialect[dialect.name] = cached
         return cached
 
-    async def executemany(self, conn: AsyncConnection, rows: Sequence[Sequence[Any]]) -> None:
+    def executemany(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
         sql, slots, constants = self._compile(conn.dialect)
@@ -62,7 +63,7 @@ class Compiled:
             )
             for row in rows
         ]
-        await conn.exec_driver_sql(sql, params)
+        conn.exec_driver_sql(sql, params)
 
 
 class DriverValues:

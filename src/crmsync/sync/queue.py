@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, literal_column, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crmsync import db
 from crmsync.connectors.base import ContactPayload
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import Compiled, DriverValues, chunks
@@ -78,7 +80,8 @@ async def claim(
         "last_attempt_at": now,
         "updated_at": now,
     }
-    async with engine.begin() as conn:
+
+    def work(conn: Connection) -> list[Claimed]:
         if conn.dialect.name == "postgresql":
             # SKIP LOCKED: concurrent workers on any host take disjoint rows without waiting.
             # MATERIALIZED: the locked id list is computed once, never re-evaluated per row.
@@ -94,7 +97,7 @@ async def claim(
                 .values(**values)
                 .returning(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
             )
-            rows = (await conn.execute(claim_stmt)).all()
+            rows = conn.execute(claim_stmt).all()
         else:
             # SQLite: BEGIN IMMEDIATE already made this transaction the only writer, so reading
             # the due rows and then marking them cannot race with another worker.
@@ -103,14 +106,16 @@ async def claim(
                 .join(contacts, contacts.c.id == s.contact_id)
                 .where(s.id.in_(due.scalar_subquery()))
             )
-            rows = (await conn.execute(read)).all()
+            rows = conn.execute(read).all()
             if rows:
-                await conn.execute(
+                conn.execute(
                     update(crm_sync_state)
                     .where(s.id.in_([row.state_id for row in rows]))
                     .values(**values)
                 )
-    return [_claimed(row) for row in rows]
+        return [_claimed(row) for row in rows]
+
+    return await db.write(engine, work)
 
 
 _STATE_COLUMNS = (
@@ -269,10 +274,11 @@ async def record(
     """Write every row's outcome (behind the lease) and its history, in one transaction."""
     if not updates:
         return Recorded(0, [])
-    async with engine.begin() as conn:
-        owned = await _owned(conn, token, [u.state_id for u in updates])
-        db = DriverValues(conn.dialect.name)
-        stamp = db.ts(now)
+
+    def work(conn: Connection) -> Recorded:
+        owned = _owned(conn, token, [u.state_id for u in updates])
+        values = DriverValues(conn.dialect.name)
+        stamp = values.ts(now)
         groups: dict[Compiled, list[tuple[Any, ...]]] = {}
         for u in updates:
             if u.state_id in owned:
@@ -283,19 +289,21 @@ async def record(
                         stamp,
                         u.message,
                         u.attempts,
-                        db.ts(u.next_attempt_at),
+                        values.ts(u.next_attempt_at),
                         u.external_id,
                         u.synced_hash,
                     )
                 )
         for statement, rows in groups.items():
-            await statement.executemany(conn, rows)
-        await insert_events(conn, crm, updates, owned, now, timing)
-    lost = [u.state_id for u in updates if u.state_id not in owned]
-    return Recorded(len(updates) - len(lost), lost)
+            statement.executemany(conn, rows)
+        insert_events(conn, crm, updates, owned, now, timing)
+        lost = [u.state_id for u in updates if u.state_id not in owned]
+        return Recorded(len(updates) - len(lost), lost)
+
+    return await db.write(engine, work)
 
 
-async def _owned(conn: AsyncConnection, token: str, ids: list[int]) -> set[int]:
+def _owned(conn: Connection, token: str, ids: list[int]) -> set[int]:
     """The rows of `ids` we still hold; on PostgreSQL locked until commit, so it stays true."""
     found: set[int] = set()
     for part in chunks(ids, _CHUNK):
@@ -304,23 +312,23 @@ async def _owned(conn: AsyncConnection, token: str, ids: list[int]) -> set[int]:
         )
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
-        found.update((await conn.execute(query)).scalars())
+        found.update(conn.execute(query).scalars())
     return found
 
 
-async def insert_events(
-    conn: AsyncConnection,
+def insert_events(
+    conn: Connection,
     crm: Crm,
     updates: Iterable[RowUpdate],
     applied: set[int],
     now: dt.datetime,
     timing: Timing,
 ) -> None:
-    db = DriverValues(conn.dialect.name)
-    stamp = db.ts(now)
+    values = DriverValues(conn.dialect.name)
+    stamp = values.ts(now)
     rows = [
         (
-            db.uuid(u.contact_id),
+            values.uuid(u.contact_id),
             crm.value,
             u.outcome.value,
             u.http_status,
@@ -332,45 +340,47 @@ async def insert_events(
         )
         for u in updates
     ]
-    await _INSERT_EVENT.executemany(conn, rows)
+    _INSERT_EVENT.executemany(conn, rows)
 
 
 async def renew(engine: AsyncEngine, tokens: Sequence[str], until: dt.datetime) -> int:
     """Extend the leases of batches still in flight (slow vendors, long imports)."""
     if not tokens:
         return 0
-    async with engine.begin() as conn:
-        result = await conn.execute(
-            update(crm_sync_state)
-            .where(s.lease_token.in_(tokens), s.sync_status == SyncStatus.Processing.value)
-            .values(lease_expires_at=until, next_attempt_at=until)
-        )
-    return int(result.rowcount)
+    stmt = (
+        update(crm_sync_state)
+        .where(s.lease_token.in_(tokens), s.sync_status == SyncStatus.Processing.value)
+        .values(lease_expires_at=until, next_attempt_at=until)
+    )
+    return await db.write(engine, lambda conn: int(conn.execute(stmt).rowcount))
 
 
 async def release_lease(
     engine: AsyncEngine, crm: Crm, token: str, now: dt.datetime, timing: Timing
 ) -> int:
     """Hand back every row still held under `token`, unattempted and due now (shutdown)."""
-    async with engine.begin() as conn:
-        result = await conn.execute(
-            update(crm_sync_state)
-            .where(s.lease_token == token, s.sync_status == SyncStatus.Processing.value)
-            .values(
-                sync_status=SyncStatus.Queued.value,
-                processing_status=ProcessingStatus.Queued.value,
-                next_attempt_at=now,
-                lease_owner=None,
-                lease_token=None,
-                lease_expires_at=None,
-                updated_at=now,
-            )
-            .returning(s.id, s.contact_id, s.attempts)
+    stmt = (
+        update(crm_sync_state)
+        .where(s.lease_token == token, s.sync_status == SyncStatus.Processing.value)
+        .values(
+            sync_status=SyncStatus.Queued.value,
+            processing_status=ProcessingStatus.Queued.value,
+            next_attempt_at=now,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            updated_at=now,
         )
-        rows = result.all()
+        .returning(s.id, s.contact_id, s.attempts)
+    )
+
+    def work(conn: Connection) -> int:
+        rows = conn.execute(stmt).all()
         released = [
             RowUpdate(row.id, row.contact_id, Outcome.released, row.attempts, "worker stopped")
             for row in rows
         ]
-        await insert_events(conn, crm, released, {u.state_id for u in released}, now, timing)
-    return len(rows)
+        insert_events(conn, crm, released, {u.state_id for u in released}, now, timing)
+        return len(rows)
+
+    return await db.write(engine, work)
