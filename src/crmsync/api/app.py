@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync import __version__, db
-from crmsync.api import contacts, errors, health
+from crmsync.api import contacts, crm, errors, health
 from crmsync.clock import Clock, utcnow
 from crmsync.contacts.service import ContactService
 from crmsync.settings import Settings
@@ -59,6 +59,7 @@ def create_app(
     errors.install(app)
     app.include_router(health.router)
     app.include_router(contacts.router)
+    app.include_router(crm.router)
 
     @app.middleware("http")
     async def _no_store(

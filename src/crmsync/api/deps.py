@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -9,6 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from crmsync.auth import AuthError, User, verify_token
 from crmsync.contacts.service import ContactService
+from crmsync.enums import Crm
+from crmsync.ops.service import OpsService
 from crmsync.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT signed with JWT_SECRET_KEY (HS256).")
@@ -45,6 +48,38 @@ def get_contacts(request: Request) -> ContactService:
     return service
 
 
+def get_ops(request: Request) -> OpsService:
+    """The operations service, made on first use from the app's engine, settings and clock.
+
+    Its wake-up goes through the contact service's `on_queued`, which an embedded worker sets
+    at start-up: a retry through the API wakes that worker at once, as a selection does.
+    """
+    state = request.app.state
+    service: OpsService | None = getattr(state, "ops", None)
+    if service is None:
+        contacts: ContactService = state.contacts
+
+        def wake(crms: Sequence[Crm]) -> None:
+            if contacts.on_queued is not None:
+                contacts.on_queued(crms)
+
+        service = OpsService(state.engine, state.settings, contacts.clock, on_queued=wake)
+        state.ops = service
+    return service
+
+
+def metrics_access(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """`/metrics` needs the bearer token unless CRMSYNC_METRICS_PUBLIC=true."""
+    settings: Settings = request.app.state.settings
+    if not settings.metrics_public:
+        current_user(request, credentials)
+
+
 UserDep = Annotated[User, Depends(current_user)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ContactsDep = Annotated[ContactService, Depends(get_contacts)]
+OpsDep = Annotated[OpsService, Depends(get_ops)]
+MetricsAccessDep = Annotated[None, Depends(metrics_access)]

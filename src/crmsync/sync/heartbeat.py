@@ -16,6 +16,22 @@ from crmsync.tables import workers
 
 w = workers.c
 
+# A worker that missed this many beats in a row counts as gone (health, metrics).
+MISSED_BEATS = 3
+
+
+def period(lease_seconds: float) -> float:
+    """Seconds between beats: often enough to renew a lease about three times before it ends.
+
+    The same formula as `Worker._heartbeat`; health derives "alive" from it.
+    """
+    return min(5.0, lease_seconds / 3)
+
+
+def alive_since(now: dt.datetime, lease_seconds: float) -> dt.datetime:
+    """Workers whose last beat is older than this (or that stopped) are not alive."""
+    return now - dt.timedelta(seconds=MISSED_BEATS * period(lease_seconds))
+
 
 def worker_id(suffix: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{suffix}"

@@ -1,4 +1,5 @@
-"""A person's actions on the queue: select, unselect, re-queue after an edit, operator retry.
+"""A person's actions on the queue: select, unselect, re-queue after an edit, operator retry and
+reset, and releasing rows a pause held back.
 
 Every function is one set-based statement per CRM, run inside the caller's transaction, so that a
 selection and its queue entry commit together (a transactional outbox). Each also voids any lease
@@ -16,10 +17,12 @@ from sqlalchemy import ColumnElement, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
-from crmsync.sqlutil import upsert_insert
+from crmsync.sqlutil import chunks, upsert_insert
 from crmsync.tables import contacts, crm_sync_state
 
 s = crm_sync_state.c
+# Under both drivers' bind-parameter limits (SQLite 32,766; asyncpg 32,767).
+_MAX_IDS = 30_000
 
 
 def _queued(now: dt.datetime) -> dict[str, Any]:
@@ -131,3 +134,86 @@ async def skip_contacts(
         "updated_at": now,
     }
     return await _upsert_states(conn, crm, contact_where, values, {})
+
+
+async def retry_failed(
+    conn: AsyncConnection,
+    crm: Crm,
+    now: dt.datetime,
+    contact_ids: Sequence[Any] | None = None,
+) -> int:
+    """Operator retry: Error rows of `crm` (all, or those of `contact_ids`) back to Selected.
+
+    Only Error rows move; any other row of the listed contacts is left alone, so a retry can
+    never disturb a row in flight or undo a success. Attempts start again from zero.
+    """
+    where = [s.crm == crm.value, s.sync_status == SyncStatus.Error.value]
+    if contact_ids is None:
+        result = await conn.execute(update(crm_sync_state).where(*where).values(**_queued(now)))
+        return int(result.rowcount)
+    count = 0
+    for part in chunks(list(contact_ids), _MAX_IDS):
+        stmt = update(crm_sync_state).where(*where, s.contact_id.in_(part)).values(**_queued(now))
+        count += int((await conn.execute(stmt)).rowcount)
+    return count
+
+
+async def reset_status(
+    conn: AsyncConnection,
+    crm: Crm,
+    from_statuses: Sequence[SyncStatus],
+    to: SyncStatus,
+    now: dt.datetime,
+) -> int:
+    """The work order's rollback (WO-015.4 2.7) for one CRM: rows in `from_statuses` to `to`.
+
+    To New: as unselect, and the attempt counter is cleared too (the rollback SQL resets
+    retry_count). To Selected: queued again, due now, with the payload hash forgotten so every
+    row is really pushed (re-queueing rows whose payload the CRM already holds is the point of a
+    reset, e.g. after the CRM lost its data). Callers decide which pairs make sense.
+    """
+    if to is SyncStatus.New:
+        values: dict[str, Any] = {
+            "sync_status": SyncStatus.New.value,
+            "processing_status": None,
+            "processing_error": None,
+            "attempts": 0,
+            "next_attempt_at": None,
+            "lease_owner": None,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
+    elif to is SyncStatus.Selected:
+        values = {**_queued(now), "synced_hash": None}
+    else:
+        raise ValueError(f"reset can only move rows to New or Selected, not {to.value}")
+    stmt = (
+        update(crm_sync_state)
+        .where(s.crm == crm.value, s.sync_status.in_([st.value for st in from_statuses]))
+        .values(**values)
+    )
+    return int((await conn.execute(stmt)).rowcount)
+
+
+async def release_held(
+    conn: AsyncConnection, crm: Crm, until: dt.datetime, now: dt.datetime
+) -> int:
+    """Make rows a pause held back (Queued, due at the latest `until`) due now.
+
+    A worker that hits an auth or configuration failure hands its rows back due when the pause
+    ends; once an operator has fixed the cause and resumes, they should not wait that long.
+    Backoff retries scheduled after `until` keep their time; those due before it come forward
+    too (the rows do not record which pause released them, and the pause held them anyway).
+    """
+    stmt = (
+        update(crm_sync_state)
+        .where(
+            s.crm == crm.value,
+            s.sync_status == SyncStatus.Queued.value,
+            s.next_attempt_at > now,
+            s.next_attempt_at <= until,
+        )
+        .values(next_attempt_at=now, updated_at=now)
+    )
+    return int((await conn.execute(stmt)).rowcount)

@@ -475,7 +475,7 @@ class Worker:
                 log.warning("%s: handed back %d unfinished row(s)", runner.crm.value, count)
 
     async def _heartbeat(self) -> None:
-        period = min(5.0, self.settings.lease_seconds / 3)
+        period = heartbeat.period(self.settings.lease_seconds)
         while True:
             await asyncio.sleep(period)
             try:

@@ -1,0 +1,1 @@
+"""Operations: health, status summary, failed report, retry, reset, pause/resume, metrics."""

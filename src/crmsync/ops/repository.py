@@ -1,0 +1,192 @@
+"""All SQL of the operator views: status counts, due rows and lag, attempt outcomes, live workers,
+and the failed list.
+
+Every read is one set-based statement (a GROUP BY or a page), never a loop over rows, and each is
+shaped for an existing index (checked with EXPLAIN on both databases):
+
+- status counts: `ix_crm_sync_state_queue` (crm, sync_status, ...) as a covering index;
+- due rows and lag: the partial `ix_crm_sync_state_due` (crm, next_attempt_at) the claim uses;
+- outcomes: `ix_sync_events_created_at`, a range scan over the window only;
+- the failed list: `ix_crm_sync_state_status_contact` (crm, sync_status, ...), hence the
+  explicit `crm IN (...)` even for "all CRMs": it gives the index its leading column.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, RowMapping, case, func, null, select, union_all
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crmsync.enums import Crm, SyncStatus
+from crmsync.sync.state import Outcome
+from crmsync.tables import ACTIVE_STATUSES, contacts, crm_sync_state, sync_events, workers
+
+s = crm_sync_state.c
+e = sync_events.c
+w = workers.c
+
+SUCCESS_OUTCOMES = (Outcome.ok.value, Outcome.unchanged.value)
+# Attempts that failed. Rate limits, auth/config pauses and shutdown hand-backs spend no attempt
+# and are not failures of the contact: health shows those as pauses instead.
+FAILURE_OUTCOMES = (Outcome.retry.value, Outcome.error.value)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCounts:
+    total_contacts: int
+    # (crm, sync_status) -> rows, as stored: contacts never selected for a CRM have no row.
+    rows: dict[tuple[str, str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    count: int
+    oldest: dt.datetime | None  # the earliest next_attempt_at among due rows
+
+
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    successes: int
+    failures: int
+    recent_successes: int  # successes in the shorter (throughput) window
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    id: str
+    hostname: str
+    pid: int
+    crms: tuple[str, ...]
+    started_at: dt.datetime
+    heartbeat_at: dt.datetime
+    last_cycle_at: dt.datetime | None
+    rows_done: int
+
+
+async def status_counts(conn: AsyncConnection) -> StatusCounts:
+    """Rows per (CRM, status) and the number of contacts, from one statement (one snapshot)."""
+    per_status = select(s.crm, s.sync_status, func.count().label("n")).group_by(
+        s.crm, s.sync_status
+    )
+    total = select(null(), null(), func.count()).select_from(contacts)
+    result = await conn.execute(union_all(per_status, total))
+    rows: dict[tuple[str, str], int] = {}
+    total_contacts = 0
+    for crm, status, n in result.all():
+        if crm is None:
+            total_contacts = int(n)
+        else:
+            rows[(crm, status)] = int(n)
+    return StatusCounts(total_contacts, rows)
+
+
+async def due(conn: AsyncConnection, now: dt.datetime) -> dict[str, Due]:
+    """Per CRM, rows a worker would claim now (the claim's own condition) and the oldest one."""
+    stmt = (
+        select(s.crm, func.count(), func.min(s.next_attempt_at))
+        .where(s.sync_status.in_(ACTIVE_STATUSES), s.next_attempt_at <= now)
+        .group_by(s.crm)
+    )
+    return {crm: Due(int(n), oldest) for crm, n, oldest in (await conn.execute(stmt)).all()}
+
+
+async def outcomes(
+    conn: AsyncConnection, since: dt.datetime, recent_since: dt.datetime
+) -> dict[str, Outcomes]:
+    """Per CRM, successes and failures since `since`, and successes since `recent_since`."""
+    success = e.outcome.in_(SUCCESS_OUTCOMES)
+    stmt = (
+        select(
+            e.crm,
+            func.sum(case((success, 1), else_=0)),
+            func.sum(case((e.outcome.in_(FAILURE_OUTCOMES), 1), else_=0)),
+            func.sum(case((success & (e.created_at >= recent_since), 1), else_=0)),
+        )
+        .where(e.created_at >= since)
+        .group_by(e.crm)
+    )
+    return {
+        crm: Outcomes(int(ok or 0), int(failed or 0), int(recent or 0))
+        for crm, ok, failed, recent in (await conn.execute(stmt)).all()
+    }
+
+
+async def live_workers(conn: AsyncConnection, since: dt.datetime) -> list[WorkerRow]:
+    """Workers that have not stopped and beat at or after `since`."""
+    stmt = (
+        select(workers)
+        .where(w.stopped_at.is_(None), w.heartbeat_at >= since)
+        .order_by(w.started_at, w.id)
+    )
+    return [
+        WorkerRow(
+            id=row.id,
+            hostname=row.hostname,
+            pid=row.pid,
+            crms=tuple(name for name in row.crms.split(",") if name),
+            started_at=row.started_at,
+            heartbeat_at=row.heartbeat_at,
+            last_cycle_at=row.last_cycle_at,
+            rows_done=int(row.rows_done),
+        )
+        for row in await conn.execute(stmt)
+    ]
+
+
+def _failed_where(crms: Sequence[Crm]) -> list[ColumnElement[bool]]:
+    return [s.crm.in_([crm.value for crm in crms]), s.sync_status == SyncStatus.Error.value]
+
+
+async def failed_page(
+    conn: AsyncConnection, crms: Sequence[Crm], limit: int, offset: int
+) -> Sequence[RowMapping]:
+    """Error rows with their contact's email, newest failure first (ties: newest row first).
+
+    The page's ids are chosen on the state table alone and only they are joined to contacts:
+    with many Error rows, joining all of them before the sort costs three times as much.
+    """
+    order = (s.last_attempt_at.desc(), s.id.desc())
+    page = (
+        select(s.id)
+        .where(*_failed_where(crms))
+        .order_by(*order)
+        .limit(limit)
+        .offset(offset)
+        .subquery()
+    )
+    stmt = (
+        select(
+            s.contact_id,
+            s.crm,
+            contacts.c.email,
+            contacts.c.name,
+            s.processing_error,
+            s.attempts,
+            s.last_attempt_at,
+        )
+        .join(page, page.c.id == s.id)
+        .join(contacts, contacts.c.id == s.contact_id)
+        .order_by(*order)
+    )
+    return (await conn.execute(stmt)).mappings().all()
+
+
+async def failed_count(conn: AsyncConnection, crms: Sequence[Crm]) -> int:
+    stmt = select(func.count()).select_from(crm_sync_state).where(*_failed_where(crms))
+    return int((await conn.execute(stmt)).scalar_one())
+
+
+async def count_by_status(
+    conn: AsyncConnection, crm: Crm, statuses: Sequence[SyncStatus]
+) -> dict[SyncStatus, int]:
+    """How many rows of `crm` are in each of `statuses` (zeros included)."""
+    stmt = (
+        select(s.sync_status, func.count())
+        .where(s.crm == crm.value, s.sync_status.in_([st.value for st in statuses]))
+        .group_by(s.sync_status)
+    )
+    found = {status: int(n) for status, n in (await conn.execute(stmt)).all()}
+    return {status: found.get(status.value, 0) for status in statuses}
