@@ -2,7 +2,7 @@
 
 Nothing here does I/O or reads a clock; the alerter calls them with `now` and sends what they
 return. All state is in memory and per process: each worker process alerts on the rows it
-pushed itself (see docs/ALERTS.md for why that is enough).
+pushed itself (see docs/OPERATIONS.md ("Alerts") for why that is enough).
 
 The error rate, precisely: per CRM, over the last 15 minutes (in 10-second buckets),
 
