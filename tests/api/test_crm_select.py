@@ -196,7 +196,7 @@ async def test_put_with_crm_status_goes_through_the_state_machine(
     r = await client.patch(url, json={"n8n_sync_status": "New"})
     assert r.json()["n8n_sync_status"] == "New" and r.json()["n8n_processing_status"] is None
     r = await client.put(url, json={"brevo_sync_status": "Complete"})
-    assert r.status_code == 422 and "sync engine" in r.json()["detail"]
+    assert r.status_code == 422 and "brevo_sync_status" in r.json()["message"]
     r = await client.put(url, json={"hubspot_sync_status": "Skipped"})
     assert r.json()["hubspot_sync_status"] == "Skipped"
 

@@ -94,7 +94,11 @@ async def batch_update_status(
     return await service.set_status(body.contact_ids, body.status)
 
 
-@router.put("/status/filtered", response_model=StatusUpdateResponse, responses=ERRORS)
+@router.put(
+    "/status/filtered",
+    response_model=StatusUpdateResponse,
+    responses={**ERRORS, 400: {"description": 'No filter and no "all": true'}},
+)
 async def filtered_batch_update_status(
     _: UserDep, service: ContactsDep, body: FilteredStatusUpdateRequest
 ) -> StatusUpdateResponse:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 from crmsync.enums import CurationStatus, EmailType, ProcessingStatus, SyncStatus
 
@@ -33,6 +34,8 @@ Email = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=3, max_length=320),
     AfterValidator(_check_email),
+    # The same rule, for clients reading the OpenAPI document (the validator gives the message).
+    Field(json_schema_extra={"pattern": _EMAIL.pattern, "format": "email"}),
 ]
 Text = Annotated[str, StringConstraints(max_length=10_000)]
 
@@ -54,15 +57,20 @@ class ContactCreate(ContactBase):
     contact_curation_status: CurationStatus = CurationStatus.New
 
 
+# What a person may set a CRM status to; Processing, Complete and Error belong to the engine.
+SettableSyncStatus = Literal["New", "Selected", "Queued", "Skipped"]
+
+
 class ContactUpdate(BaseModel):
     """PUT and PATCH body: only the fields sent are applied (an explicit null is applied).
 
     `{crm}_sync_status` is accepted for drop-in compatibility and goes through the same state
     machine as `/crm/select`: Selected or Queued queues the contact, New unselects it, Skipped
-    parks it. The statuses the sync engine owns (Processing, Complete, Error) are refused.
+    parks it. The statuses the sync engine owns (Processing, Complete, Error) are refused (422).
     """
 
-    email: Email | None = None
+    # Optional to send, but never null (the service answers 422 to an explicit null).
+    email: Email | SkipJsonSchema[None] = None
     email_type: EmailType | None = None
     has_gmail: bool | None = None
     context: Text | None = None
@@ -72,13 +80,13 @@ class ContactUpdate(BaseModel):
     domain_id: uuid.UUID | None = None
     page_id: uuid.UUID | None = None
     source_job_id: uuid.UUID | None = None
-    contact_curation_status: CurationStatus | None = None
+    contact_curation_status: CurationStatus | SkipJsonSchema[None] = None
     contact_processing_status: ProcessingStatus | None = None
     contact_processing_error: Text | None = None
-    hubspot_sync_status: SyncStatus | None = None
-    brevo_sync_status: SyncStatus | None = None
-    mautic_sync_status: SyncStatus | None = None
-    n8n_sync_status: SyncStatus | None = None
+    hubspot_sync_status: SettableSyncStatus | None = None
+    brevo_sync_status: SettableSyncStatus | None = None
+    mautic_sync_status: SettableSyncStatus | None = None
+    n8n_sync_status: SettableSyncStatus | None = None
 
 
 class CrmSync(BaseModel):

@@ -36,7 +36,6 @@ from crmsync.settings import Settings
 from crmsync.sync import events, selection, wakeup
 
 ACTIONS = ("select", "unselect")
-_ENGINE_OWNED = {SyncStatus.Processing, SyncStatus.Complete, SyncStatus.Error}
 
 
 def parse_crms(names: Iterable[str]) -> list[Crm]:
@@ -126,12 +125,6 @@ class ContactService:
         }
         for crm in Crm:
             sent.pop(f"{crm.value}_sync_status", None)
-        for crm, status in crm_changes.items():
-            if status in _ENGINE_OWNED:
-                raise Unprocessable(
-                    f"{crm.value}_sync_status cannot be set to {status.value}: the sync engine "
-                    "sets it. Use Selected to queue the contact or New to unselect it."
-                )
         for required in ("email", "contact_curation_status"):
             if required in sent and sent[required] is None:
                 raise Unprocessable(f"{required} cannot be null")
