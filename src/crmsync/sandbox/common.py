@@ -9,6 +9,7 @@ per-contact work; vendors keep their per-contact loops lean (orjson, plain dicts
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import random
 import re
@@ -29,6 +30,11 @@ from starlette.types import Receive, Scope, Send
 from crmsync.sandbox.config import FaultOptions, SandboxConfig, options_dict
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# Who sent a request, as the push log records it: crmsync workers send their worker id here.
+SENDER_HEADER = "x-crmsync-worker"
+# The sender of the request being handled. A context variable follows the request's task, and
+# `loop.call_later` copies it, so a Brevo import applied later still knows who sent it.
+_sender: contextvars.ContextVar[str] = contextvars.ContextVar("sandbox_sender", default="")
 Handler = Callable[[Request], Awaitable[Response]]
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -120,17 +126,25 @@ class StoredContact:
 
 
 class ContactStore:
-    """Contacts keyed by lower-cased email, so an upsert can never create a duplicate."""
+    """Contacts keyed by lower-cased email, so an upsert can never create a duplicate.
+
+    With the push log on (`SandboxConfig.push_log`), every accepted write also appends
+    `(email, wall-clock time, sender)` to `pushes`: who wrote which contact when, for tests that
+    check several workers never pushed the same contact under overlapping leases.
+    """
 
     def __init__(self, *, string_ids: bool = False, first_id: int = 1) -> None:
         self._string_ids = string_ids
         self._first_id = first_id
+        self.pushes: list[tuple[str, float, str]] | None = None
         self.clear()
 
     def clear(self) -> None:
         self.by_email: dict[str, StoredContact] = {}
         self.by_id: dict[int | str, StoredContact] = {}
         self._next_id = self._first_id
+        if self.pushes is not None:
+            self.pushes = []
 
     def __len__(self) -> int:
         return len(self.by_email)
@@ -145,6 +159,8 @@ class ContactStore:
         so a test can tell a no-op re-push from a real update.
         """
         key = email.lower()
+        if self.pushes is not None:
+            self.pushes.append((key, time.time(), _sender.get()))
         contact = self.by_email.get(key)
         if contact is None:
             new_id: int | str = str(self._next_id) if self._string_ids else self._next_id
@@ -313,6 +329,8 @@ class Vendor:
         self.rng = random.Random(None if config.seed is None else f"{config.seed}:{self.name}")
         self.clock: Callable[[], float] = time.time
         self.options = config.initial_options(self.name)
+        if config.push_log:
+            store.pushes = []
 
     # --- hooks for subclasses -------------------------------------------------------------
 
@@ -381,6 +399,8 @@ class Vendor:
         """Wrap `handler` with stats, faults, auth and limits. `label` keys `by_endpoint`."""
 
         async def run(request: Request) -> Response:
+            if self.store.pushes is not None:
+                _sender.set(request.headers.get(SENDER_HEADER, ""))
             stats = self.stats
             stats.requests += 1
             stats.by_endpoint[label] = stats.by_endpoint.get(label, 0) + 1

@@ -134,11 +134,15 @@ class SandboxConfig:
     `faults` maps a vendor name to option overrides, e.g. `{"hubspot": {"error_rate": 0.2}}`
     (`parse_faults` builds it from CLI specs). `no_rate_limits` then zeroes every rate limit.
     `seed` makes injected faults repeatable (None: a fresh random sequence per run).
+    `push_log` records who wrote which contact when (see `ContactStore`).
     """
 
     seed: int | None = 0
     no_rate_limits: bool = False
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Log every accepted contact write with its time and sender (`GET /_sandbox/{crm}/pushes`).
+    # Off by default: the log grows with every write.
+    push_log: bool = False
 
     brevo_api_key: str = "sandbox-brevo-key"
     hubspot_access_token: str = "pat-na1-sandbox-token"

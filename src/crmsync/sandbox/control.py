@@ -7,6 +7,9 @@
   every vendor; with `faults=true` also restore the options the sandbox started with.
 - `POST /_sandbox/{crm}/reset[?faults=true]`: the same for one vendor.
 - `GET /_sandbox/{crm}/contacts[?email=]`: stored contacts, a list in creation order.
+- `GET /_sandbox/{crm}/pushes`: with `SandboxConfig(push_log=True)`, every accepted contact write
+  in order: `{"email", "at" (Unix time, s), "sender" (the `X-Crmsync-Worker` header or "")}`;
+  400 when the push log is off.
 - `GET /_sandbox/{crm}/faults`: the vendor's current fault/limit options.
 - `PUT /_sandbox/{crm}/faults`: merge a JSON object into them; 400 `{"error": ...}` naming an
   unknown key or a bad value (nothing is applied then).
@@ -74,6 +77,15 @@ def control_routes(sandbox: Sandbox) -> list[BaseRoute]:
             return JSONResponse([found.as_json()] if found is not None else [])
         return JSONResponse([c.as_json() for c in vendor.store.by_email.values()])
 
+    async def pushes(request: Request) -> Response:
+        vendor = vendor_of(request)
+        if vendor is None:
+            return unknown(request)
+        log = vendor.store.pushes
+        if log is None:
+            return _problem(400, "the push log is off: start the sandbox with push_log=True")
+        return JSONResponse([{"email": e, "at": at, "sender": who} for e, at, who in log])
+
     async def get_faults(request: Request) -> Response:
         vendor = vendor_of(request)
         return unknown(request) if vendor is None else JSONResponse(vendor.opts)
@@ -110,6 +122,7 @@ def control_routes(sandbox: Sandbox) -> list[BaseRoute]:
         Route("/n8n/idempotency-keys", n8n_keys, methods=["GET"]),
         Route("/{crm}/reset", reset_one, methods=["POST"]),
         Route("/{crm}/contacts", contacts, methods=["GET"]),
+        Route("/{crm}/pushes", pushes, methods=["GET"]),
         Route("/{crm}/faults", get_faults, methods=["GET"]),
         Route("/{crm}/faults", put_faults, methods=["PUT"]),
     ]

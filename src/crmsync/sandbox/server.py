@@ -400,6 +400,11 @@ class SandboxServer:
         )
         return result
 
+    def pushes(self, crm: str) -> list[dict[str, Any]]:
+        """Every accepted contact write (needs `SandboxConfig(push_log=True)`)."""
+        result: list[dict[str, Any]] = self.control.get(f"/{crm}/pushes").raise_for_status().json()
+        return result
+
     def faults(self, crm: str) -> dict[str, Any]:
         result: dict[str, Any] = self.control.get(f"/{crm}/faults").raise_for_status().json()
         return result
