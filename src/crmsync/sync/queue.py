@@ -24,7 +24,7 @@ from crmsync import db
 from crmsync.connectors.base import ContactPayload
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import Compiled, DriverValues, chunks
-from crmsync.sync.state import Claimed, Outcome, RowUpdate
+from crmsync.sync.state import NO_LEASE, Claimed, Outcome, RowUpdate
 from crmsync.tables import ACTIVE_STATUSES, contacts, crm_sync_state, sync_events
 
 s = crm_sync_state.c
@@ -177,9 +177,7 @@ _RELEASE_VALUES: dict[str, Any] = {
     "processing_error": bindparam("message"),
     "attempts": bindparam("attempts"),
     "next_attempt_at": bindparam("next_attempt_at"),
-    "lease_owner": None,
-    "lease_token": None,
-    "lease_expires_at": None,
+    **NO_LEASE,
     "updated_at": bindparam("now"),
 }
 
@@ -194,9 +192,7 @@ _STATEMENTS: dict[Outcome, Compiled] = {
             "synced_hash": bindparam("synced_hash"),
             "synced_at": bindparam("now"),
             "next_attempt_at": None,
-            "lease_owner": None,
-            "lease_token": None,
-            "lease_expires_at": None,
+            **NO_LEASE,
             "updated_at": bindparam("now"),
         }
     ),
@@ -207,9 +203,7 @@ _STATEMENTS: dict[Outcome, Compiled] = {
             "processing_error": None,
             "attempts": 0,
             "next_attempt_at": None,
-            "lease_owner": None,
-            "lease_token": None,
-            "lease_expires_at": None,
+            **NO_LEASE,
             "updated_at": bindparam("now"),
         }
     ),
@@ -221,9 +215,7 @@ _STATEMENTS: dict[Outcome, Compiled] = {
             "processing_error": bindparam("message"),
             "attempts": bindparam("attempts"),
             "next_attempt_at": None,
-            "lease_owner": None,
-            "lease_token": None,
-            "lease_expires_at": None,
+            **NO_LEASE,
             "updated_at": bindparam("now"),
         }
     ),
@@ -366,9 +358,7 @@ async def release_lease(
             sync_status=SyncStatus.Queued.value,
             processing_status=ProcessingStatus.Queued.value,
             next_attempt_at=now,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
+            **NO_LEASE,
             updated_at=now,
         )
         .returning(s.id, s.contact_id, s.attempts)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import chunks, upsert_insert
+from crmsync.sync.state import NO_LEASE
 from crmsync.tables import contacts, crm_sync_state
 
 s = crm_sync_state.c
@@ -33,9 +34,7 @@ def _queued(now: dt.datetime) -> dict[str, Any]:
         "processing_error": None,
         "attempts": 0,
         "next_attempt_at": now,
-        "lease_owner": None,
-        "lease_token": None,
-        "lease_expires_at": None,
+        **NO_LEASE,
         "updated_at": now,
     }
 
@@ -91,9 +90,7 @@ async def unselect_contacts(
             processing_status=None,
             processing_error=None,
             next_attempt_at=None,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
+            **NO_LEASE,
             updated_at=now,
         )
     )
@@ -128,9 +125,7 @@ async def skip_contacts(
         "processing_status": None,
         "processing_error": None,
         "next_attempt_at": None,
-        "lease_owner": None,
-        "lease_token": None,
-        "lease_expires_at": None,
+        **NO_LEASE,
         "updated_at": now,
     }
     return await _upsert_states(conn, crm, contact_where, values, {})
@@ -179,9 +174,7 @@ async def reset_status(
             "processing_error": None,
             "attempts": 0,
             "next_attempt_at": None,
-            "lease_owner": None,
-            "lease_token": None,
-            "lease_expires_at": None,
+            **NO_LEASE,
             "updated_at": now,
         }
     elif to is SyncStatus.Selected:

@@ -28,6 +28,9 @@ from enum import StrEnum
 from crmsync.connectors.base import ContactPayload, Fail, Ok, Retry, RowResult, truncate
 from crmsync.sync.backoff import Backoff
 
+# Values that end any lease on a row (an outcome recorded, a person's action, a hand-back).
+NO_LEASE: dict[str, None] = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
+
 
 class Outcome(StrEnum):
     ok = "ok"  # the vendor holds the contact
@@ -159,6 +162,7 @@ def unchanged(row: Claimed) -> RowUpdate:
 
 
 __all__ = [
+    "NO_LEASE",
     "Claimed",
     "Fail",
     "Ok",
