@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from sqlalchemy import ClauseElement, Dialect, Table
@@ -38,32 +39,35 @@ class Compiled:
     def __init__(self, stmt: ClauseElement, row_keys: Sequence[str]) -> None:
         self.stmt = stmt
         self.row_keys = tuple(row_keys)
-        self._by_dialect: dict[str, tuple[str, tuple[int | None, ...], tuple[Any, ...]]] = {}
+        self._by_dialect: dict[str, tuple[str, tuple[Any, ...], Callable[[Any], Any]]] = {}
 
-    def _compile(self, dialect: Dialect) -> tuple[str, tuple[int | None, ...], tuple[Any, ...]]:
+    def _compile(self, dialect: Dialect) -> tuple[str, tuple[Any, ...], Callable[[Any], Any]]:
         cached = self._by_dialect.get(dialect.name)
         if cached is None:
             compiled = cast(SQLCompiler, self.stmt.compile(dialect=dialect))
             order = compiled.positiontup or ()
-            slots = tuple(
-                self.row_keys.index(name) if name in self.row_keys else None for name in order
-            )
+            # Each parameter comes from the row, or is a constant of the statement: pick them
+            # from `row + constants` with one itemgetter (C speed, no per-value Python).
             constants = tuple(compiled.params[name] for name in order)
-            cached = (compiled.string, slots, constants)
+            width = len(self.row_keys)
+            positions = [
+                self.row_keys.index(name) if name in self.row_keys else width + i
+                for i, name in enumerate(order)
+            ]
+            if len(positions) < 2:  # itemgetter of one index returns a value, not a tuple
+                raise ValueError("Compiled needs a statement with at least two parameters")
+            pick: Callable[[Any], Any] = operator.itemgetter(*positions)
+            cached = (compiled.string, constants, pick)
             self._by_dialect[dialect.name] = cached
         return cached
 
-    def executemany(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
+    def executemany(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Run the statement once per row; the number of rows it changed in all."""
         if not rows:
-            return
-        sql, slots, constants = self._compile(conn.dialect)
-        params = [
-            tuple(
-                c if slot is None else row[slot] for slot, c in zip(slots, constants, strict=True)
-            )
-            for row in rows
-        ]
-        conn.exec_driver_sql(sql, params)
+            return 0
+        sql, constants, pick = self._compile(conn.dialect)
+        params = [pick(row + constants) for row in rows]
+        return int(conn.exec_driver_sql(sql, params).rowcount)
 
 
 class DriverValues:

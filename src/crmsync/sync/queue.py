@@ -12,6 +12,7 @@ still kept in the history, marked as not applied.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,53 @@ _PAYLOAD_COLUMNS = (
 )
 
 
+def _ts_param(name: str) -> Any:
+    return bindparam(name, type_=crm_sync_state.c.next_attempt_at.type)
+
+
+# The claim's statements are built once (with parameters), not per batch: building and keying a
+# statement costs more Python than the claim's own row handling.
+_DUE = (
+    select(s.id)
+    .where(s.crm == bindparam("claim_crm"), _ACTIVE, s.next_attempt_at <= _ts_param("now"))
+    .order_by(s.next_attempt_at)
+    .limit(bindparam("limit"))
+)
+_CLAIM_VALUES = {
+    "sync_status": SyncStatus.Processing.value,
+    "processing_status": ProcessingStatus.Processing.value,
+    "lease_owner": bindparam("owner"),
+    "lease_token": bindparam("token"),
+    "lease_expires_at": _ts_param("until"),
+    "next_attempt_at": _ts_param("until"),
+    "last_attempt_at": _ts_param("now"),
+    "updated_at": _ts_param("now"),
+}
+_STATE_COLUMNS = (s.id, s.attempts, s.external_id, s.synced_hash)
+
+# PostgreSQL, one statement: SKIP LOCKED lets concurrent workers on any host take disjoint rows
+# without waiting; MATERIALIZED computes the locked id list once, never again per row.
+_LOCKED = (
+    _DUE.with_for_update(skip_locked=True, key_share=True).cte("due").prefix_with("MATERIALIZED")
+)
+_PG_CLAIM = (
+    update(crm_sync_state)
+    .where(s.id == _LOCKED.c.id, contacts.c.id == s.contact_id)
+    .values(_CLAIM_VALUES)
+    .returning(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
+)
+# SQLite: BEGIN IMMEDIATE already made the transaction the only writer, so reading the due rows
+# and then marking them cannot race with another worker.
+_SQLITE_READ = (
+    select(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
+    .join(contacts, contacts.c.id == s.contact_id)
+    .where(s.id.in_(_DUE.scalar_subquery()))
+)
+_SQLITE_MARK = (
+    update(crm_sync_state).where(s.id.in_(bindparam("ids", expanding=True))).values(_CLAIM_VALUES)
+)
+
+
 async def claim(
     engine: AsyncEngine,
     crm: Crm,
@@ -64,84 +112,52 @@ async def claim(
     Due = active (Selected, Queued, Processing) with `next_attempt_at <= now`. A claim sets
     `next_attempt_at` to the lease's end, so rows of a worker that died come due again then.
     """
-    due = (
-        select(s.id)
-        .where(s.crm == crm.value, _ACTIVE, s.next_attempt_at <= now)
-        .order_by(s.next_attempt_at)
-        .limit(limit)
-    )
-    values = {
-        "sync_status": SyncStatus.Processing.value,
-        "processing_status": ProcessingStatus.Processing.value,
-        "lease_owner": owner,
-        "lease_token": token,
-        "lease_expires_at": lease_until,
-        "next_attempt_at": lease_until,
-        "last_attempt_at": now,
-        "updated_at": now,
+    params = {
+        "claim_crm": crm.value,
+        "now": now,
+        "limit": limit,
+        "owner": owner,
+        "token": token,
+        "until": lease_until,
     }
 
     def work(conn: Connection) -> list[Claimed]:
         if conn.dialect.name == "postgresql":
-            # SKIP LOCKED: concurrent workers on any host take disjoint rows without waiting.
-            # MATERIALIZED: the locked id list is computed once, never re-evaluated per row.
-            # One statement locks, updates and returns the rows with their contacts.
-            locked = (
-                due.with_for_update(skip_locked=True, key_share=True)
-                .cte("due")
-                .prefix_with("MATERIALIZED")
-            )
-            claim_stmt = (
-                update(crm_sync_state)
-                .where(s.id == locked.c.id, contacts.c.id == s.contact_id)
-                .values(**values)
-                .returning(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
-            )
-            rows = conn.execute(claim_stmt).all()
+            rows = conn.execute(_PG_CLAIM, params).all()
         else:
-            # SQLite: BEGIN IMMEDIATE already made this transaction the only writer, so reading
-            # the due rows and then marking them cannot race with another worker.
-            read = (
-                select(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
-                .join(contacts, contacts.c.id == s.contact_id)
-                .where(s.id.in_(due.scalar_subquery()))
-            )
-            rows = conn.execute(read).all()
+            rows = conn.execute(_SQLITE_READ, params).all()
             if rows:
-                conn.execute(
-                    update(crm_sync_state)
-                    .where(s.id.in_([row.state_id for row in rows]))
-                    .values(**values)
-                )
-        return [_claimed(row) for row in rows]
+                conn.execute(_SQLITE_MARK, {**params, "ids": [row[0] for row in rows]})
+        return [_claimed(*row) for row in rows]
 
     return await db.write(engine, work)
 
 
-_STATE_COLUMNS = (
-    s.id.label("state_id"),
-    s.attempts,
-    s.external_id,
-    s.synced_hash,
-)
-
-
-def _claimed(row: Any) -> Claimed:
+def _claimed(
+    state_id: int,
+    attempts: int,
+    external_id: str | None,
+    synced_hash: str | None,
+    contact_id: uuid.UUID,
+    *fields: Any,
+) -> Claimed:
+    """A claimed row from its columns, in `_STATE_COLUMNS` + `_PAYLOAD_COLUMNS` order."""
+    email, name, phone, email_type, has_gmail, context, source_url, domain, page, job = fields
     payload = ContactPayload(
-        contact_id=row.id,
-        email=row.email,
-        name=row.name,
-        phone_number=row.phone_number,
-        email_type=row.email_type,
-        has_gmail=row.has_gmail,
-        context=row.context,
-        source_url=row.source_url,
-        domain_id=row.domain_id,
-        page_id=row.page_id,
-        source_job_id=row.source_job_id,
-        external_id=row.external_id,
+        contact_id,
+        email,
+        name,
+        phone,
+        email_type,
+        has_gmail,
+        context,
+        source_url,
+        domain,
+        page,
+        job,
+        external_id,
     )
-    return Claimed(row.state_id, row.attempts, row.synced_hash, payload)
+    return Claimed(state_id, attempts, synced_hash, payload)
 
 
 # Per-row values of an outcome write, in this order (see `Compiled`).
@@ -267,32 +283,66 @@ async def record(
     if not updates:
         return Recorded(0, [])
 
-    def work(conn: Connection) -> Recorded:
-        owned = _owned(conn, token, [u.state_id for u in updates])
-        values = DriverValues(conn.dialect.name)
-        stamp = values.ts(now)
-        groups: dict[Compiled, list[tuple[Any, ...]]] = {}
-        for u in updates:
-            if u.state_id in owned:
-                groups.setdefault(_STATEMENTS[u.outcome], []).append(
-                    (
-                        u.state_id,
-                        token,
-                        stamp,
-                        u.message,
-                        u.attempts,
-                        values.ts(u.next_attempt_at),
-                        u.external_id,
-                        u.synced_hash,
-                    )
-                )
-        for statement, rows in groups.items():
-            statement.executemany(conn, rows)
-        insert_events(conn, crm, updates, owned, now, timing)
-        lost = [u.state_id for u in updates if u.state_id not in owned]
-        return Recorded(len(updates) - len(lost), lost)
+    ids = [u.state_id for u in updates]
 
-    return await db.write(engine, work)
+    def careful(conn: Connection) -> Recorded:
+        return _apply(conn, crm, token, updates, _owned(conn, token, ids), now, timing)[0]
+
+    def optimistic(conn: Connection) -> Recorded:
+        # SQLite: BEGIN IMMEDIATE means nothing else writes while this runs, so when every
+        # guarded update hit its row, every row was still ours. That is the usual case; it saves
+        # the ownership query. Otherwise roll back and take the careful path.
+        recorded, changed = _apply(conn, crm, token, updates, set(ids), now, timing)
+        if changed != len(ids):
+            raise _LeaseLost
+        return recorded
+
+    if engine.dialect.name == "sqlite":
+        try:
+            return await db.write(engine, optimistic)
+        except _LeaseLost:
+            pass
+    return await db.write(engine, careful)
+
+
+class _LeaseLost(Exception):
+    """Some row of a batch is no longer held: record it the careful way."""
+
+
+def _apply(
+    conn: Connection,
+    crm: Crm,
+    token: str,
+    updates: Sequence[RowUpdate],
+    owned: set[int],
+    now: dt.datetime,
+    timing: Timing,
+) -> tuple[Recorded, int]:
+    """Write the outcomes of the `owned` rows (each guarded by the lease) and every history row.
+
+    Returns what was recorded and how many rows the guarded updates changed (reliable on SQLite).
+    """
+    values = DriverValues(conn.dialect.name)
+    stamp = values.ts(now)
+    groups: dict[Compiled, list[tuple[Any, ...]]] = {}
+    for u in updates:
+        if u.state_id in owned:
+            groups.setdefault(_STATEMENTS[u.outcome], []).append(
+                (
+                    u.state_id,
+                    token,
+                    stamp,
+                    u.message,
+                    u.attempts,
+                    values.ts(u.next_attempt_at),
+                    u.external_id,
+                    u.synced_hash,
+                )
+            )
+    changed = sum(statement.executemany(conn, rows) for statement, rows in groups.items())
+    insert_events(conn, crm, updates, owned, now, timing)
+    lost = [u.state_id for u in updates if u.state_id not in owned]
+    return Recorded(len(updates) - len(lost), lost), changed
 
 
 def _owned(conn: Connection, token: str, ids: list[int]) -> set[int]:
