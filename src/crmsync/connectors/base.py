@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import httpx
 import orjson
 
 from crmsync import USER_AGENT
 from crmsync.enums import Crm
+
+T = TypeVar("T")
 
 # Vendor messages are stored and shown; keep them to a readable size.
 MAX_MESSAGE_CHARS = 1000
@@ -170,3 +172,33 @@ def make_client(
         timeout=httpx.Timeout(30.0, connect=5.0),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
     )
+
+
+class MappedOnce(Generic[T]):
+    """Each contact's mapped payload, built in `fingerprint` and taken again by `push`.
+
+    The engine fingerprints every claimed row, then pushes the rows whose fingerprint changed,
+    with the same `ContactPayload` objects: mapping each contact once instead of twice is a
+    measurable share of a worker's time per row. Entries are keyed by object identity (and hold
+    the object, so an id cannot be reused while its entry lives); `take` removes its entry, and
+    past `limit` the oldest entries go, so rows fingerprinted but never pushed (unchanged) do
+    not pile up. A payload is built afresh whenever it is not (or no longer) remembered.
+    """
+
+    def __init__(self, build: Callable[[ContactPayload], T], limit: int = 20_000) -> None:
+        self._build = build
+        self._limit = limit
+        self._items: dict[int, tuple[ContactPayload, T]] = {}
+
+    def remember(self, contact: ContactPayload) -> T:
+        value = self._build(contact)
+        self._items[id(contact)] = (contact, value)
+        if len(self._items) > self._limit:
+            del self._items[next(iter(self._items))]
+        return value
+
+    def take(self, contact: ContactPayload) -> T:
+        entry = self._items.pop(id(contact), None)
+        if entry is not None and entry[0] is contact:
+            return entry[1]
+        return self._build(contact)

@@ -69,6 +69,7 @@ from crmsync.connectors.base import (
     ConnectorError,
     ContactPayload,
     Fail,
+    MappedOnce,
     Misconfigured,
     Ok,
     RateLimited,
@@ -211,6 +212,7 @@ class BrevoConnector:
         self._limiter = RateLimiter(settings.rate_limit_per_second, burst=1)
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.import_max_bytes = IMPORT_MAX_BYTES
+        self._mapped = MappedOnce(self.contact_body)
 
     # -- mapping --------------------------------------------------------------------------------
 
@@ -244,7 +246,7 @@ class BrevoConnector:
 
     def fingerprint(self, contact: ContactPayload) -> str:
         # The import sends the same email, attributes and list: one fingerprint fits both paths.
-        return stable_hash(self.contact_body(contact))
+        return stable_hash(self._mapped.remember(contact))
 
     # -- push -----------------------------------------------------------------------------------
 
@@ -356,7 +358,7 @@ class BrevoConnector:
 
     async def _upsert(self, contact: ContactPayload, push: _Push) -> RowResult | None:
         """One row's result, or None after stopping the push with a batch-wide error."""
-        body = self.contact_body(contact)
+        body = self._mapped.take(contact)
         try:
             response = await self._request("POST", "/contacts", body)
             if "SMS" in body["attributes"] and self._sms_conflict(response):

@@ -41,6 +41,7 @@ from crmsync.connectors.base import (
     ConnectorError,
     ContactPayload,
     Fail,
+    MappedOnce,
     Misconfigured,
     Ok,
     RateLimited,
@@ -123,6 +124,7 @@ class HubSpotConnector:
         self._client = client if client is not None else make_client()
         self._clock = clock
         self._limiter = RateLimiter(settings.rate_limit_per_second)
+        self._mapped = MappedOnce(self.payload)
 
     def payload(self, contact: ContactPayload) -> dict[str, Any]:
         """The `batch/upsert` input for one contact; placeholders and missing values left out."""
@@ -145,7 +147,7 @@ class HubSpotConnector:
         return {"id": email, "idProperty": "email", "properties": properties}
 
     def fingerprint(self, contact: ContactPayload) -> str:
-        return stable_hash(self.payload(contact))
+        return stable_hash(self._mapped.remember(contact))
 
     async def push(self, batch: Sequence[ContactPayload]) -> list[RowResult]:
         if not batch:
@@ -153,7 +155,7 @@ class HubSpotConnector:
         if self._token is None:
             raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
         run = PushRun(batch)
-        inputs = {key: self.payload(contact) for key, contact in run.contacts.items()}
+        inputs = {key: self._mapped.take(contact) for key, contact in run.contacts.items()}
         return await run.run(
             self._upsert(run, inputs, keys, Budget(SPLIT_BUDGET))
             for keys in chunked(run.keys, MAX_INPUTS)

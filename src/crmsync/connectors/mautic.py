@@ -41,6 +41,7 @@ from crmsync.connectors.base import (
     AuthFailed,
     ContactPayload,
     Fail,
+    MappedOnce,
     Misconfigured,
     Ok,
     RateLimited,
@@ -116,6 +117,7 @@ class MauticConnector:
         self._client = client if client is not None else make_client()
         self._clock = clock
         self._limiter = RateLimiter(settings.rate_limit_per_second)
+        self._mapped = MappedOnce(self.payload)
         password = settings.password.get_secret_value() if settings.password else None
         secret = settings.client_secret.get_secret_value() if settings.client_secret else None
         self._secrets: list[str | None] = [password, secret]
@@ -152,7 +154,7 @@ class MauticConnector:
         return item
 
     def fingerprint(self, contact: ContactPayload) -> str:
-        return stable_hash(self.payload(contact))
+        return stable_hash(self._mapped.remember(contact))
 
     async def push(self, batch: Sequence[ContactPayload]) -> list[RowResult]:
         if not batch:
@@ -160,7 +162,7 @@ class MauticConnector:
         if self._missing:
             raise Misconfigured(self._missing)
         run = PushRun(batch)
-        items = {key: self.payload(contact) for key, contact in run.contacts.items()}
+        items = {key: self._mapped.take(contact) for key, contact in run.contacts.items()}
         return await run.run(
             self._send(run, items, keys, Budget(SPLIT_BUDGET))
             for keys in chunked(run.keys, self._batch_size)

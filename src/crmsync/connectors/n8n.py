@@ -50,6 +50,7 @@ from crmsync.connectors.base import (
     ConnectorError,
     ContactPayload,
     Fail,
+    MappedOnce,
     Misconfigured,
     Ok,
     RateLimited,
@@ -151,9 +152,10 @@ class N8nConnector:
         # Accepted so every connector is built the same way; an n8n push never waits.
         self._sleep = sleep
         self._clock = clock
+        self._mapped = MappedOnce(contact_object)
 
     def fingerprint(self, contact: ContactPayload) -> str:
-        return stable_hash(contact_object(contact))
+        return stable_hash(self._mapped.remember(contact))
 
     def request_body(self, objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The JSON sent for these contact objects (one bare object in single mode)."""
@@ -171,7 +173,7 @@ class N8nConnector:
         if not batch:
             return []
         url, auth = self._target()
-        objects = [contact_object(contact) for contact in batch]
+        objects = [self._mapped.take(contact) for contact in batch]
         results: list[RowResult | None] = [None] * len(batch)
         try:
             if self._single:
