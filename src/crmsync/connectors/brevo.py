@@ -207,9 +207,7 @@ class BrevoConnector:
         self._own_client = client is None
         self._client = client if client is not None else make_client()
         self._sleep = sleep
-        # burst=1: an even pace. Saved-up bursts overflow a per-second window (measured against
-        # the sandbox's fixed windows: burst=rate drew 429s at the configured rate, burst=1 none).
-        self._limiter = RateLimiter(settings.rate_limit_per_second, burst=1)
+        self._limiter = RateLimiter(settings.rate_limit_per_second)
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.import_max_bytes = IMPORT_MAX_BYTES
         self._mapped = MappedOnce(self.contact_body)
