@@ -87,6 +87,12 @@ async def test_filter_contacts_by_crm_status(client: httpx.AsyncClient) -> None:
     assert r.headers["X-Total-Count"] == "2"
     r = await client.get(BASE, params={"brevo_sync_status": "New"})
     assert sorted(c["id"] for c in r.json()) == sorted([ids[0], ids[3]])
+    # ids[0] has a state row back in New, ids[3] none: both count as New.
+    assert r.headers["X-Total-Count"] == "2"
+    r = await client.get(BASE, params={"brevo_sync_status": "New", "limit": 1})
+    assert len(r.json()) == 1 and r.headers["X-Total-Count"] == "2"
+    r = await client.get(BASE, params={"brevo_sync_status": "Selected", "email_contains": "zzz"})
+    assert r.json() == [] and r.headers["X-Total-Count"] == "0"
     r = await client.get(BASE, params={"hubspot_sync_status": "Selected"})
     assert r.json() == []
 

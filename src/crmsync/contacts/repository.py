@@ -126,6 +126,70 @@ async def count(conn: AsyncConnection, conds: Sequence[ColumnElement[bool]]) -> 
     return int((await conn.execute(stmt)).scalar_one())
 
 
+async def count_filtered(conn: AsyncConnection, filters: ContactFilters) -> int:
+    """The number of contacts matching `filters` (the list's X-Total-Count).
+
+    A filter on one CRM's status alone is the common case (the dashboard's "Selected for Brevo"),
+    and counting it as contacts WHERE EXISTS (...) joins every matching state row back to its
+    contact: ~300 ms at 400,000 matches among 1M contacts on PostgreSQL. The state table answers
+    it alone, from the (crm, sync_status) index: each row has exactly one contact (foreign key,
+    unique per CRM), and New is everything else.
+    """
+    single = single_crm_status(filters)
+    if single is not None:
+        return await _count_crm_status(conn, *single)
+    return await count(conn, filter_conditions(filters))
+
+
+def single_crm_status(filters: ContactFilters) -> tuple[Crm, SyncStatus] | None:
+    """The (CRM, status) when that is the only filter, else None."""
+    only = filters.model_dump(exclude_none=True)
+    if len(only) != 1:
+        return None
+    ((key, status),) = only.items()
+    crm = key.removesuffix("_sync_status")
+    if crm == key or crm not in Crm.__members__:
+        return None
+    return Crm(crm), SyncStatus(status)
+
+
+async def list_page_by_state(
+    conn: AsyncConnection, crm: Crm, status: SyncStatus, limit: int, offset: int
+) -> Sequence[RowMapping]:
+    """A page of the contacts with this CRM status, found from the state rows first.
+
+    For a rare status (a few thousand Error rows among a million contacts) walking contacts in
+    list order and probing each one's state costs ~30 ms on PostgreSQL; fetching the few matching
+    contacts and sorting them costs a few. The caller picks this path by the match count.
+    """
+    s = crm_sync_state.c
+    matching = (
+        select(s.contact_id)
+        .where(s.crm == crm.value, s.sync_status == status.value)
+        .cte("matching")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    stmt = (
+        select(contacts)
+        .join(matching, matching.c.contact_id == contacts.c.id)
+        .order_by(contacts.c.created_at, contacts.c.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return (await conn.execute(stmt)).mappings().all()
+
+
+async def _count_crm_status(conn: AsyncConnection, crm: Crm, status: SyncStatus) -> int:
+    s = crm_sync_state.c
+    if status is not SyncStatus.New:
+        stmt = select(func.count()).where(s.crm == crm.value, s.sync_status == status.value)
+        return int((await conn.execute(stmt)).scalar_one())
+    elsewhere = select(func.count()).where(s.crm == crm.value, s.sync_status != status.value)
+    total = select(func.count()).select_from(contacts)
+    stmt = select(total.scalar_subquery() - elsewhere.scalar_subquery())
+    return int((await conn.execute(stmt)).scalar_one())
+
+
 async def states_for(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> Sequence[RowMapping]:
     """The sync state rows of these contacts (for their derived per-CRM fields)."""
     rows: list[RowMapping] = []
