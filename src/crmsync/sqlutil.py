@@ -61,6 +61,11 @@ class Compiled:
             self._by_dialect[dialect.name] = cached
         return cached
 
+    def fetchall(self, conn: Connection, row: tuple[Any, ...]) -> list[Any]:
+        """Run the statement once with `row`'s values; the driver's own result rows."""
+        sql, constants, pick = self._compile(conn.dialect)
+        return list(conn.exec_driver_sql(sql, pick(row + constants)).fetchall())
+
     def executemany(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
         """Run the statement once per row; the number of rows it changed in all."""
         if not rows:

@@ -6,7 +6,8 @@ shaped for an existing index (checked with EXPLAIN on both databases):
 
 - status counts: `ix_crm_sync_state_queue` (crm, sync_status, ...) as a covering index;
 - due rows and lag: the partial `ix_crm_sync_state_due` (crm, next_attempt_at) the claim uses;
-- outcomes: `ix_sync_events_created_at`, a range scan over the window only;
+- outcomes: `ix_sync_events_crm_created_at` with `crm IN (every CRM)`, a range scan over the
+  window only;
 - the failed list: `ix_crm_sync_state_status_contact` (crm, sync_status, ...), hence the
   explicit `crm IN (...)` even for "all CRMs": it gives the index its leading column.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, RowMapping, case, func, null, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crmsync.enums import Crm, SyncStatus
+from crmsync.enums import CRM_NAMES, Crm, SyncStatus
 from crmsync.sync.state import Outcome
 from crmsync.tables import ACTIVE_STATUSES, contacts, crm_sync_state, sync_events, workers
 
@@ -105,7 +106,7 @@ async def outcomes(
             func.sum(case((e.outcome.in_(FAILURE_OUTCOMES), 1), else_=0)),
             func.sum(case((success & (e.created_at >= recent_since), 1), else_=0)),
         )
-        .where(e.created_at >= since)
+        .where(e.crm.in_(CRM_NAMES), e.created_at >= since)
         .group_by(e.crm)
     )
     return {

@@ -88,10 +88,11 @@ _PG_CLAIM = (
 )
 # SQLite: BEGIN IMMEDIATE already made the transaction the only writer, so reading the due rows
 # and then marking them cannot race with another worker.
-_SQLITE_READ = (
+_SQLITE_READ = Compiled(
     select(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
     .join(contacts, contacts.c.id == s.contact_id)
-    .where(s.id.in_(_DUE.scalar_subquery()))
+    .where(s.id.in_(_DUE.scalar_subquery())),
+    ("claim_crm", "now", "limit"),
 )
 _SQLITE_MARK = (
     update(crm_sync_state).where(s.id.in_(bindparam("ids", expanding=True))).values(_CLAIM_VALUES)
@@ -125,12 +126,39 @@ async def claim(
         if conn.dialect.name == "postgresql":
             rows = conn.execute(_PG_CLAIM, params).all()
         else:
-            rows = conn.execute(_SQLITE_READ, params).all()
-            if rows:
-                conn.execute(_SQLITE_MARK, {**params, "ids": [row[0] for row in rows]})
+            # The driver's plain tuples, converted here: SQLAlchemy's row objects and per-column
+            # processors cost more than the claim's SQL (UUIDs come as 32 hex digits).
+            raw = _SQLITE_READ.fetchall(conn, (crm.value, DriverValues("sqlite").ts(now), limit))
+            if not raw:
+                return []
+            conn.execute(_SQLITE_MARK, {**params, "ids": [row[0] for row in raw]})
+            return [_claimed(*_from_sqlite(row)) for row in raw]
         return [_claimed(*row) for row in rows]
 
     return await db.write(engine, work)
+
+
+def _from_sqlite(row: Any) -> tuple[Any, ...]:
+    """A raw claim row from SQLite in the types `_claimed` takes."""
+    (state_id, attempts, external_id, synced_hash, cid, email, name, phone, email_type,
+     gmail, context, source_url, domain, page, job) = row  # fmt: skip
+    return (
+        state_id,
+        attempts,
+        external_id,
+        synced_hash,
+        uuid.UUID(cid),
+        email,
+        name,
+        phone,
+        email_type,
+        None if gmail is None else bool(gmail),
+        context,
+        source_url,
+        None if domain is None else uuid.UUID(domain),
+        None if page is None else uuid.UUID(page),
+        None if job is None else uuid.UUID(job),
+    )
 
 
 def _claimed(

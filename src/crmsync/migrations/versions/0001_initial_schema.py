@@ -144,7 +144,6 @@ def upgrade() -> None:
         "ix_sync_events_contact_id_created_at", "sync_events", ["contact_id", "created_at"]
     )
     op.create_index("ix_sync_events_crm_created_at", "sync_events", ["crm", "created_at"])
-    op.create_index("ix_sync_events_created_at", "sync_events", ["created_at"])
 
     op.create_table(
         "crm_control",
