@@ -1,0 +1,61 @@
+"""Idle workers wake when work is queued: in-process directly, across processes by NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crmsync.enums import Crm
+from crmsync.settings import Settings
+from crmsync.sync.wakeup import Wakeup
+from crmsync.sync.worker import Worker
+from crmsync.tables import crm_sync_state
+from tests.conftest import add_contacts
+from tests.sync.fakes import FakeConnector
+
+
+async def _complete(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        query = select(func.count()).where(crm_sync_state.c.sync_status == "Complete")
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def test_notify_wakes_a_worker_that_shares_only_the_database(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite workers poll")
+    settings.hubspot.sync_scheduler_interval_seconds = 60  # polling alone would take a minute
+    fake = FakeConnector()
+    # Nothing links this worker to the API's service: only the database's NOTIFY can wake it.
+    worker = Worker(engine, settings, [Crm.hubspot], connectors={Crm.hubspot: fake})
+    task = asyncio.create_task(worker.run())
+    try:
+        ids = await add_contacts(client, 30)
+        await asyncio.sleep(1.0)  # the worker has found nothing and is idle, listening
+        started = time.monotonic()
+        r = await client.put(
+            "/api/v3/contacts/crm/select", json={"contact_ids": ids, "crms": ["hubspot"]}
+        )
+        assert r.status_code == 200
+        while await _complete(engine) < 30:
+            assert time.monotonic() - started < 15, "the worker was not woken by NOTIFY"
+            await asyncio.sleep(0.05)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+    assert len(fake.pushed_emails) == 30
+
+
+async def test_wakeup_events() -> None:
+    wakeup = Wakeup()
+    assert await wakeup.wait(Crm.brevo, 0.01) is False
+    wakeup.notify_payload("brevo,unknown,n8n")
+    assert await wakeup.wait(Crm.brevo, 1) is True
+    assert await wakeup.wait(Crm.n8n, 1) is True
+    assert await wakeup.wait(Crm.hubspot, 0.01) is False
