@@ -45,3 +45,36 @@ async def test_rate_zero_does_not_pace() -> None:
         await limiter.acquire()
     assert asyncio.get_running_loop().time() - start < 0.5
     assert not limiter.enabled
+
+
+def test_drain_makes_the_next_request_wait_one_interval() -> None:
+    time = FakeTime()
+    limiter = RateLimiter(4, burst=4, clock=time.clock)
+    assert limiter.wait_for_next() == 0
+    limiter.drain()
+    assert abs(limiter.wait_for_next() - 0.25) < 1e-9
+    time.now += 0.25
+    assert limiter.wait_for_next() == 0
+
+
+async def test_burst_lets_requests_ahead_then_paces(monkeypatch: object) -> None:
+    time = FakeTime()
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.now += seconds
+
+    import crmsync.connectors.ratelimit as module
+
+    limiter = RateLimiter(10, burst=5, clock=time.clock)
+    original = module.asyncio.sleep
+    module.asyncio.sleep = fake_sleep  # type: ignore[assignment]
+    try:
+        for _ in range(15):
+            await limiter.acquire()
+    finally:
+        module.asyncio.sleep = original
+    # Five go at once, the next ten at the steady 0.1 s pace.
+    assert abs(time.now - 1.0) < 1e-9
+    assert len(slept) == 10

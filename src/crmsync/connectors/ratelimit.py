@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 
 class RateLimiter:
-    """An async token bucket: `rate` requests per second on average, bursts up to `burst`.
+    """An async pacer: `rate` requests per second on average, bursts up to `burst`.
 
-    A rate of 0 disables pacing. Waiters are served in arrival order (one lock), so concurrent
-    pushes share the budget fairly instead of racing for it. The default burst of 1 is an even
+    A rate of 0 disables pacing. Each caller reserves the next free slot before it sleeps (no
+    await between reading and moving the schedule), so concurrent pushes are served in arrival
+    order and share the budget fairly instead of racing for it. The default burst of 1 is an even
     pace: saved-up tokens let a burst through on top of the steady rate, and vendors count in
     windows (Brevo per second, HubSpot over a rolling 10 s), so a burst overflows the window
     (measured against the sandbox: 3% of HubSpot requests answered 429 with burst = rate).
@@ -24,11 +25,13 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = rate
-        self.burst = burst
+        self.burst = max(1.0, burst)
         self._clock = clock
-        self._tokens = self.burst
-        self._updated = clock()
-        self._lock = asyncio.Lock()
+        # GCRA: the theoretical time at which the next request would go at the steady pace.
+        # One sleep per request, computed from times rather than summed fractional tokens: a
+        # float token count could settle just below 1 and make the wait loop spin on sleeps too
+        # short to move the clock.
+        self._next_at = clock()
 
     @property
     def enabled(self) -> bool:
@@ -37,17 +40,27 @@ class RateLimiter:
     async def acquire(self) -> None:
         if not self.enabled:
             return
-        async with self._lock:
-            while True:
-                now = self._clock()
-                self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-                self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                await asyncio.sleep((1 - self._tokens) / self.rate)
+        interval = 1.0 / self.rate
+        now = self._clock()
+        next_at = max(self._next_at, now)
+        # Up to `burst` requests may go ahead of the steady pace.
+        go_at = next_at - (self.burst - 1.0) * interval
+        self._next_at = next_at + interval
+        if go_at > now:
+            await asyncio.sleep(go_at - now)
 
     def drain(self) -> None:
-        """Forget saved-up tokens (after a 429 the vendor's window is known to be full)."""
-        self._tokens = 0
-        self._updated = self._clock()
+        """Forget saved-up allowance (after a 429 the vendor's window is known to be full).
+
+        The next request then waits one full interval from now.
+        """
+        if self.enabled:
+            self._next_at = max(self._next_at, self._clock() + self.burst / self.rate)
+
+    def wait_for_next(self) -> float:
+        """Seconds the next request would wait now (0 when it may go at once)."""
+        if not self.enabled:
+            return 0.0
+        now = self._clock()
+        go_at = max(self._next_at, now) - (self.burst - 1.0) / self.rate
+        return max(0.0, go_at - now)
