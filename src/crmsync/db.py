@@ -26,6 +26,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Page cache per SQLite connection, in KiB (allocated only as pages are read). SQLite's default
+# of 2 MiB is smaller than the queue's indexes for a few tens of thousands of contacts: every
+# status change then rereads index pages from the file and WAL (measured: a guarded outcome
+# UPDATE took 160 us per row with 50,000 contacts, 15 us with an 8 MiB cache).
+SQLITE_CACHE_KIB = 64 * 1024
 
 
 def normalise_url(url: str) -> URL:
@@ -99,6 +104,7 @@ def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

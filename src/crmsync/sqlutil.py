@@ -75,6 +75,24 @@ class Compiled:
         return int(conn.exec_driver_sql(sql, params).rowcount)
 
 
+_new_object = object.__new__
+_set_slot = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def uuid_from_hex(value: str) -> uuid.UUID:
+    """A UUID from the 32 hex digits SQLite stores, about 6x cheaper than `uuid.UUID(value)`.
+
+    The claim converts four ids per row on the sync hot path; `UUID.__init__` parses every
+    accepted spelling (braces, dashes, URN) and costs about 4 us each. This sets the two slots
+    `UUID` has (`int`, `is_safe`) directly, from a value the database wrote (the `Uuid` type).
+    """
+    result = _new_object(uuid.UUID)
+    _set_slot(result, "int", int(value, 16))
+    _set_slot(result, "is_safe", _UNKNOWN)
+    return result
+
+
 class DriverValues:
     """Python values in the form each driver stores them, as SQLAlchemy's types would bind them.
 

@@ -152,14 +152,18 @@ crm_sync_state = Table(
     Index("ix_crm_sync_state_status_contact", "crm", "sync_status", "contact_id"),
 )
 
-# The claim reads this: active rows of one CRM in due order (see the migration).
+# Rows in these states take part in the sync (counted as due when their time has come).
 ACTIVE_STATUSES = (SyncStatus.Selected.value, SyncStatus.Queued.value, SyncStatus.Processing.value)
+# The claim reads this: rows of one CRM waiting for their turn, in due order (migration 0002).
+# Processing rows stay out, so a claim removes a row from it and an outcome does not touch it;
+# expired leases are found through `ix_crm_sync_state_queue`.
+WAITING_STATUSES = (SyncStatus.Selected.value, SyncStatus.Queued.value)
 Index(
     "ix_crm_sync_state_due",
     crm_sync_state.c.crm,
     crm_sync_state.c.next_attempt_at,
-    sqlite_where=crm_sync_state.c.sync_status.in_(ACTIVE_STATUSES),
-    postgresql_where=crm_sync_state.c.sync_status.in_(ACTIVE_STATUSES),
+    sqlite_where=crm_sync_state.c.sync_status.in_(WAITING_STATUSES),
+    postgresql_where=crm_sync_state.c.sync_status.in_(WAITING_STATUSES),
 )
 
 sync_events = Table(

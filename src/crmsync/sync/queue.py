@@ -24,16 +24,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from crmsync import db
 from crmsync.connectors.base import ContactPayload
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
-from crmsync.sqlutil import Compiled, DriverValues, chunks
+from crmsync.sqlutil import Compiled, DriverValues, chunks, uuid_from_hex
 from crmsync.sync.state import NO_LEASE, Claimed, Outcome, RowUpdate
-from crmsync.tables import ACTIVE_STATUSES, contacts, crm_sync_state, sync_events
+from crmsync.tables import WAITING_STATUSES, contacts, crm_sync_state, sync_events
 
 s = crm_sync_state.c
 NOT_APPLIED = "[not applied: the row changed while this attempt was in flight] "
 # Literal values, not bound parameters: only then can SQLite and PostgreSQL (generic plans of
 # prepared statements) prove the claim matches the partial index `ix_crm_sync_state_due`.
 # With parameters, both sort every due row to return the first hundred.
-_ACTIVE = s.sync_status.in_([literal_column(f"'{status}'") for status in ACTIVE_STATUSES])
+_WAITING = s.sync_status.in_([literal_column(f"'{status}'") for status in WAITING_STATUSES])
+_LEASED = s.sync_status == literal_column(f"'{SyncStatus.Processing.value}'")
 _CHUNK = 5_000
 
 _PAYLOAD_COLUMNS = (
@@ -57,12 +58,20 @@ def _ts_param(name: str) -> Any:
 
 # The claim's statements are built once (with parameters), not per batch: building and keying a
 # statement costs more Python than the claim's own row handling.
-_DUE = (
-    select(s.id)
-    .where(s.crm == bindparam("claim_crm"), _ACTIVE, s.next_attempt_at <= _ts_param("now"))
-    .order_by(s.next_attempt_at)
-    .limit(bindparam("limit"))
-)
+def _due(status: Any) -> Any:
+    return (
+        select(s.id)
+        .where(s.crm == bindparam("claim_crm"), status, s.next_attempt_at <= _ts_param("now"))
+        .order_by(s.next_attempt_at)
+        .limit(bindparam("limit"))
+    )
+
+
+# Two kinds of due rows, each read through its own index in due order: leases that ran out (a
+# worker died; `ix_crm_sync_state_queue`, rare) first, then rows waiting for their turn
+# (`ix_crm_sync_state_due`, which holds nothing else).
+_EXPIRED = _due(_LEASED)
+_WAITING_DUE = _due(_WAITING)
 _CLAIM_VALUES = {
     "sync_status": SyncStatus.Processing.value,
     "processing_status": ProcessingStatus.Processing.value,
@@ -75,25 +84,36 @@ _CLAIM_VALUES = {
 }
 _STATE_COLUMNS = (s.id, s.attempts, s.external_id, s.synced_hash)
 
-# PostgreSQL, one statement: SKIP LOCKED lets concurrent workers on any host take disjoint rows
-# without waiting; MATERIALIZED computes the locked id list once, never again per row.
-_LOCKED = (
-    _DUE.with_for_update(skip_locked=True, key_share=True).cte("due").prefix_with("MATERIALIZED")
-)
-_PG_CLAIM = (
-    update(crm_sync_state)
-    .where(s.id == _LOCKED.c.id, contacts.c.id == s.contact_id)
-    .values(_CLAIM_VALUES)
-    .returning(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
-)
+
+def _pg_claim(due: Any) -> Any:
+    # PostgreSQL, one statement: SKIP LOCKED lets concurrent workers on any host take disjoint
+    # rows without waiting; MATERIALIZED computes the locked id list once, never again per row.
+    locked = (
+        due.with_for_update(skip_locked=True, key_share=True).cte("due").prefix_with("MATERIALIZED")
+    )
+    return (
+        update(crm_sync_state)
+        .where(s.id == locked.c.id, contacts.c.id == s.contact_id)
+        .values(_CLAIM_VALUES)
+        .returning(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
+    )
+
+
+_PG_CLAIMS = (_pg_claim(_EXPIRED), _pg_claim(_WAITING_DUE))
+
+
 # SQLite: BEGIN IMMEDIATE already made the transaction the only writer, so reading the due rows
 # and then marking them cannot race with another worker.
-_SQLITE_READ = Compiled(
-    select(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
-    .join(contacts, contacts.c.id == s.contact_id)
-    .where(s.id.in_(_DUE.scalar_subquery())),
-    ("claim_crm", "now", "limit"),
-)
+def _sqlite_read(due: Any) -> Compiled:
+    return Compiled(
+        select(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
+        .join(contacts, contacts.c.id == s.contact_id)
+        .where(s.id.in_(due.scalar_subquery())),
+        ("claim_crm", "now", "limit"),
+    )
+
+
+_SQLITE_READS = (_sqlite_read(_EXPIRED), _sqlite_read(_WAITING_DUE))
 _SQLITE_MARK = (
     update(crm_sync_state).where(s.id.in_(bindparam("ids", expanding=True))).values(_CLAIM_VALUES)
 )
@@ -110,8 +130,9 @@ async def claim(
 ) -> list[Claimed]:
     """Take up to `limit` due rows of `crm` and mark them Processing under `token`.
 
-    Due = active (Selected, Queued, Processing) with `next_attempt_at <= now`. A claim sets
+    Due = `next_attempt_at <= now` and waiting (Selected, Queued), or Processing: a claim sets
     `next_attempt_at` to the lease's end, so rows of a worker that died come due again then.
+    Those expired leases are taken first.
     """
     params = {
         "claim_crm": crm.value,
@@ -123,17 +144,25 @@ async def claim(
     }
 
     def work(conn: Connection) -> list[Claimed]:
+        claimed: list[Claimed] = []
         if conn.dialect.name == "postgresql":
-            rows = conn.execute(_PG_CLAIM, params).all()
-        else:
-            # The driver's plain tuples, converted here: SQLAlchemy's row objects and per-column
-            # processors cost more than the claim's SQL (UUIDs come as 32 hex digits).
-            raw = _SQLITE_READ.fetchall(conn, (crm.value, DriverValues("sqlite").ts(now), limit))
-            if not raw:
-                return []
+            for statement in _PG_CLAIMS:
+                rows = conn.execute(statement, {**params, "limit": limit - len(claimed)}).all()
+                claimed += [_claimed(*row) for row in rows]
+                if len(claimed) >= limit:
+                    break
+            return claimed
+        # The driver's plain tuples, converted here: SQLAlchemy's row objects and per-column
+        # processors cost more than the claim's SQL (UUIDs come as 32 hex digits).
+        raw: list[Any] = []
+        stamp = DriverValues("sqlite").ts(now)
+        for read in _SQLITE_READS:
+            raw += read.fetchall(conn, (crm.value, stamp, limit - len(raw)))
+            if len(raw) >= limit:
+                break
+        if raw:
             conn.execute(_SQLITE_MARK, {**params, "ids": [row[0] for row in raw]})
-            return [_claimed(*_from_sqlite(row)) for row in raw]
-        return [_claimed(*row) for row in rows]
+        return [_claimed(*_from_sqlite(row)) for row in raw]
 
     return await db.write(engine, work)
 
@@ -147,7 +176,7 @@ def _from_sqlite(row: Any) -> tuple[Any, ...]:
         attempts,
         external_id,
         synced_hash,
-        uuid.UUID(cid),
+        uuid_from_hex(cid),
         email,
         name,
         phone,
@@ -155,9 +184,9 @@ def _from_sqlite(row: Any) -> tuple[Any, ...]:
         None if gmail is None else bool(gmail),
         context,
         source_url,
-        None if domain is None else uuid.UUID(domain),
-        None if page is None else uuid.UUID(page),
-        None if job is None else uuid.UUID(job),
+        None if domain is None else uuid_from_hex(domain),
+        None if page is None else uuid_from_hex(page),
+        None if job is None else uuid_from_hex(job),
     )
 
 
