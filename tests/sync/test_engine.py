@@ -133,6 +133,26 @@ async def test_expired_lease_is_reclaimed_and_the_stale_write_refused(
     assert sum(1 for m in messages if m and m.startswith(queue.NOT_APPLIED)) == 3
 
 
+async def test_a_claim_takes_expired_leases_first_then_waiting_rows(
+    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    ids = await add_contacts(client, 5)
+    await select_for(client, ids[:2])
+    now = clock.now + dt.timedelta(minutes=1)
+    dead = await queue.claim(engine, HUB, 10, "dead", "tok-1", now, now + dt.timedelta(seconds=5))
+    assert len(dead) == 2
+    await select_for(client, ids[2:])  # three more wait, selected after the dead worker's claim
+    later = now + dt.timedelta(seconds=6)
+    until = later + dt.timedelta(seconds=60)
+    first = await queue.claim(engine, HUB, 3, "w2", "tok-2", later, until)
+    # Both expired leases, then the oldest waiting row, up to the limit.
+    assert {r.state_id for r in dead} <= {r.state_id for r in first} and len(first) == 3
+    rest = await queue.claim(engine, HUB, 10, "w2", "tok-3", later, until)
+    assert len(rest) == 2
+    assert {str(r.contact_id) for r in first + rest} == set(ids)
+    assert await queue.claim(engine, HUB, 10, "w2", "tok-4", later, until) == []
+
+
 async def test_success_stores_the_vendor_id_and_resets_attempts(
     client: httpx.AsyncClient, engine: AsyncEngine, worker: Worker, fake: FakeConnector
 ) -> None:
