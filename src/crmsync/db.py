@@ -26,11 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Page cache per SQLite connection, in KiB (allocated only as pages are read). SQLite's default
-# of 2 MiB is smaller than the queue's indexes for a few tens of thousands of contacts: every
-# status change then rereads index pages from the file and WAL (measured: a guarded outcome
-# UPDATE took 160 us per row with 50,000 contacts, 15 us with an 8 MiB cache).
-SQLITE_CACHE_KIB = 64 * 1024
+# Page cache of the sync engine's SQLite write connection, in KiB (allocated only as pages are
+# read). SQLite's default of 2 MiB is smaller than the queue's indexes from a few tens of
+# thousands of contacts on: every status change then rereads index pages from the file and WAL
+# (measured: a guarded outcome UPDATE took 160 us per row with 50,000 contacts, 15 us with an
+# 8 MiB cache). Not more, and only on that connection: a worker syncing 200,000 contacts peaked
+# at 107 MB RSS with the default, 116 MB with 8 MiB, 194-217 MB with 32 MiB on this connection
+# and 194-295 MB with 64 MiB on every connection (bench/worker_rss.py).
+SQLITE_WRITER_CACHE_KIB = 8 * 1024
 
 
 def normalise_url(url: str) -> URL:
@@ -93,7 +96,7 @@ def read_only(engine: AsyncEngine) -> AsyncEngine:
     return reader
 
 
-def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
+def _configure_sqlite(engine: AsyncEngine | Engine, cache_kib: int | None = None) -> None:
     sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
     @event.listens_for(sync, "connect")
@@ -104,7 +107,8 @@ def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        if cache_kib is not None:
+            cursor.execute(f"PRAGMA cache_size=-{cache_kib}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -131,7 +135,7 @@ def _thread_writer(engine: AsyncEngine) -> Engine | None:
             max_overflow=0,
             pool_timeout=120,
         )
-        _configure_sqlite(writer)
+        _configure_sqlite(writer, SQLITE_WRITER_CACHE_KIB)
         _SYNC_WRITERS[engine.sync_engine] = writer
         sibling = writer
 

@@ -22,6 +22,9 @@ class FrozenClock:
     def __call__(self) -> dt.datetime:
         return self.now
 
+    def later(self, seconds: float) -> dt.datetime:
+        return self.now + dt.timedelta(seconds=seconds)
+
     def advance(self, seconds: float) -> None:
         self.now += dt.timedelta(seconds=seconds)
 

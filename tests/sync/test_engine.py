@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crmsync import sqlutil
 from crmsync.connectors.base import (
     AuthFailed,
     ContactPayload,
@@ -151,6 +152,54 @@ async def test_a_claim_takes_expired_leases_first_then_waiting_rows(
     assert len(rest) == 2
     assert {str(r.contact_id) for r in first + rest} == set(ids)
     assert await queue.claim(engine, HUB, 10, "w2", "tok-4", later, until) == []
+
+
+@pytest.mark.parametrize("json_rows", [True, False], ids=["one-statement", "executemany"])
+async def test_every_outcome_kind_is_written_behind_the_lease(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+    json_rows: bool,
+) -> None:
+    # On SQLite a batch's outcomes go in one statement over json_each, or (older SQLite, and
+    # PostgreSQL) one parameter set per row: both must write the same thing.
+    if not json_rows:
+        monkeypatch.setattr(sqlutil, "sqlite_reads_json_rows", lambda: False)
+        monkeypatch.setattr(queue, "sqlite_reads_json_rows", lambda: False)
+    ids = await add_contacts(client, 4)
+    await select_for(client, ids)
+    claimed = await queue.claim(engine, HUB, 10, "w", "tok", clock.now, clock.later(60))
+    by_contact = {str(r.contact_id): r for r in claimed}
+    retry_at = clock.later(300)
+    updates = [
+        RowUpdate(by_contact[ids[0]].state_id, by_contact[ids[0]].contact_id, Outcome.ok, 0,
+                  http_status=200, external_id="ext-0", synced_hash="h" * 32),
+        RowUpdate(by_contact[ids[1]].state_id, by_contact[ids[1]].contact_id, Outcome.error, 1,
+                  "Invalid email", 400),
+        RowUpdate(by_contact[ids[2]].state_id, by_contact[ids[2]].contact_id, Outcome.retry, 2,
+                  "HubSpot answered 502", 502, next_attempt_at=retry_at),
+        RowUpdate(by_contact[ids[3]].state_id, by_contact[ids[3]].contact_id, Outcome.unchanged,
+                  0),
+    ]  # fmt: skip
+    timing = queue.Timing("w", clock.now, 7)
+    recorded = await queue.record(engine, HUB, "tok", updates, clock.now, timing)
+    assert recorded.applied == 4 and recorded.lost == []
+    rows = await states(engine)
+    assert [rows[i]["sync_status"] for i in ids] == ["Complete", "Error", "Queued", "Complete"]
+    assert rows[ids[0]]["external_id"] == "ext-0" and rows[ids[0]]["synced_hash"] == "h" * 32
+    assert rows[ids[0]]["synced_at"] == clock.now
+    assert rows[ids[1]]["processing_error"] == "Invalid email" and rows[ids[1]]["attempts"] == 1
+    assert rows[ids[2]]["next_attempt_at"] == retry_at and rows[ids[2]]["attempts"] == 2
+    assert all(rows[i]["lease_token"] is None for i in ids)
+    history = {str(e["contact_id"]): e for e in await event_rows(engine)}
+    assert history[ids[1]]["outcome"] == "error" and history[ids[1]]["http_status"] == 400
+    assert history[ids[2]]["attempt"] == 2 and history[ids[2]]["message"] == "HubSpot answered 502"
+    assert all(e["crm"] == "hubspot" and e["duration_ms"] == 7 for e in history.values())
+    assert all(e["worker"] == "w" and e["created_at"] == clock.now for e in history.values())
+    # A second report under the same token changes nothing: the lease is gone.
+    again = await queue.record(engine, HUB, "tok", updates, clock.now, timing)
+    assert again.applied == 0 and len(again.lost) == 4
 
 
 async def test_success_stores_the_vendor_id_and_resets_attempts(

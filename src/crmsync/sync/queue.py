@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,7 +25,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from crmsync import db
 from crmsync.connectors.base import ContactPayload
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
-from crmsync.sqlutil import Compiled, DriverValues, chunks, uuid_from_hex
+from crmsync.sqlutil import (
+    Compiled,
+    DriverValues,
+    JsonRows,
+    RowWrite,
+    chunks,
+    sqlite_reads_json_rows,
+    uuid_from_hex,
+)
 from crmsync.sync.state import NO_LEASE, Claimed, Outcome, RowUpdate
 from crmsync.tables import WAITING_STATUSES, contacts, crm_sync_state, sync_events
 
@@ -117,6 +126,15 @@ _SQLITE_READS = (_sqlite_read(_EXPIRED), _sqlite_read(_WAITING_DUE))
 _SQLITE_MARK = (
     update(crm_sync_state).where(s.id.in_(bindparam("ids", expanding=True))).values(_CLAIM_VALUES)
 )
+# The same with the ids as one JSON array: compiled once, where an expanding IN is rendered
+# anew for every claim.
+_CLAIMED_IDS = func.json_each(bindparam("ids_json")).table_valued("value")
+_SQLITE_MARK_JSON = Compiled(
+    update(crm_sync_state)
+    .where(s.id.in_(select(_CLAIMED_IDS.c.value).scalar_subquery()))
+    .values(_CLAIM_VALUES),
+    ("ids_json", "owner", "token", "until", "now"),
+)
 
 
 async def claim(
@@ -160,7 +178,12 @@ async def claim(
             raw += read.fetchall(conn, (crm.value, stamp, limit - len(raw)))
             if len(raw) >= limit:
                 break
-        if raw:
+        if raw and sqlite_reads_json_rows():
+            ids = orjson.dumps([row[0] for row in raw]).decode()
+            _SQLITE_MARK_JSON.execute(
+                conn, (ids, owner, token, DriverValues("sqlite").ts(lease_until), stamp)
+            )
+        elif raw:
             conn.execute(_SQLITE_MARK, {**params, "ids": [row[0] for row in raw]})
         return [_claimed(*_from_sqlite(row)) for row in raw]
 
@@ -217,98 +240,95 @@ def _claimed(
     return Claimed(state_id, attempts, synced_hash, payload)
 
 
-# Per-row values of an outcome write, in this order (see `Compiled`).
-_ROW_KEYS = (
-    "_id",
-    "_token",
-    "now",
-    "message",
-    "attempts",
-    "next_attempt_at",
-    "external_id",
-    "synced_hash",
-)
+# An outcome write's values: these differ per row, the others are shared by the batch.
+_PER_ROW = ("_id", "message", "attempts", "next_attempt_at", "external_id", "synced_hash")
+_SHARED = ("_token", "now")
+_ROWS = JsonRows(_PER_ROW)
+Values = Callable[[str], Any]
 
 
-def _guarded(values: dict[str, Any]) -> Compiled:
-    """An UPDATE of one row per parameter set, applied only while we still hold its lease."""
-    stmt = (
-        update(crm_sync_state)
-        .where(
-            s.id == bindparam("_id"),
-            s.lease_token == bindparam("_token"),
-            s.sync_status == SyncStatus.Processing.value,
+def _guarded(values: Callable[[Values], dict[str, Any]]) -> RowWrite:
+    """An UPDATE of each row of a batch, applied only while we still hold its lease."""
+
+    def build(v: Values) -> Any:
+        return (
+            update(crm_sync_state)
+            .where(
+                s.id == v("_id"),
+                s.lease_token == v("_token"),
+                s.sync_status == SyncStatus.Processing.value,
+            )
+            .values(**values(v))
         )
-        .values(**values)
-    )
-    return Compiled(stmt, _ROW_KEYS)
+
+    return RowWrite(_PER_ROW, _SHARED, build(bindparam), build(_ROWS))
 
 
-_RELEASE_VALUES: dict[str, Any] = {
-    "sync_status": SyncStatus.Queued.value,
-    "processing_status": ProcessingStatus.Queued.value,
-    "processing_error": bindparam("message"),
-    "attempts": bindparam("attempts"),
-    "next_attempt_at": bindparam("next_attempt_at"),
-    **NO_LEASE,
-    "updated_at": bindparam("now"),
-}
+def _released(v: Values) -> dict[str, Any]:
+    return {
+        "sync_status": SyncStatus.Queued.value,
+        "processing_status": ProcessingStatus.Queued.value,
+        "processing_error": v("message"),
+        "attempts": v("attempts"),
+        "next_attempt_at": v("next_attempt_at"),
+        **NO_LEASE,
+        "updated_at": v("now"),
+    }
 
-_STATEMENTS: dict[Outcome, Compiled] = {
+
+_STATEMENTS: dict[Outcome, RowWrite] = {
     Outcome.ok: _guarded(
-        {
+        lambda v: {
             "sync_status": SyncStatus.Complete.value,
             "processing_status": ProcessingStatus.Complete.value,
             "processing_error": None,
-            "external_id": func.coalesce(bindparam("external_id"), s.external_id),
+            "external_id": func.coalesce(v("external_id"), s.external_id),
             "attempts": 0,
-            "synced_hash": bindparam("synced_hash"),
-            "synced_at": bindparam("now"),
+            "synced_hash": v("synced_hash"),
+            "synced_at": v("now"),
             "next_attempt_at": None,
             **NO_LEASE,
-            "updated_at": bindparam("now"),
+            "updated_at": v("now"),
         }
     ),
     Outcome.unchanged: _guarded(
-        {
+        lambda v: {
             "sync_status": SyncStatus.Complete.value,
             "processing_status": ProcessingStatus.Complete.value,
             "processing_error": None,
             "attempts": 0,
             "next_attempt_at": None,
             **NO_LEASE,
-            "updated_at": bindparam("now"),
+            "updated_at": v("now"),
         }
     ),
-    Outcome.retry: _guarded(_RELEASE_VALUES),
+    Outcome.retry: _guarded(_released),
     Outcome.error: _guarded(
-        {
+        lambda v: {
             "sync_status": SyncStatus.Error.value,
             "processing_status": ProcessingStatus.Error.value,
-            "processing_error": bindparam("message"),
-            "attempts": bindparam("attempts"),
+            "processing_error": v("message"),
+            "attempts": v("attempts"),
             "next_attempt_at": None,
             **NO_LEASE,
-            "updated_at": bindparam("now"),
+            "updated_at": v("now"),
         }
     ),
 }
 for _kind in (Outcome.rate_limited, Outcome.auth_failed, Outcome.misconfigured, Outcome.released):
     _STATEMENTS[_kind] = _STATEMENTS[Outcome.retry]
 
-_EVENT_KEYS = (
-    "contact_id",
-    "crm",
-    "outcome",
-    "http_status",
-    "message",
-    "attempt",
-    "duration_ms",
-    "worker",
-    "created_at",
-)
-_INSERT_EVENT = Compiled(
-    insert(sync_events).values({key: bindparam(key) for key in _EVENT_KEYS}), _EVENT_KEYS
+_EVENT_PER_ROW = ("contact_id", "outcome", "http_status", "message", "attempt")
+_EVENT_SHARED = ("crm", "duration_ms", "worker", "created_at")
+_EVENT_KEYS = (*_EVENT_PER_ROW, *_EVENT_SHARED)
+_EVENT_ROWS = JsonRows(_EVENT_PER_ROW)
+_INSERT_EVENTS = RowWrite(
+    _EVENT_PER_ROW,
+    _EVENT_SHARED,
+    insert(sync_events).values({key: bindparam(key) for key in _EVENT_KEYS}),
+    insert(sync_events).from_select(
+        list(_EVENT_KEYS), select(*(_EVENT_ROWS(key) for key in _EVENT_KEYS))
+    ),
 )
 
 
@@ -380,15 +400,12 @@ def _apply(
     Returns what was recorded and how many rows the guarded updates changed (reliable on SQLite).
     """
     values = DriverValues(conn.dialect.name)
-    stamp = values.ts(now)
-    groups: dict[Compiled, list[tuple[Any, ...]]] = {}
+    groups: dict[RowWrite, list[tuple[Any, ...]]] = {}
     for u in updates:
         if u.state_id in owned:
             groups.setdefault(_STATEMENTS[u.outcome], []).append(
                 (
                     u.state_id,
-                    token,
-                    stamp,
                     u.message,
                     u.attempts,
                     values.ts(u.next_attempt_at),
@@ -396,7 +413,8 @@ def _apply(
                     u.synced_hash,
                 )
             )
-    changed = sum(statement.executemany(conn, rows) for statement, rows in groups.items())
+    shared = (token, values.ts(now))
+    changed = sum(statement.run(conn, rows, shared) for statement, rows in groups.items())
     insert_events(conn, crm, updates, owned, now, timing)
     lost = [u.state_id for u in updates if u.state_id not in owned]
     return Recorded(len(updates) - len(lost), lost), changed
@@ -424,22 +442,18 @@ def insert_events(
     timing: Timing,
 ) -> None:
     values = DriverValues(conn.dialect.name)
-    stamp = values.ts(now)
     rows = [
         (
             values.uuid(u.contact_id),
-            crm.value,
             u.outcome.value,
             u.http_status,
             u.message if u.state_id in applied else NOT_APPLIED + (u.message or ""),
             u.attempts if u.outcome in (Outcome.retry, Outcome.error) else 0,
-            timing.duration_ms,
-            timing.worker,
-            stamp,
         )
         for u in updates
     ]
-    _INSERT_EVENT.executemany(conn, rows)
+    shared = (crm.value, timing.duration_ms, timing.worker, values.ts(now))
+    _INSERT_EVENTS.run(conn, rows, shared)
 
 
 async def renew(engine: AsyncEngine, tokens: Sequence[str], until: dt.datetime) -> int:
