@@ -43,6 +43,10 @@ _PLACEHOLDERS = {
 _CONTACT_AT = re.compile(r"^contact at\b", re.IGNORECASE)
 
 
+# A phone worth sending holds at least one digit (a regex: once per contact on the hot path).
+_DIGIT = re.compile(r"\d")
+
+
 def is_placeholder(value: str | None) -> bool:
     if value is None:
         return True
@@ -67,7 +71,7 @@ def clean_phone(phone: str | None) -> str | None:
         return None
     assert phone is not None
     text = phone.strip()
-    return text if any(ch.isdigit() for ch in text) else None
+    return text if _DIGIT.search(text) else None
 
 
 def international_phone(phone: str | None) -> str | None:
