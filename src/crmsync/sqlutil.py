@@ -134,7 +134,6 @@ class RowWrite:
         many: ClauseElement,
         from_json: ClauseElement,
     ) -> None:
-        self.shared = tuple(shared)
         self._many = Compiled(many, (*per_row, *shared))
         self._json = Compiled(from_json, (JsonRows.PARAM, *shared))
 
@@ -155,11 +154,12 @@ _UNKNOWN = uuid.SafeUUID.unknown
 
 
 def uuid_from_hex(value: str) -> uuid.UUID:
-    """A UUID from the 32 hex digits SQLite stores, about 6x cheaper than `uuid.UUID(value)`.
+    """A UUID from the 32 hex digits SQLite stores, for about half of `uuid.UUID(value)`'s cost.
 
     The claim converts four ids per row on the sync hot path; `UUID.__init__` parses every
-    accepted spelling (braces, dashes, URN) and costs about 4 us each. This sets the two slots
-    `UUID` has (`int`, `is_safe`) directly, from a value the database wrote (the `Uuid` type).
+    accepted spelling (braces, dashes, URN): measured with timeit, 2.1 us a call against 1.2 us
+    for this. It sets the two slots `UUID` has (`int`, `is_safe`) directly, from a value the
+    database wrote (the `Uuid` type).
     """
     result = _new_object(uuid.UUID)
     _set_slot(result, "int", int(value, 16))
