@@ -166,7 +166,6 @@ async def test_every_outcome_kind_is_written_behind_the_lease(
     # PostgreSQL) one parameter set per row: both must write the same thing.
     if not json_rows:
         monkeypatch.setattr(sqlutil, "sqlite_reads_json_rows", lambda: False)
-        monkeypatch.setattr(queue, "sqlite_reads_json_rows", lambda: False)
     ids = await add_contacts(client, 4)
     await select_for(client, ids)
     claimed = await queue.claim(engine, HUB, 10, "w", "tok", clock.now, clock.later(60))

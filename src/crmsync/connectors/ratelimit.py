@@ -40,14 +40,15 @@ class RateLimiter:
     async def acquire(self) -> None:
         if not self.enabled:
             return
-        interval = 1.0 / self.rate
         now = self._clock()
-        next_at = max(self._next_at, now)
-        # Up to `burst` requests may go ahead of the steady pace.
-        go_at = next_at - (self.burst - 1.0) * interval
-        self._next_at = next_at + interval
+        go_at = self._go_at(now)
+        self._next_at = max(self._next_at, now) + 1.0 / self.rate
         if go_at > now:
             await asyncio.sleep(go_at - now)
+
+    def _go_at(self, now: float) -> float:
+        """When a request made at `now` may go: up to `burst` go ahead of the steady pace."""
+        return max(self._next_at, now) - (self.burst - 1.0) / self.rate
 
     def drain(self) -> None:
         """Forget saved-up allowance (after a 429 the vendor's window is known to be full).
@@ -62,5 +63,4 @@ class RateLimiter:
         if not self.enabled:
             return 0.0
         now = self._clock()
-        go_at = max(self._next_at, now) - (self.burst - 1.0) / self.rate
-        return max(0.0, go_at - now)
+        return max(0.0, self._go_at(now) - now)

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,7 +30,6 @@ from crmsync.sqlutil import (
     JsonRows,
     RowWrite,
     chunks,
-    sqlite_reads_json_rows,
     uuid_from_hex,
 )
 from crmsync.sync.state import NO_LEASE, Claimed, Outcome, RowUpdate
@@ -123,17 +121,12 @@ def _sqlite_read(due: Any) -> Compiled:
 
 
 _SQLITE_READS = (_sqlite_read(_EXPIRED), _sqlite_read(_WAITING_DUE))
-_SQLITE_MARK = (
-    update(crm_sync_state).where(s.id.in_(bindparam("ids", expanding=True))).values(_CLAIM_VALUES)
-)
-# The same with the ids as one JSON array: compiled once, where an expanding IN is rendered
-# anew for every claim.
-_CLAIMED_IDS = func.json_each(bindparam("ids_json")).table_valued("value")
-_SQLITE_MARK_JSON = Compiled(
-    update(crm_sync_state)
-    .where(s.id.in_(select(_CLAIMED_IDS.c.value).scalar_subquery()))
-    .values(_CLAIM_VALUES),
-    ("ids_json", "owner", "token", "until", "now"),
+_CLAIMED = JsonRows(("_id",))
+_SQLITE_MARK = RowWrite(
+    ("_id",),
+    ("owner", "token", "until", "now"),
+    update(crm_sync_state).where(s.id == bindparam("_id")).values(_CLAIM_VALUES),
+    update(crm_sync_state).where(s.id == _CLAIMED("_id")).values(_CLAIM_VALUES),
 )
 
 
@@ -173,18 +166,14 @@ async def claim(
         # The driver's plain tuples, converted here: SQLAlchemy's row objects and per-column
         # processors cost more than the claim's SQL (UUIDs come as 32 hex digits).
         raw: list[Any] = []
-        stamp = DriverValues("sqlite").ts(now)
+        values = DriverValues("sqlite")
+        stamp = values.ts(now)
         for read in _SQLITE_READS:
             raw += read.fetchall(conn, (crm.value, stamp, limit - len(raw)))
             if len(raw) >= limit:
                 break
-        if raw and sqlite_reads_json_rows():
-            ids = orjson.dumps([row[0] for row in raw]).decode()
-            _SQLITE_MARK_JSON.execute(
-                conn, (ids, owner, token, DriverValues("sqlite").ts(lease_until), stamp)
-            )
-        elif raw:
-            conn.execute(_SQLITE_MARK, {**params, "ids": [row[0] for row in raw]})
+        shared = (owner, token, values.ts(lease_until), stamp)
+        _SQLITE_MARK.run(conn, [(row[0],) for row in raw], shared)
         return [_claimed(*_from_sqlite(row)) for row in raw]
 
     return await db.write(engine, work)
