@@ -80,6 +80,8 @@ class Filter:
 def filters() -> list[Filter]:
     rare = ["lead4242", "lead7777", "lead31415", "lead2718", "lead99999"]
     return [
+        # The dashboard's first page: no filter, so the count is every contact.
+        Filter("(no filter)", [{}]),
         Filter("email_type=FREE", [{"email_type": "FREE"}]),
         Filter("contact_curation_status=Queued", [{"contact_curation_status": "Queued"}]),
         Filter("has_gmail=true", [{"has_gmail": "true"}]),

@@ -11,7 +11,7 @@ from alembic import command
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, make_url
 
-from crmsync import db
+from crmsync import counts, db
 from crmsync.migrate import alembic_config, current_revision, upgrade
 from tests.conftest import PG_ENV, _async_url, _create_pg_database, _drop_pg_database
 
@@ -31,7 +31,7 @@ async def _roundtrip(url: str) -> None:
     engine = db.create_engine(url)
     try:
         await upgrade(engine)
-        assert await current_revision(engine) == "0002"
+        assert await current_revision(engine) == "0003"
         async with engine.connect() as conn:
             tables, indexes = await conn.run_sync(_tables_and_indexes)
         assert {"contacts", "crm_sync_state", "sync_events", "crm_control", "workers"} <= tables
@@ -51,7 +51,7 @@ async def _roundtrip(url: str) -> None:
             await conn.run_sync(_down)
         assert await current_revision(engine) is None
         await upgrade(engine)  # and back up on the emptied database
-        assert await current_revision(engine) == "0002"
+        assert await current_revision(engine) == "0003"
     finally:
         await engine.dispose()
 
@@ -70,4 +70,33 @@ async def test_postgres_roundtrip() -> None:
     try:
         await _roundtrip(make_url(admin).set(database=name).render_as_string(hide_password=False))
     finally:
+        await _drop_pg_database(admin, name)
+
+
+async def test_postgres_counts_seeded_from_existing_rows() -> None:
+    """Upgrading a populated database to 0003 starts the count deltas at the true counts."""
+    raw = os.environ.get(PG_ENV)
+    if not raw:
+        pytest.skip(f"PostgreSQL variant: set {PG_ENV} to run it")
+    admin = _async_url(raw)
+    name = f"crmsync_mig_{uuid.uuid4().hex[:8]}"
+    await _create_pg_database(admin, name)
+    engine = db.create_engine(make_url(admin).set(database=name))
+    try:
+        await upgrade(engine, "0002")
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "INSERT INTO contacts (id, email, created_at, updated_at) SELECT "
+                "gen_random_uuid(), 'c' || n || '@example.com', now(), now() "
+                "FROM generate_series(1, 7) AS n"
+            )
+            await conn.exec_driver_sql(
+                "INSERT INTO crm_sync_state (contact_id, crm, sync_status, updated_at) "
+                "SELECT id, 'brevo', 'Complete', now() FROM contacts LIMIT 3"
+            )
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            assert await counts.per_status(conn) == (7, {("brevo", "Complete"): 3})
+    finally:
+        await engine.dispose()
         await _drop_pg_database(admin, name)

@@ -7,6 +7,8 @@
 - `sync_events`: append-only history of every attempt, pruned by age.
 - `crm_control`: per-CRM pauses (rate limit, auth, configuration, operator) every worker sees.
 - `workers`: heartbeats of running workers, for health.
+- `contact_count_deltas`, `state_count_deltas` (PostgreSQL only): exact row counts as sums of
+  per-statement deltas written by triggers (migration 0003; `crmsync.counts` reads them).
 
 Statuses are stored as short strings with CHECK constraints: portable between SQLite and
 PostgreSQL, and no database enum types to migrate (the customer lost days to enum type names).
@@ -211,4 +213,18 @@ workers = Table(
     Column("stopped_at", UTCDateTime),
     Column("rows_done", BigInteger, nullable=False, server_default="0"),
     Column("cycle_seconds", Float),
+)
+
+# PostgreSQL only (migration 0003): triggers insert one delta per statement; `counts` sums them.
+contact_count_deltas = Table(
+    "contact_count_deltas", metadata, Column("delta", BigInteger, nullable=False)
+)
+
+state_count_deltas = Table(
+    "state_count_deltas",
+    metadata,
+    Column("crm", String(16), nullable=False),
+    Column("sync_status", String(16), nullable=False),
+    Column("delta", BigInteger, nullable=False),
+    Index("ix_state_count_deltas_crm_status", "crm", "sync_status"),
 )

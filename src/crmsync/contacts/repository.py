@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crmsync import counts
 from crmsync.contacts.schemas import ContactFilters
 from crmsync.enums import Crm, CurationStatus, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import chunks, upsert_insert
@@ -133,12 +134,16 @@ async def count_filtered(conn: AsyncConnection, filters: ContactFilters) -> int:
     and counting it as contacts WHERE EXISTS (...) joins every matching state row back to its
     contact: ~300 ms at 400,000 matches among 1M contacts on PostgreSQL. The state table answers
     it alone, from the (crm, sync_status) index: each row has exactly one contact (foreign key,
-    unique per CRM), and New is everything else.
+    unique per CRM), and New is everything else. With no filter at all it is the contacts total.
+    Both come from `counts`, which on PostgreSQL reads trigger-kept totals instead of counting.
     """
     single = single_crm_status(filters)
     if single is not None:
-        return await _count_crm_status(conn, *single)
-    return await count(conn, filter_conditions(filters))
+        return await counts.with_status(conn, *single)
+    conds = filter_conditions(filters)
+    if not conds:
+        return await counts.contacts_total(conn)
+    return await count(conn, conds)
 
 
 def single_crm_status(filters: ContactFilters) -> tuple[Crm, SyncStatus] | None:
@@ -177,17 +182,6 @@ async def list_page_by_state(
         .offset(offset)
     )
     return (await conn.execute(stmt)).mappings().all()
-
-
-async def _count_crm_status(conn: AsyncConnection, crm: Crm, status: SyncStatus) -> int:
-    s = crm_sync_state.c
-    if status is not SyncStatus.New:
-        stmt = select(func.count()).where(s.crm == crm.value, s.sync_status == status.value)
-        return int((await conn.execute(stmt)).scalar_one())
-    elsewhere = select(func.count()).where(s.crm == crm.value, s.sync_status != status.value)
-    total = select(func.count()).select_from(contacts)
-    stmt = select(total.scalar_subquery() - elsewhere.scalar_subquery())
-    return int((await conn.execute(stmt)).scalar_one())
 
 
 async def states_for(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> Sequence[RowMapping]:

@@ -18,9 +18,10 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, RowMapping, case, func, null, select, union_all
+from sqlalchemy import ColumnElement, RowMapping, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crmsync import counts
 from crmsync.enums import CRM_NAMES, Crm, SyncStatus
 from crmsync.sync.state import Outcome
 from crmsync.tables import ACTIVE_STATUSES, contacts, crm_sync_state, sync_events, workers
@@ -69,19 +70,8 @@ class WorkerRow:
 
 async def status_counts(conn: AsyncConnection) -> StatusCounts:
     """Rows per (CRM, status) and the number of contacts, from one statement (one snapshot)."""
-    per_status = select(s.crm, s.sync_status, func.count().label("n")).group_by(
-        s.crm, s.sync_status
-    )
-    total = select(null(), null(), func.count()).select_from(contacts)
-    result = await conn.execute(union_all(per_status, total))
-    rows: dict[tuple[str, str], int] = {}
-    total_contacts = 0
-    for crm, status, n in result.all():
-        if crm is None:
-            total_contacts = int(n)
-        else:
-            rows[(crm, status)] = int(n)
-    return StatusCounts(total_contacts, rows)
+    total, rows = await counts.per_status(conn)
+    return StatusCounts(total, rows)
 
 
 async def due(conn: AsyncConnection, now: dt.datetime) -> dict[str, Due]:

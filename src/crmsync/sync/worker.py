@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import metrics
+from crmsync import counts, metrics
 from crmsync.clock import Clock, utcnow
 from crmsync.connectors.base import (
     AuthFailed,
@@ -65,6 +65,8 @@ WORKER_HEADER = "X-Crmsync-Worker"
 CONTROL_TTL = 1.0
 SUMMARY_SECONDS = 10.0
 PRUNE_SECONDS = 3600.0
+# How often the count deltas (PostgreSQL) are folded: a busy sync adds a few per batch.
+COMPACT_COUNTS_SECONDS = 60.0
 
 # Called with (crm, applied row updates) after each batch is recorded; alerting hooks in here.
 BatchListener = Callable[[Crm, Sequence[RowUpdate]], Awaitable[None]]
@@ -423,6 +425,7 @@ class Worker:
         ]
         if self.engine.dialect.name == "postgresql":
             helpers.append(asyncio.create_task(self._listen(), name="listen"))
+            helpers.append(asyncio.create_task(self._compact_counts(), name="compact-counts"))
         loops = [
             asyncio.create_task(runner.run(self.stopping), name=f"loop:{crm.value}")
             for crm, runner in self.runners.items()
@@ -504,6 +507,15 @@ class Worker:
             except Exception:
                 log.exception("pruning sync events failed")
             await asyncio.sleep(PRUNE_SECONDS)
+
+    async def _compact_counts(self) -> None:
+        while True:
+            await asyncio.sleep(COMPACT_COUNTS_SECONDS)
+            try:
+                async with self.engine.begin() as conn:
+                    await counts.compact(conn)
+            except Exception:
+                log.exception("compacting the row count deltas failed")
 
     async def _listen(self) -> None:
         """LISTEN for selections committed by other processes; reconnect after errors."""

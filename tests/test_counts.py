@@ -1,0 +1,187 @@
+"""Row counts (`crmsync.counts`) equal `count(*)` after every kind of write, on both databases.
+
+On PostgreSQL they are sums of trigger-written deltas (migration 0003), so every path that writes
+contacts or state rows is exercised here: bulk upsert with duplicates, selection (insert and
+ON CONFLICT update), unselect, a claim, an outcome, a cascaded delete, a rollback, TRUNCATE,
+and compaction beside an uncommitted writer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crmsync import counts
+from crmsync.enums import Crm, SyncStatus
+from crmsync.sync import queue
+from crmsync.tables import contacts, crm_sync_state
+from tests.conftest import add_contacts
+
+SELECT = "/api/v3/contacts/crm/select"
+
+
+async def truth(engine: AsyncEngine) -> tuple[int, dict[tuple[str, str], int]]:
+    s = crm_sync_state.c
+    async with engine.connect() as conn:
+        total = (await conn.execute(select(func.count()).select_from(contacts))).scalar_one()
+        grouped = select(s.crm, s.sync_status, func.count()).group_by(s.crm, s.sync_status)
+        rows = {(crm, st): n for crm, st, n in (await conn.execute(grouped)).all()}
+    return total, rows
+
+
+async def assert_exact(engine: AsyncEngine, client: httpx.AsyncClient) -> None:
+    expected_total, expected_rows = await truth(engine)
+    async with engine.connect() as conn:
+        assert await counts.per_status(conn) == (expected_total, expected_rows)
+        assert await counts.contacts_total(conn) == expected_total
+        for crm in Crm:
+            elsewhere = sum(n for (c, st), n in expected_rows.items() if c == crm.value)
+            for status in SyncStatus:
+                want = expected_rows.get((crm.value, status.value), 0)
+                if status is SyncStatus.New:
+                    want = expected_total - elsewhere + want
+                assert await counts.with_status(conn, crm, status) == want, (crm, status)
+    # The list's X-Total-Count is what a person sees: unfiltered and per CRM status.
+    listed = await client.get("/api/v3/contacts", params={"limit": 1})
+    assert int(listed.headers["X-Total-Count"]) == expected_total
+    hubspot = {st: n for (c, st), n in expected_rows.items() if c == "hubspot"}
+    for status in ("Selected", "Processing", "Complete"):
+        listed = await client.get("/api/v3/contacts", params={"hubspot_sync_status": status})
+        assert int(listed.headers["X-Total-Count"]) == hubspot.get(status, 0), status
+    listed = await client.get("/api/v3/contacts", params={"hubspot_sync_status": "New"})
+    not_new = sum(n for st, n in hubspot.items() if st != "New")
+    assert int(listed.headers["X-Total-Count"]) == expected_total - not_new
+
+
+async def compact(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await counts.compact(conn)
+
+
+async def test_counts_follow_every_write(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    await assert_exact(engine, client)  # empty
+    ids = await add_contacts(client, 30)
+    await assert_exact(engine, client)
+
+    # A bulk upsert whose rows partly exist adds only the new ones.
+    emails = [c["email"] for c in (await client.get("/api/v3/contacts")).json()[:5]]
+    rows = [{"email": e, "name": "again"} for e in emails] + [{"email": "fresh@example.com"}]
+    r = await client.post("/api/v3/contacts/bulk", json={"contacts": rows})
+    assert r.json()["created_count"] == 1
+    await assert_exact(engine, client)
+
+    r = await client.put(SELECT, json={"contact_ids": ids[:20], "crms": ["hubspot", "brevo"]})
+    assert r.status_code == 200
+    await compact(engine)
+    await assert_exact(engine, client)
+    # Re-selecting (ON CONFLICT DO UPDATE) moves rows between statuses, adds none.
+    await client.put(SELECT, json={"contact_ids": ids[:25], "crms": ["hubspot"]})
+    await assert_exact(engine, client)
+
+    now = dt.datetime.now(dt.UTC)
+    claimed = await queue.claim(
+        engine, Crm.hubspot, 10, "w", "token1", now, now + dt.timedelta(minutes=2)
+    )
+    assert len(claimed) == 10
+    await assert_exact(engine, client)
+    async with engine.begin() as conn:
+        ids_done = [c.state_id for c in claimed[:4]]
+        await conn.execute(
+            update(crm_sync_state)
+            .where(crm_sync_state.c.id.in_(ids_done))
+            .values(sync_status="Complete")
+        )
+    await compact(engine)
+    await assert_exact(engine, client)
+
+    unselect = {"contact_ids": ids[:3], "crms": ["brevo"], "action": "unselect"}
+    await client.put(SELECT, json=unselect)
+    await assert_exact(engine, client)
+
+    # Deleting a contact deletes its state rows by cascade.
+    for contact_id in ids[:2] + ids[-2:]:
+        assert (await client.delete(f"/api/v3/contacts/{contact_id}")).status_code == 204
+    await assert_exact(engine, client)
+    await compact(engine)
+    await compact(engine)  # a second fold changes nothing
+    await assert_exact(engine, client)
+
+
+async def test_rolled_back_writes_leave_counts(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await add_contacts(client, 5)
+    async with engine.connect() as conn:
+        trans = await conn.begin()
+        await conn.execute(
+            contacts.insert().values(
+                id=uuid.uuid4(),
+                email="gone@example.com",
+                created_at=dt.datetime.now(dt.UTC),
+                updated_at=dt.datetime.now(dt.UTC),
+            )
+        )
+        assert await counts.contacts_total(conn) == 6  # its own transaction sees it
+        await trans.rollback()
+    await assert_exact(engine, client)
+
+
+# Count deltas exist on PostgreSQL only (SQLite counts rows directly): these run there alone.
+on_postgres = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+
+
+@pytest.fixture
+def pg_engine(engine: AsyncEngine) -> AsyncEngine:
+    return engine
+
+
+@on_postgres
+async def test_compaction_beside_an_uncommitted_writer(
+    client: httpx.AsyncClient, pg_engine: AsyncEngine
+) -> None:
+    await add_contacts(client, 3)
+    now = dt.datetime.now(dt.UTC)
+    async with pg_engine.connect() as writer:
+        trans = await writer.begin()
+        await writer.execute(
+            contacts.insert().values(
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "email": f"w{i}@example.com",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in range(4)
+                ]
+            )
+        )
+        await compact(pg_engine)  # folds the committed deltas, leaves the writer's alone
+        async with pg_engine.connect() as reader:
+            assert await counts.contacts_total(reader) == 3
+        await trans.commit()
+    await assert_exact(pg_engine, client)
+    async with pg_engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT count(*) FROM contact_count_deltas"))).scalar()
+    assert rows == 2  # the folded row and the writer's
+    await compact(pg_engine)
+    await assert_exact(pg_engine, client)
+
+
+@on_postgres
+async def test_truncate_resets_counts(client: httpx.AsyncClient, pg_engine: AsyncEngine) -> None:
+    ids = await add_contacts(client, 4)
+    await client.put(SELECT, json={"contact_ids": ids, "crms": ["n8n"]})
+    async with pg_engine.begin() as conn:
+        await conn.execute(text("TRUNCATE crm_sync_state"))
+    await assert_exact(pg_engine, client)
+    async with pg_engine.begin() as conn:
+        await conn.execute(text("TRUNCATE contacts CASCADE"))
+    await assert_exact(pg_engine, client)
+    await add_contacts(client, 2)
+    await assert_exact(pg_engine, client)
