@@ -192,7 +192,8 @@ async def explain(database: Database, params: dict[str, str]) -> str:
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
+        # A rare status's page is a `WITH matching AS (...) SELECT`: a read too.
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
             captured.append((statement, parameters))
 
     service = ContactService(engine, Settings(database_url=database.url))

@@ -8,6 +8,7 @@ and compaction beside an uncommitted writer.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 
@@ -18,7 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync import counts
 from crmsync.enums import Crm, SyncStatus
+from crmsync.settings import Settings
 from crmsync.sync import queue
+from crmsync.sync import worker as worker_module
+from crmsync.sync.worker import Worker
 from crmsync.tables import contacts, crm_sync_state
 from tests.conftest import add_contacts
 
@@ -184,4 +188,33 @@ async def test_truncate_resets_counts(client: httpx.AsyncClient, pg_engine: Asyn
         await conn.execute(text("TRUNCATE contacts CASCADE"))
     await assert_exact(pg_engine, client)
     await add_contacts(client, 2)
+    await assert_exact(pg_engine, client)
+
+
+@on_postgres
+async def test_a_running_worker_folds_the_deltas(
+    client: httpx.AsyncClient,
+    pg_engine: AsyncEngine,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for _ in range(3):
+        await add_contacts(client, 2)  # one delta row per bulk insert
+    monkeypatch.setattr(worker_module, "COMPACT_COUNTS_SECONDS", 0.05)
+    worker = Worker(pg_engine, settings, [])
+    task = asyncio.create_task(worker.run())
+    try:
+        for _ in range(100):
+            async with pg_engine.connect() as conn:
+                rows = (
+                    await conn.execute(text("SELECT count(*) FROM contact_count_deltas"))
+                ).scalar()
+            if rows == 1:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"the worker left {rows} delta rows")
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
     await assert_exact(pg_engine, client)

@@ -36,40 +36,54 @@ BASE_KEYS = (
 )
 
 
+# Per CRM, its name and its flat keys, built once: formatting them and reading enum members for
+# every contact was about half of presenting a page of 100 (enum attribute access is slow).
+_CRM_KEYS = tuple(
+    (
+        crm.value,
+        f"{crm.value}_sync_status",
+        f"{crm.value}_processing_status",
+        f"{crm.value}_processing_error",
+        CRM_ID_FIELD[crm],
+    )
+    for crm in Crm
+)
+_NEW = SyncStatus.New.value
+_QUEUED = SyncStatus.Queued.value
+_FAILING = (SyncStatus.Queued.value, SyncStatus.Error.value)
+
+
 def present(contact: Mapping[Any, Any], states: Iterable[Mapping[Any, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {key: contact[key] for key in BASE_KEYS}
     by_crm = {state["crm"]: state for state in states}
     failing: list[Mapping[Any, Any]] = []
     sync: dict[str, dict[str, Any]] = {}
-    for crm in Crm:
-        state = by_crm.get(crm.value)
+    for crm, status_key, processing_key, error_key, id_key in _CRM_KEYS:
+        state = by_crm.get(crm)
         if state is None:
-            out[f"{crm.value}_sync_status"] = SyncStatus.New.value
-            out[f"{crm.value}_processing_status"] = None
-            out[f"{crm.value}_processing_error"] = None
-            out[CRM_ID_FIELD[crm]] = None
-            sync[crm.value] = {"attempts": 0}
+            out[status_key] = _NEW
+            out[processing_key] = None
+            out[error_key] = None
+            out[id_key] = None
+            sync[crm] = {"attempts": 0}
             continue
-        out[f"{crm.value}_sync_status"] = state["sync_status"]
-        out[f"{crm.value}_processing_status"] = state["processing_status"]
-        out[f"{crm.value}_processing_error"] = state["processing_error"]
-        out[CRM_ID_FIELD[crm]] = state["external_id"]
-        sync[crm.value] = {
+        out[status_key] = state["sync_status"]
+        out[processing_key] = state["processing_status"]
+        out[error_key] = state["processing_error"]
+        out[id_key] = state["external_id"]
+        sync[crm] = {
             "attempts": state["attempts"],
             "next_attempt_at": state["next_attempt_at"],
             "last_attempt_at": state["last_attempt_at"],
             "synced_at": state["synced_at"],
         }
-        if state["processing_error"] and state["sync_status"] in (
-            SyncStatus.Queued.value,
-            SyncStatus.Error.value,
-        ):
+        if state["processing_error"] and state["sync_status"] in _FAILING:
             failing.append(state)
     last = max(failing, key=lambda st: st["last_attempt_at"] or st["updated_at"], default=None)
     retries = [
         st["next_attempt_at"]
         for st in failing
-        if st["sync_status"] == SyncStatus.Queued.value and st["next_attempt_at"] is not None
+        if st["sync_status"] == _QUEUED and st["next_attempt_at"] is not None
     ]
     out["retry_count"] = last["attempts"] if last else 0
     out["last_retry_at"] = last["last_attempt_at"] if last else None
