@@ -38,11 +38,37 @@ async def truth(engine: AsyncEngine) -> tuple[int, dict[tuple[str, str], int]]:
     return total, rows
 
 
+async def contact_groups(engine: AsyncEngine) -> list[dict[str, object]]:
+    """Every single-column and one two-column condition over the values the contacts hold."""
+    async with engine.connect() as conn:
+        found = (await conn.execute(select(*(contacts.c[k] for k in counts.GROUPED)))).all()
+    wheres: list[dict[str, object]] = [{}]
+    for row in set(found):
+        for key, value in zip(counts.GROUPED, row, strict=True):
+            if value is not None:
+                wheres.append({key: value})
+        if row[0] is not None and row[2] is not None:
+            wheres.append({"email_type": row[0], "contact_curation_status": row[2]})
+    return wheres
+
+
+async def count_rows(engine: AsyncEngine, where: dict[str, object]) -> int:
+    c = contacts.c
+    conds = [c[k].is_(v) if isinstance(v, bool) else c[k] == v for k, v in where.items()]
+    async with engine.connect() as conn:
+        stmt = select(func.count()).select_from(contacts).where(*conds)
+        return int((await conn.execute(stmt)).scalar_one())
+
+
 async def assert_exact(engine: AsyncEngine, client: httpx.AsyncClient) -> None:
     expected_total, expected_rows = await truth(engine)
+    # (The SQLite engine has one connection: count the truth before taking it for `counts`.)
+    wanted = [(where, await count_rows(engine, where)) for where in await contact_groups(engine)]
     async with engine.connect() as conn:
+        for where, want in wanted:
+            assert await counts.contacts_where(conn, where) == want, where
         assert await counts.per_status(conn) == (expected_total, expected_rows)
-        assert await counts.contacts_total(conn) == expected_total
+        assert await counts.contacts_where(conn, {}) == expected_total
         for crm in Crm:
             elsewhere = sum(n for (c, st), n in expected_rows.items() if c == crm.value)
             for status in SyncStatus:
@@ -78,6 +104,22 @@ async def test_counts_follow_every_write(client: httpx.AsyncClient, engine: Asyn
     r = await client.post("/api/v3/contacts/bulk", json={"contacts": rows})
     assert r.json()["created_count"] == 1
     await assert_exact(engine, client)
+
+    # Edits move contacts between the counted groups: one field, a bulk update, a status.
+    patched = {"email_type": "FREE", "has_gmail": True}
+    assert (await client.patch(f"/api/v3/contacts/{ids[0]}", json=patched)).status_code == 200
+    rows = [{"email": e, "email_type": "CORPORATE", "has_gmail": False} for e in emails[:4]]
+    r = await client.post("/api/v3/contacts/bulk", json={"contacts": rows})
+    assert r.json()["updated_count"] == 4
+    r = await client.put(
+        "/api/v3/contacts/status", json={"contact_ids": ids[5:9], "status": "Queued"}
+    )
+    assert r.status_code == 200
+    await assert_exact(engine, client)
+    listed = await client.get("/api/v3/contacts", params={"email_type": "CORPORATE"})
+    assert int(listed.headers["X-Total-Count"]) == await count_rows(
+        engine, {"email_type": "CORPORATE"}
+    )
 
     r = await client.put(SELECT, json={"contact_ids": ids[:20], "crms": ["hubspot", "brevo"]})
     assert r.status_code == 200
@@ -130,7 +172,7 @@ async def test_rolled_back_writes_leave_counts(
                 updated_at=dt.datetime.now(dt.UTC),
             )
         )
-        assert await counts.contacts_total(conn) == 6  # its own transaction sees it
+        assert await counts.contacts_where(conn, {}) == 6  # its own transaction sees it
         await trans.rollback()
     await assert_exact(engine, client)
 
@@ -167,7 +209,7 @@ async def test_compaction_beside_an_uncommitted_writer(
         )
         await compact(pg_engine)  # folds the committed deltas, leaves the writer's alone
         async with pg_engine.connect() as reader:
-            assert await counts.contacts_total(reader) == 3
+            assert await counts.contacts_where(reader, {}) == 3
         await trans.commit()
     await assert_exact(pg_engine, client)
     async with pg_engine.connect() as conn:

@@ -217,7 +217,13 @@ workers = Table(
 
 # PostgreSQL only (migration 0003): triggers insert one delta per statement; `counts` sums them.
 contact_count_deltas = Table(
-    "contact_count_deltas", metadata, Column("delta", BigInteger, nullable=False)
+    "contact_count_deltas",
+    metadata,
+    Column("email_type", String(16)),
+    Column("has_gmail", Boolean),
+    Column("contact_curation_status", String(16)),
+    Column("contact_processing_status", String(16)),
+    Column("delta", BigInteger, nullable=False),
 )
 
 state_count_deltas = Table(

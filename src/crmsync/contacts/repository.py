@@ -134,16 +134,17 @@ async def count_filtered(conn: AsyncConnection, filters: ContactFilters) -> int:
     and counting it as contacts WHERE EXISTS (...) joins every matching state row back to its
     contact: ~300 ms at 400,000 matches among 1M contacts on PostgreSQL. The state table answers
     it alone, from the (crm, sync_status) index: each row has exactly one contact (foreign key,
-    unique per CRM), and New is everything else. With no filter at all it is the contacts total.
-    Both come from `counts`, which on PostgreSQL reads trigger-kept totals instead of counting.
+    unique per CRM), and New is everything else. With no filter, or only filters on the columns
+    `counts` groups by (email type, Gmail, curation and processing status), it is a contacts
+    count. Both come from `counts`, which on PostgreSQL sums trigger-kept deltas instead.
     """
     single = single_crm_status(filters)
     if single is not None:
         return await counts.with_status(conn, *single)
-    conds = filter_conditions(filters)
-    if not conds:
-        return await counts.contacts_total(conn)
-    return await count(conn, conds)
+    only = filters.model_dump(mode="json", exclude_none=True)
+    if set(only) <= set(counts.GROUPED):
+        return await counts.contacts_where(conn, only)
+    return await count(conn, filter_conditions(filters))
 
 
 def single_crm_status(filters: ContactFilters) -> tuple[Crm, SyncStatus] | None:
