@@ -18,6 +18,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync import counts
+from crmsync.contacts.service import _total_from_page
 from crmsync.enums import Crm, SyncStatus
 from crmsync.settings import Settings
 from crmsync.sync import queue
@@ -260,3 +261,17 @@ async def test_a_running_worker_folds_the_deltas(
         worker.stop()
         await asyncio.wait_for(task, 10)
     await assert_exact(pg_engine, client)
+
+
+@pytest.mark.parametrize(
+    ("offset", "limit", "got", "total"),
+    [
+        (0, 100, 0, 0),  # nothing matches
+        (0, 100, 37, 37),  # one short page
+        (200, 100, 5, 205),  # the short last page
+        (0, 100, 100, None),  # a full page: there may be more
+        (300, 100, 0, None),  # past the end: the total is unknown
+    ],
+)
+def test_total_from_page(offset: int, limit: int, got: int, total: int | None) -> None:
+    assert _total_from_page(offset, limit, got) == total

@@ -112,6 +112,11 @@ async def test_list_is_stable_paginated_and_counted(client: httpx.AsyncClient) -
         assert r.headers["X-Total-Count"] == "25"
         seen += [c["id"] for c in r.json()]
     assert seen == ids  # (created_at, id) order, no gaps, no repeats
+    # Past the end the page is empty, and the total is still counted, not read off the page.
+    r = await client.get(BASE, params={"limit": 10, "offset": 30})
+    assert r.json() == [] and r.headers["X-Total-Count"] == "25"
+    r = await client.get(BASE, params={"limit": 25})  # a full page: counted
+    assert len(r.json()) == 25 and r.headers["X-Total-Count"] == "25"
     r = await client.get(BASE + "/", params={"limit": 5})
     assert r.status_code == 200 and len(r.json()) == 5
     for bad in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"email_type": "nope"}):
