@@ -116,6 +116,29 @@ class JsonRows:
         return bindparam(name)
 
 
+class ArrayRows:
+    """`unnest(...)` as a table (PostgreSQL): each per-row column of a batch as one typed array.
+
+    Called like `JsonRows`: a per-row name gives that column of the current row, any other name
+    a plain bound parameter.
+    """
+
+    def __init__(self, columns: Sequence[tuple[str, Any]]) -> None:
+        self.per_row = tuple(name for name, _ in columns)
+        self.params = tuple(f"_rows_{name}" for name in self.per_row)
+        arrays = (
+            bindparam(param, type_=postgresql.ARRAY(type_))
+            for param, (_, type_) in zip(self.params, columns, strict=True)
+        )
+        # `AS r(name, ...)`: unnest's output columns get the per-row names.
+        self.table = func.unnest(*arrays).table_valued(*self.per_row).render_derived(name="r")
+
+    def __call__(self, name: str) -> Any:
+        if name in self.per_row:
+            return self.table.c[name]
+        return bindparam(name)
+
+
 class RowWrite:
     """One write (UPDATE or INSERT) applied to every row of a batch, in one call.
 
@@ -124,7 +147,11 @@ class RowWrite:
     and retaking the GIL each time, and builds a parameter tuple per row in Python (measured:
     outcome UPDATE 7-9 us per row instead of 11-12, history INSERT 4-5 instead of 5-6, before
     the Python saved). Elsewhere (PostgreSQL, or an SQLite without `UPDATE ... FROM`) it is the
-    same statement written with one parameter set per row, run as an executemany.
+    same statement written with one parameter set per row, run as an executemany, unless
+    `from_arrays` is given: on PostgreSQL the rows then travel as one array per column and the
+    statement reads them through `unnest` (`ArrayRows`). One statement per batch also fires the
+    count triggers of migration 0003 once per batch instead of once per row (measured with an
+    executemany: 30% more PostgreSQL CPU per synced contact).
     """
 
     def __init__(
@@ -133,9 +160,15 @@ class RowWrite:
         shared: Sequence[str],
         many: ClauseElement,
         from_json: ClauseElement,
+        from_arrays: tuple[ArrayRows, ClauseElement] | None = None,
     ) -> None:
         self._many = Compiled(many, (*per_row, *shared))
         self._json = Compiled(from_json, (JsonRows.PARAM, *shared))
+        self._arrays = (
+            None
+            if from_arrays is None
+            else Compiled(from_arrays[1], (*from_arrays[0].params, *shared))
+        )
 
     def run(
         self, conn: Connection, rows: Sequence[tuple[Any, ...]], shared: tuple[Any, ...]
@@ -145,6 +178,9 @@ class RowWrite:
             return 0
         if conn.dialect.name == "sqlite" and sqlite_reads_json_rows():
             return self._json.execute(conn, (orjson.dumps(rows).decode(), *shared))
+        if self._arrays is not None and conn.dialect.name == "postgresql":
+            columns = (list(column) for column in zip(*rows, strict=True))
+            return self._arrays.execute(conn, (*columns, *shared))
         return self._many.executemany(conn, [row + shared for row in rows])
 
 

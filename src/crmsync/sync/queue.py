@@ -17,7 +17,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, literal_column, select, update
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +38,7 @@ from crmsync import db
 from crmsync.connectors.base import ContactPayload
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import (
+    ArrayRows,
     Compiled,
     DriverValues,
     JsonRows,
@@ -233,6 +247,16 @@ def _claimed(
 _PER_ROW = ("_id", "message", "attempts", "next_attempt_at", "external_id", "synced_hash")
 _SHARED = ("_token", "now")
 _ROWS = JsonRows(_PER_ROW)
+_ARRAYS = ArrayRows(
+    (
+        ("_id", BigInteger()),
+        ("message", Text()),
+        ("attempts", Integer()),
+        ("next_attempt_at", DateTime(timezone=True)),
+        ("external_id", String()),
+        ("synced_hash", String()),
+    )
+)
 Values = Callable[[str], Any]
 
 
@@ -250,7 +274,7 @@ def _guarded(values: Callable[[Values], dict[str, Any]]) -> RowWrite:
             .values(**values(v))
         )
 
-    return RowWrite(_PER_ROW, _SHARED, build(bindparam), build(_ROWS))
+    return RowWrite(_PER_ROW, _SHARED, build(bindparam), build(_ROWS), (_ARRAYS, build(_ARRAYS)))
 
 
 def _released(v: Values) -> dict[str, Any]:
@@ -311,13 +335,29 @@ _EVENT_PER_ROW = ("contact_id", "outcome", "http_status", "message", "attempt")
 _EVENT_SHARED = ("crm", "duration_ms", "worker", "created_at")
 _EVENT_KEYS = (*_EVENT_PER_ROW, *_EVENT_SHARED)
 _EVENT_ROWS = JsonRows(_EVENT_PER_ROW)
+_EVENT_ARRAYS = ArrayRows(
+    (
+        ("contact_id", Uuid()),
+        ("outcome", String()),
+        ("http_status", Integer()),
+        ("message", Text()),
+        ("attempt", Integer()),
+    )
+)
+
+
+def _insert_events_from(rows: JsonRows | ArrayRows) -> Any:
+    return insert(sync_events).from_select(
+        list(_EVENT_KEYS), select(*(rows(key) for key in _EVENT_KEYS))
+    )
+
+
 _INSERT_EVENTS = RowWrite(
     _EVENT_PER_ROW,
     _EVENT_SHARED,
     insert(sync_events).values({key: bindparam(key) for key in _EVENT_KEYS}),
-    insert(sync_events).from_select(
-        list(_EVENT_KEYS), select(*(_EVENT_ROWS(key) for key in _EVENT_KEYS))
-    ),
+    _insert_events_from(_EVENT_ROWS),
+    (_EVENT_ARRAYS, _insert_events_from(_EVENT_ARRAYS)),
 )
 
 
