@@ -182,18 +182,13 @@ async def test_rolled_back_writes_leave_counts(
 on_postgres = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 
 
-@pytest.fixture
-def pg_engine(engine: AsyncEngine) -> AsyncEngine:
-    return engine
-
-
 @on_postgres
 async def test_compaction_beside_an_uncommitted_writer(
-    client: httpx.AsyncClient, pg_engine: AsyncEngine
+    client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     await add_contacts(client, 3)
     now = dt.datetime.now(dt.UTC)
-    async with pg_engine.connect() as writer:
+    async with engine.connect() as writer:
         trans = await writer.begin()
         await writer.execute(
             contacts.insert().values(
@@ -208,47 +203,47 @@ async def test_compaction_beside_an_uncommitted_writer(
                 ]
             )
         )
-        await compact(pg_engine)  # folds the committed deltas, leaves the writer's alone
-        async with pg_engine.connect() as reader:
+        await compact(engine)  # folds the committed deltas, leaves the writer's alone
+        async with engine.connect() as reader:
             assert await counts.contacts_where(reader, {}) == 3
         await trans.commit()
-    await assert_exact(pg_engine, client)
-    async with pg_engine.connect() as conn:
+    await assert_exact(engine, client)
+    async with engine.connect() as conn:
         rows = (await conn.execute(text("SELECT count(*) FROM contact_count_deltas"))).scalar()
     assert rows == 2  # the folded row and the writer's
-    await compact(pg_engine)
-    await assert_exact(pg_engine, client)
+    await compact(engine)
+    await assert_exact(engine, client)
 
 
 @on_postgres
-async def test_truncate_resets_counts(client: httpx.AsyncClient, pg_engine: AsyncEngine) -> None:
+async def test_truncate_resets_counts(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
     ids = await add_contacts(client, 4)
     await client.put(SELECT, json={"contact_ids": ids, "crms": ["n8n"]})
-    async with pg_engine.begin() as conn:
+    async with engine.begin() as conn:
         await conn.execute(text("TRUNCATE crm_sync_state"))
-    await assert_exact(pg_engine, client)
-    async with pg_engine.begin() as conn:
+    await assert_exact(engine, client)
+    async with engine.begin() as conn:
         await conn.execute(text("TRUNCATE contacts CASCADE"))
-    await assert_exact(pg_engine, client)
+    await assert_exact(engine, client)
     await add_contacts(client, 2)
-    await assert_exact(pg_engine, client)
+    await assert_exact(engine, client)
 
 
 @on_postgres
 async def test_a_running_worker_folds_the_deltas(
     client: httpx.AsyncClient,
-    pg_engine: AsyncEngine,
+    engine: AsyncEngine,
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for _ in range(3):
         await add_contacts(client, 2)  # one delta row per bulk insert
     monkeypatch.setattr(worker_module, "COMPACT_COUNTS_SECONDS", 0.05)
-    worker = Worker(pg_engine, settings, [])
+    worker = Worker(engine, settings, [])
     task = asyncio.create_task(worker.run())
     try:
         for _ in range(100):
-            async with pg_engine.connect() as conn:
+            async with engine.connect() as conn:
                 rows = (
                     await conn.execute(text("SELECT count(*) FROM contact_count_deltas"))
                 ).scalar()
@@ -260,7 +255,7 @@ async def test_a_running_worker_folds_the_deltas(
     finally:
         worker.stop()
         await asyncio.wait_for(task, 10)
-    await assert_exact(pg_engine, client)
+    await assert_exact(engine, client)
 
 
 @pytest.mark.parametrize(

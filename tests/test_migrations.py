@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -60,7 +62,9 @@ async def test_sqlite_roundtrip(tmp_path: Path) -> None:
     await _roundtrip(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
 
 
-async def test_postgres_roundtrip() -> None:
+@contextlib.asynccontextmanager
+async def _scratch_postgres() -> AsyncIterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards (skips without one)."""
     raw = os.environ.get(PG_ENV)
     if not raw:
         pytest.skip(f"PostgreSQL variant: set {PG_ENV} to run it")
@@ -68,35 +72,34 @@ async def test_postgres_roundtrip() -> None:
     name = f"crmsync_mig_{uuid.uuid4().hex[:8]}"
     await _create_pg_database(admin, name)
     try:
-        await _roundtrip(make_url(admin).set(database=name).render_as_string(hide_password=False))
+        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
     finally:
         await _drop_pg_database(admin, name)
+
+
+async def test_postgres_roundtrip() -> None:
+    async with _scratch_postgres() as url:
+        await _roundtrip(url)
 
 
 async def test_postgres_counts_seeded_from_existing_rows() -> None:
     """Upgrading a populated database to 0003 starts the count deltas at the true counts."""
-    raw = os.environ.get(PG_ENV)
-    if not raw:
-        pytest.skip(f"PostgreSQL variant: set {PG_ENV} to run it")
-    admin = _async_url(raw)
-    name = f"crmsync_mig_{uuid.uuid4().hex[:8]}"
-    await _create_pg_database(admin, name)
-    engine = db.create_engine(make_url(admin).set(database=name))
-    try:
-        await upgrade(engine, "0002")
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql(
-                "INSERT INTO contacts (id, email, created_at, updated_at) SELECT "
-                "gen_random_uuid(), 'c' || n || '@example.com', now(), now() "
-                "FROM generate_series(1, 7) AS n"
-            )
-            await conn.exec_driver_sql(
-                "INSERT INTO crm_sync_state (contact_id, crm, sync_status, updated_at) "
-                "SELECT id, 'brevo', 'Complete', now() FROM contacts LIMIT 3"
-            )
-        await upgrade(engine)
-        async with engine.connect() as conn:
-            assert await counts.per_status(conn) == (7, {("brevo", "Complete"): 3})
-    finally:
-        await engine.dispose()
-        await _drop_pg_database(admin, name)
+    async with _scratch_postgres() as url:
+        engine = db.create_engine(url)
+        try:
+            await upgrade(engine, "0002")
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql(
+                    "INSERT INTO contacts (id, email, created_at, updated_at) SELECT "
+                    "gen_random_uuid(), 'c' || n || '@example.com', now(), now() "
+                    "FROM generate_series(1, 7) AS n"
+                )
+                await conn.exec_driver_sql(
+                    "INSERT INTO crm_sync_state (contact_id, crm, sync_status, updated_at) "
+                    "SELECT id, 'brevo', 'Complete', now() FROM contacts LIMIT 3"
+                )
+            await upgrade(engine)
+            async with engine.connect() as conn:
+                assert await counts.per_status(conn) == (7, {("brevo", "Complete"): 3})
+        finally:
+            await engine.dispose()

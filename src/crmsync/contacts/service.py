@@ -104,19 +104,17 @@ class ContactService:
     ) -> tuple[list[dict[str, Any]], int]:
         async with self.read_engine.connect() as conn:
             single = repo.single_crm_status(filters)
-            if single is not None and single[1] is not SyncStatus.New:
-                # The count (cheap for one CRM status) picks how to read the page.
-                total = await repo.count_filtered(conn, filters)
-                if total <= RARE_MATCHES:
-                    rows = await repo.list_page_by_state(conn, *single, limit, offset)
-                else:
-                    rows = await repo.list_page(
-                        conn, repo.filter_conditions(filters), limit, offset
-                    )
+            by_state = single is not None and single[1] is not SyncStatus.New
+            # For one CRM status the count is cheap, and it picks how to read the page.
+            total = await repo.count_filtered(conn, filters) if by_state else None
+            if single is not None and total is not None and total <= RARE_MATCHES:
+                rows = await repo.list_page_by_state(conn, *single, limit, offset)
             else:
                 rows = await repo.list_page(conn, repo.filter_conditions(filters), limit, offset)
-                shown = _total_from_page(offset, limit, len(rows))
-                total = await repo.count_filtered(conn, filters) if shown is None else shown
+            if total is None:
+                total = _total_from_page(offset, limit, len(rows))
+            if total is None:
+                total = await repo.count_filtered(conn, filters)
             states = await repo.states_for(conn, [row["id"] for row in rows])
         return present_many(rows, states), total
 
