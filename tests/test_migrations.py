@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -10,11 +11,12 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 from sqlalchemy.engine import Connection, make_url
 
 from crmsync import counts, db
 from crmsync.migrate import alembic_config, current_revision, upgrade
+from crmsync.tables import contacts, crm_sync_state
 from tests.conftest import PG_ENV, _async_url, _create_pg_database, _drop_pg_database
 
 
@@ -33,13 +35,14 @@ async def _roundtrip(url: str) -> None:
     engine = db.create_engine(url)
     try:
         await upgrade(engine)
-        assert await current_revision(engine) == "0003"
+        assert await current_revision(engine) == "0004"
         async with engine.connect() as conn:
             tables, indexes = await conn.run_sync(_tables_and_indexes)
         assert {"contacts", "crm_sync_state", "sync_events", "crm_control", "workers"} <= tables
         assert {
             "uq_contacts_email_lower",
             "ix_crm_sync_state_queue",
+            "ix_crm_sync_state_status_order",
             "ix_contacts_created_at_id",
             "ix_sync_events_contact_id_created_at",
         } <= indexes
@@ -53,7 +56,7 @@ async def _roundtrip(url: str) -> None:
             await conn.run_sync(_down)
         assert await current_revision(engine) is None
         await upgrade(engine)  # and back up on the emptied database
-        assert await current_revision(engine) == "0003"
+        assert await current_revision(engine) == "0004"
     finally:
         await engine.dispose()
 
@@ -103,3 +106,54 @@ async def test_postgres_counts_seeded_from_existing_rows() -> None:
                 assert await counts.per_status(conn) == (7, {("brevo", "Complete"): 3})
         finally:
             await engine.dispose()
+
+
+async def _state_rows_keep_created_at(url: str) -> None:
+    """Upgrading populated tables to 0004 copies each contact's created_at into its state rows."""
+    engine = db.create_engine(url)
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    ids = [uuid.uuid4() for _ in range(3)]
+    try:
+        await upgrade(engine, "0003")
+        async with engine.begin() as conn:
+            await conn.execute(
+                contacts.insert(),
+                [
+                    {
+                        "id": cid,
+                        "email": f"c{n}@example.com",
+                        "created_at": base + dt.timedelta(hours=n),
+                        "updated_at": base,
+                    }
+                    for n, cid in enumerate(ids)
+                ],
+            )
+            await conn.execute(
+                crm_sync_state.insert(),
+                [
+                    {"contact_id": cid, "crm": crm, "updated_at": base}
+                    for cid in ids
+                    for crm in ("brevo", "n8n")
+                ],
+            )
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(crm_sync_state.c.contact_id, crm_sync_state.c.contact_created_at)
+                )
+            ).all()
+        expected = {cid: base + dt.timedelta(hours=n) for n, cid in enumerate(ids)}
+        assert len(rows) == 6
+        assert all(created == expected[cid] for cid, created in rows)
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_state_rows_keep_created_at(tmp_path: Path) -> None:
+    await _state_rows_keep_created_at(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+
+
+async def test_postgres_state_rows_keep_created_at() -> None:
+    async with _scratch_postgres() as url:
+        await _state_rows_keep_created_at(url)

@@ -144,14 +144,20 @@ crm_sync_state = Table(
     # Hash of the payload the CRM last accepted: an unchanged contact is not sent again.
     Column("synced_hash", String(32)),
     Column("updated_at", UTCDateTime, nullable=False),
+    # A copy of the contact's `created_at` (which never changes), written by the selection: a
+    # list filtered on one CRM status reads its page in list order from one index (migration
+    # 0004). NOT NULL on PostgreSQL; SQLite could not add it as such.
+    Column("contact_created_at", UTCDateTime, nullable=False),
     UniqueConstraint("contact_id", "crm"),
     CheckConstraint(_in("crm", CRM_NAMES), name="crm"),
     CheckConstraint(_in("sync_status", SyncStatus), name="sync_status"),
     CheckConstraint(_in("processing_status", ProcessingStatus), name="processing_status"),
     # Status counts and due-now counts per status.
     Index("ix_crm_sync_state_queue", "crm", "sync_status", "next_attempt_at"),
-    # List filters by CRM status and the status counts.
-    Index("ix_crm_sync_state_status_contact", "crm", "sync_status", "contact_id"),
+    # A page of the list filtered on one CRM status, in list order; the failed list.
+    Index(
+        "ix_crm_sync_state_status_order", "crm", "sync_status", "contact_created_at", "contact_id"
+    ),
 )
 
 # Rows in these states take part in the sync (counted as due when their time has come).

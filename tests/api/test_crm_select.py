@@ -229,3 +229,28 @@ async def test_manual_steps_1_to_6(client: httpx.AsyncClient) -> None:
     # 6. invalid CRM name
     r = await client.put(SELECT, json={"contact_ids": ids[:1], "crms": ["invalid"]})
     assert r.status_code == 400 and "Invalid CRM names" in r.json()["detail"]
+
+
+async def test_a_crm_status_page_is_in_list_order(client: httpx.AsyncClient) -> None:
+    """Filtered on one CRM status, pages come from the state rows: the same order as the list.
+
+    Contacts of one bulk request share `created_at`, so the order within one is by id.
+    """
+    ids = await add_contacts(client, 7) + await add_contacts(client, 6)
+    single = await client.post(BASE, json={"email": f"solo-{uuid.uuid4().hex[:8]}@example.com"})
+    ids.append(single.json()["id"])
+    chosen = set(ids[::2]) | {ids[-1]}
+    r = await client.put(SELECT, json={"contact_ids": sorted(chosen), "crms": ["hubspot"]})
+    assert r.json()["updated_count"] == len(chosen)
+    listed = (await client.get(BASE, params={"limit": 1000})).json()
+    expected = [c["id"] for c in listed if c["id"] in chosen]
+    assert len(expected) == len(chosen)
+    paged: list[str] = []
+    for offset in range(0, len(chosen) + 3, 3):
+        r = await client.get(
+            BASE, params={"hubspot_sync_status": "Selected", "limit": 3, "offset": offset}
+        )
+        assert r.status_code == 200
+        assert r.headers["X-Total-Count"] == str(len(chosen))
+        paged += [c["id"] for c in r.json()]
+    assert paged == expected

@@ -36,10 +36,6 @@ from crmsync.settings import Settings
 from crmsync.sync import events, selection, wakeup
 
 ACTIONS = ("select", "unselect")
-# Up to this many matches, a CRM-status page is read from the state rows (see
-# `repository.list_page_by_state`); above it, matches are dense enough that walking the contacts
-# in list order finds a page quickly. About sqrt(100 x contacts) for a million contacts.
-RARE_MATCHES = 20_000
 
 
 def _total_from_page(offset: int, limit: int, got: int) -> int | None:
@@ -104,15 +100,12 @@ class ContactService:
     ) -> tuple[list[dict[str, Any]], int]:
         async with self.read_engine.connect() as conn:
             single = repo.single_crm_status(filters)
-            by_state = single is not None and single[1] is not SyncStatus.New
-            # For one CRM status the count is cheap, and it picks how to read the page.
-            total = await repo.count_filtered(conn, filters) if by_state else None
-            if single is not None and total is not None and total <= RARE_MATCHES:
+            if single is not None and single[1] is not SyncStatus.New:
+                # One CRM status: its state rows hold the page in list order (one index).
                 rows = await repo.list_page_by_state(conn, *single, limit, offset)
             else:
                 rows = await repo.list_page(conn, repo.filter_conditions(filters), limit, offset)
-            if total is None:
-                total = _total_from_page(offset, limit, len(rows))
+            total = _total_from_page(offset, limit, len(rows))
             if total is None:
                 total = await repo.count_filtered(conn, filters)
             states = await repo.states_for(conn, [row["id"] for row in rows])

@@ -8,7 +8,7 @@ shaped for an existing index (checked with EXPLAIN on both databases):
 - due rows and lag: the partial `ix_crm_sync_state_due` (crm, next_attempt_at) the claim uses;
 - outcomes: `ix_sync_events_crm_created_at` with `crm IN (every CRM)`, a range scan over the
   window only;
-- the failed list: `ix_crm_sync_state_status_contact` (crm, sync_status, ...), hence the
+- the failed list: `ix_crm_sync_state_status_order` (crm, sync_status, ...), hence the
   explicit `crm IN (...)` even for "all CRMs": it gives the index its leading column.
 """
 

@@ -66,11 +66,12 @@ async def _upsert_states(
     """Create or overwrite the (contact, crm) rows of every matching contact in one statement."""
     source = select(
         contacts.c.id,
+        contacts.c.created_at,
         literal(crm.value),
         *(literal(v, type_=crm_sync_state.c[k].type) for k, v in values.items()),
     ).where(contact_where)
     insert = upsert_insert(conn, crm_sync_state).from_select(
-        ["contact_id", "crm", *values.keys()], source
+        ["contact_id", "contact_created_at", "crm", *values.keys()], source
     )
     set_ = {k: insert.excluded[k] for k in values} | also_on_conflict
     stmt = insert.on_conflict_do_update(index_elements=[s.contact_id, s.crm], set_=set_)
