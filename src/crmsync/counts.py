@@ -5,18 +5,29 @@ writing statement and group (about 1 ms, where `count(*)` over a million contact
 100 ms). The deltas are written in the writer's transaction, so a sum sees exactly the rows its
 snapshot sees. On SQLite they are plain `count(*)` queries (a few ms at a million rows). Each
 function is one statement, so the figures it combines come from one snapshot.
+
+Counts no delta can answer (a substring of the email or name) are scans; on PostgreSQL
+`ContactCounts` keeps them with the contacts' version (migration 0005) and reuses them until
+any statement changes the contacts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, null, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync.enums import Crm, SyncStatus
-from crmsync.tables import contact_count_deltas, contacts, crm_sync_state, state_count_deltas
+from crmsync.tables import (
+    contact_changes,
+    contact_count_deltas,
+    contacts,
+    crm_sync_state,
+    state_count_deltas,
+)
 
 # The contact columns the deltas are grouped by (migration 0003): a count filtered on these
 # alone is a sum of deltas.
@@ -112,3 +123,56 @@ async def compact(conn: AsyncConnection) -> None:
         return
     await conn.exec_driver_sql(_fold("contact_count_deltas", ", ".join(GROUPED)))
     await conn.exec_driver_sql(_fold("state_count_deltas", "crm, sync_status"))
+    await conn.exec_driver_sql(_FOLD_CHANGES)
+
+
+# The change log folds into one new row: its id is higher than any before, so the version
+# (rows, highest id) after a fold differs from every earlier one. A log of one row stays as it
+# is (folding it would change the version for nothing).
+_FOLD_CHANGES = (
+    "WITH gone AS (DELETE FROM contact_changes "
+    "WHERE (SELECT count(*) FROM contact_changes) > 1 RETURNING id) "
+    "INSERT INTO contact_changes SELECT FROM gone LIMIT 1"
+)
+
+# The contacts' version as one snapshot sees them (migration 0005): any commit that changed
+# contacts added a row to the log, so it changes the pair.
+_VERSION = (
+    select(func.count()).select_from(contact_changes).scalar_subquery(),
+    select(func.coalesce(func.max(contact_changes.c.id), 0)).scalar_subquery(),
+)
+Version = tuple[int, int]
+
+
+class ContactCounts:
+    """Counts of contacts by any filter on their own columns, reused until the contacts change.
+
+    For the list's scans (a substring of the email or name) on PostgreSQL. A count is stored
+    with the contacts' version read in the same statement, so in the same snapshot; it is
+    returned again only while a fresh read of the version gives the same pair, which costs one
+    small query. Per process, the most recent `size` filters.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._counts: OrderedDict[str, tuple[Version, int]] = OrderedDict()
+
+    async def count(
+        self, conn: AsyncConnection, key: str, conds: Sequence[ColumnElement[bool]]
+    ) -> int:
+        """The number of contacts matching `conds`; `key` names the filter they came from."""
+        scan = select(func.count()).select_from(contacts).where(*conds)
+        if not _kept(conn):
+            return await _scalar(conn, scan)
+        kept = self._counts.get(key)
+        if kept is not None:
+            version = tuple((await conn.execute(select(*_VERSION))).one())
+            if version == kept[0]:
+                self._counts.move_to_end(key)
+                return kept[1]
+        rows, top, total = (await conn.execute(select(*_VERSION, scan.scalar_subquery()))).one()
+        self._counts[key] = ((int(rows), int(top)), int(total))
+        self._counts.move_to_end(key)
+        while len(self._counts) > self._size:
+            self._counts.popitem(last=False)
+        return int(total)

@@ -9,6 +9,8 @@
 - `workers`: heartbeats of running workers, for health.
 - `contact_count_deltas`, `state_count_deltas` (PostgreSQL only): exact row counts as sums of
   per-statement deltas written by triggers (migration 0003; `crmsync.counts` reads them).
+- `contact_changes` (PostgreSQL only): one row per statement that wrote contacts, by trigger
+  (migration 0005): the contacts' version, for counts kept until it changes.
 
 Statuses are stored as short strings with CHECK constraints: portable between SQLite and
 PostgreSQL, and no database enum types to migrate (the customer lost days to enum type names).
@@ -28,6 +30,7 @@ from sqlalchemy import (
     Dialect,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -239,4 +242,11 @@ state_count_deltas = Table(
     Column("sync_status", String(16), nullable=False),
     Column("delta", BigInteger, nullable=False),
     Index("ix_state_count_deltas_crm_status", "crm", "sync_status"),
+)
+
+# PostgreSQL only (migration 0005): a trigger adds a row per statement that writes contacts.
+contact_changes = Table(
+    "contact_changes",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -127,7 +128,9 @@ async def count(conn: AsyncConnection, conds: Sequence[ColumnElement[bool]]) -> 
     return int((await conn.execute(stmt)).scalar_one())
 
 
-async def count_filtered(conn: AsyncConnection, filters: ContactFilters) -> int:
+async def count_filtered(
+    conn: AsyncConnection, filters: ContactFilters, kept: counts.ContactCounts | None = None
+) -> int:
     """The number of contacts matching `filters` (the list's X-Total-Count).
 
     A filter on one CRM's status alone is the common case (the dashboard's "Selected for Brevo"),
@@ -137,6 +140,8 @@ async def count_filtered(conn: AsyncConnection, filters: ContactFilters) -> int:
     unique per CRM), and New is everything else. With no filter, or only filters on the columns
     `counts` groups by (email type, Gmail, curation and processing status), it is a contacts
     count. Both come from `counts`, which on PostgreSQL sums trigger-kept deltas instead.
+    A substring filter on the contacts' own columns is a scan (280 ms for "gmail" at a million
+    contacts): `kept` reuses its count until the contacts change.
     """
     single = single_crm_status(filters)
     if single is not None:
@@ -144,7 +149,16 @@ async def count_filtered(conn: AsyncConnection, filters: ContactFilters) -> int:
     only = filters.model_dump(mode="json", exclude_none=True)
     if set(only) <= set(counts.GROUPED):
         return await counts.contacts_where(conn, only)
-    return await count(conn, filter_conditions(filters))
+    conds = filter_conditions(filters)
+    if kept is not None and set(only) & _SCANNED and not set(only) & _STATE_FILTERS:
+        return await kept.count(conn, json.dumps(only, sort_keys=True), conds)
+    return await count(conn, conds)
+
+
+# Filters whose count scans the contacts, and those that read sync state (which changes without
+# the contacts' version changing, so their counts are never kept).
+_SCANNED = {"email_contains", "name_contains"}
+_STATE_FILTERS = {f"{crm.value}_sync_status" for crm in Crm}
 
 
 def single_crm_status(filters: ContactFilters) -> tuple[Crm, SyncStatus] | None:

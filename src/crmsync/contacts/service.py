@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from crmsync import db
+from crmsync import counts, db
 from crmsync.clock import Clock, utcnow
 from crmsync.connectors.mapping import SYNCED_FIELDS
 from crmsync.contacts import repository as repo
@@ -82,6 +82,8 @@ class ContactService:
     # Called after a selection commits, to wake this process's idle workers at once.
     on_queued: Callable[[Sequence[Crm]], None] | None = None
     read_engine: AsyncEngine = field(init=False)
+    # Substring counts of this process, reused until the contacts change (PostgreSQL).
+    kept_counts: counts.ContactCounts = field(init=False, default_factory=counts.ContactCounts)
 
     def __post_init__(self) -> None:
         self.read_engine = db.read_only(self.engine)
@@ -107,7 +109,7 @@ class ContactService:
                 rows = await repo.list_page(conn, repo.filter_conditions(filters), limit, offset)
             total = _total_from_page(offset, limit, len(rows))
             if total is None:
-                total = await repo.count_filtered(conn, filters)
+                total = await repo.count_filtered(conn, filters, self.kept_counts)
             states = await repo.states_for(conn, [row["id"] for row in rows])
         return present_many(rows, states), total
 

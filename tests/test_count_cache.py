@@ -1,0 +1,184 @@
+"""Substring counts (the list's X-Total-Count for email_contains / name_contains) stay exact.
+
+On PostgreSQL such a count is kept with the contacts' version (migration 0005, `ContactCounts`)
+and reused until the contacts change, so every way of changing contacts must make the next count
+fresh: bulk insert and update, edits, deletes, TRUNCATE, a writer that commits after a later one,
+a rollback, and the worker's compaction of the change log. On SQLite nothing is kept; the same
+assertions hold there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from sqlalchemy import event, func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crmsync import counts
+from crmsync.tables import contact_changes, contacts
+
+LIST = "/api/v3/contacts"
+on_postgres = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+
+
+async def listed_total(client: httpx.AsyncClient, **params: str) -> int:
+    # limit=1: a full page, so the service must count (a short page tells the total itself).
+    response = await client.get(LIST, params={**params, "limit": 1})
+    assert response.status_code == 200, response.text
+    return int(response.headers["X-Total-Count"])
+
+
+async def true_total(engine: AsyncEngine, column: str, part: str) -> int:
+    async with engine.connect() as conn:
+        stmt = select(func.count()).where(contacts.c[column].icontains(part))
+        return int((await conn.execute(stmt)).scalar_one())
+
+
+async def assert_exact(engine: AsyncEngine, client: httpx.AsyncClient) -> None:
+    for column, part in (("email", "gmail"), ("name", "ann")):
+        want = await true_total(engine, column, part)
+        # Twice: the second answer is the kept one on PostgreSQL.
+        for _ in range(2):
+            assert await listed_total(client, **{f"{column}_contains": part}) == want, column
+
+
+async def bulk(client: httpx.AsyncClient, rows: list[dict[str, object]]) -> dict[str, int]:
+    response = await client.post(f"{LIST}/bulk", json={"contacts": rows})
+    assert response.status_code == 200, response.text
+    body: dict[str, int] = response.json()
+    return body
+
+
+def new_row(email: str, name: str | None = None) -> dict[str, object]:
+    now = dt.datetime.now(dt.UTC)
+    return {"id": uuid.uuid4(), "email": email, "name": name, "created_at": now, "updated_at": now}
+
+
+@contextmanager
+def scans(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The substring counts over contacts that run while the block does."""
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "count(*)" in statement and "ILIKE" in statement.upper() and "contacts" in statement:
+            seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def test_substring_counts_follow_every_write(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    rows = [{"email": f"g{i}@gmail.com", "name": f"Ann {i}"} for i in range(4)]
+    rows += [{"email": f"c{i}@corp.com", "name": f"Bob {i}"} for i in range(3)]
+    await bulk(client, rows)
+    await assert_exact(engine, client)
+
+    # New matches, and an upsert that renames existing contacts (name_contains changes).
+    await bulk(client, [{"email": "new@gmail.com"}, {"email": "c0@corp.com", "name": "Annie"}])
+    await assert_exact(engine, client)
+
+    everyone = (await client.get(LIST, params={"limit": 100})).json()
+    by_email = {c["email"]: c["id"] for c in everyone}
+    edited = await client.patch(f"{LIST}/{by_email['g0@gmail.com']}", json={"email": "g0@mail.io"})
+    assert edited.status_code == 200, edited.text
+    await assert_exact(engine, client)
+    replaced = await client.put(
+        f"{LIST}/{by_email['c1@corp.com']}", json={"email": "c1@gmail.com", "name": "Ann again"}
+    )
+    assert replaced.status_code == 200, replaced.text
+    await assert_exact(engine, client)
+    assert (await client.delete(f"{LIST}/{by_email['g1@gmail.com']}")).status_code == 204
+    await assert_exact(engine, client)
+    assert await listed_total(client, email_contains="gmail") == 4
+
+
+@on_postgres
+async def test_a_kept_count_is_reused_until_the_contacts_change(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await bulk(client, [{"email": f"g{i}@gmail.com"} for i in range(3)])
+    with scans(engine) as seen:
+        assert await listed_total(client, email_contains="gmail") == 3
+        assert len(seen) == 1
+        assert await listed_total(client, email_contains="gmail") == 3
+        assert await listed_total(client, email_contains="GMAIL") == 3  # another filter value
+        assert len(seen) == 2
+        # Selecting changes sync state, not contacts: the kept count stays good.
+        ids = [c["id"] for c in (await client.get(LIST)).json()]
+        selected = await client.put(
+            f"{LIST}/crm/select", json={"contact_ids": ids, "crms": ["hubspot"]}
+        )
+        assert selected.status_code == 200
+        assert await listed_total(client, email_contains="gmail") == 3
+        assert len(seen) == 2
+        # A filter on sync state is never kept: its count follows the sync, not the contacts.
+        for _ in range(2):
+            assert (
+                await listed_total(client, email_contains="gmail", hubspot_sync_status="Selected")
+                == 3
+            )
+        assert len(seen) == 4
+        await bulk(client, [{"email": "more@gmail.com"}])
+        assert await listed_total(client, email_contains="gmail") == 4
+        assert len(seen) == 5
+
+
+@on_postgres
+async def test_a_writer_that_commits_late_is_counted(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await bulk(client, [{"email": "a@gmail.com"}, {"email": "b@gmail.com"}])
+    async with engine.connect() as early:
+        trans = await early.begin()
+        # Its change-log row takes a lower id than the commit below.
+        await early.execute(contacts.insert().values(new_row("early@gmail.com")))
+        await bulk(client, [{"email": "later@gmail.com"}])
+        assert await listed_total(client, email_contains="gmail") == 3
+        assert await listed_total(client, email_contains="gmail") == 3
+        await trans.commit()
+    assert await listed_total(client, email_contains="gmail") == 4
+
+    async with engine.connect() as undone:
+        trans = await undone.begin()
+        await undone.execute(contacts.insert().values(new_row("undone@gmail.com")))
+        await trans.rollback()
+    assert await listed_total(client, email_contains="gmail") == 4
+
+
+@on_postgres
+async def test_compaction_and_truncate_keep_counts_exact(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    for i in range(3):
+        await bulk(client, [{"email": f"g{i}@gmail.com", "name": "Ann"}])
+    await assert_exact(engine, client)
+    async with engine.connect() as writer:
+        trans = await writer.begin()
+        await writer.execute(contacts.insert().values(new_row("w@gmail.com", "Ann")))
+        async with engine.begin() as conn:
+            await counts.compact(conn)
+        await assert_exact(engine, client)
+        await trans.commit()
+    await assert_exact(engine, client)
+    async with engine.begin() as conn:
+        await counts.compact(conn)
+        # Folded to one row; folding a single row again would change the version for nothing.
+        assert (await conn.execute(select(func.count()).select_from(contact_changes))).scalar() == 1
+        top = (await conn.execute(select(func.max(contact_changes.c.id)))).scalar()
+        await counts.compact(conn)
+        assert (await conn.execute(select(func.max(contact_changes.c.id)))).scalar() == top
+    await assert_exact(engine, client)
+    async with engine.begin() as conn:
+        await conn.execute(text("TRUNCATE contacts CASCADE"))
+    await assert_exact(engine, client)
+    assert await listed_total(client, email_contains="gmail") == 0
