@@ -287,8 +287,12 @@ async def test_a_hanging_receiver_never_slows_the_listeners(
             await alerter.on_pause(BREVO, PauseKind.configuration, f"reason {i}")
             slowest = max(slowest, time.perf_counter() - t0)
         total = time.perf_counter() - started
-        assert slowest < 0.05, slowest  # the webhook's own timeout is 10 s
-        assert total < 2.0, total
+        # A listener that waited for the hanging delivery would take the webhook's own 10 s
+        # timeout. The bounds sit far below that and far above a loaded CI machine's pauses
+        # (one call took 0.11 s in a fresh clone's first run there): a wall-clock test must not
+        # fail on scheduling noise.
+        assert slowest < 1.0, slowest
+        assert total < 5.0, total
         outbox = alerter.outboxes[0]
         # Interval 0: each round queues a digest, an error-rate alert and a pause alert. The
         # queue stays bounded: one alert in flight, 5 waiting, the older ones dropped, counted
