@@ -159,6 +159,13 @@ async def claim(
     `next_attempt_at` to the lease's end, so rows of a worker that died come due again then.
     Those expired leases are taken first.
     """
+    return await db.write(engine, _claim_work(crm, limit, owner, token, now, lease_until))
+
+
+def _claim_work(
+    crm: Crm, limit: int, owner: str, token: str, now: dt.datetime, lease_until: dt.datetime
+) -> Callable[[Connection], list[Claimed]]:
+    """The claim's transaction body (see `claim`)."""
     params = {
         "claim_crm": crm.value,
         "now": now,
@@ -190,7 +197,7 @@ async def claim(
         _SQLITE_MARK.run(conn, [(row[0],) for row in raw], shared)
         return [_claimed(*_from_sqlite(row)) for row in raw]
 
-    return await db.write(engine, work)
+    return work
 
 
 def _from_sqlite(row: Any) -> tuple[Any, ...]:
@@ -388,11 +395,75 @@ async def record(
     """Write every row's outcome (behind the lease) and its history, in one transaction."""
     if not updates:
         return Recorded(0, [])
+    if engine.dialect.name == "sqlite":
+        try:
+            return await db.write(engine, _optimistic(crm, token, updates, now, timing))
+        except _LeaseLost:
+            pass
+    return await db.write(engine, _careful(crm, token, updates, now, timing))
 
+
+@dataclass(frozen=True, slots=True)
+class NextClaim:
+    """What `record_then_claim` claims after recording: `claim`'s arguments but the engine."""
+
+    crm: Crm
+    limit: int
+    owner: str
+    token: str
+    now: dt.datetime
+    lease_until: dt.datetime
+
+
+async def record_then_claim(
+    engine: AsyncEngine,
+    crm: Crm,
+    token: str,
+    updates: Sequence[RowUpdate],
+    now: dt.datetime,
+    timing: Timing,
+    then: NextClaim,
+) -> tuple[Recorded, list[Claimed]]:
+    """`record`, then `claim` the next batch; on SQLite both in one transaction.
+
+    A busy SQLite sync spends much of its time handing each transaction to the writer thread
+    and committing it (measured: claims of 200 rows, half the transactions, synced 11,400-12,400
+    contacts/s where claims of 100 made 9,800-10,000). One lane's outcome write and its next
+    claim share one instead, and each stays what it was alone: the outcome is written first,
+    and if it finds a lease lost, the two run apart the usual way.
+    """
+    claim_work = _claim_work(
+        then.crm, then.limit, then.owner, then.token, then.now, then.lease_until
+    )
+    if engine.dialect.name == "sqlite" and updates:
+        record_work = _optimistic(crm, token, updates, now, timing)
+
+        def both(conn: Connection) -> tuple[Recorded, list[Claimed]]:
+            return record_work(conn), claim_work(conn)
+
+        try:
+            return await db.write(engine, both)
+        except _LeaseLost:
+            pass
+    recorded = await record(engine, crm, token, updates, now, timing)
+    return recorded, await db.write(engine, claim_work)
+
+
+def _careful(
+    crm: Crm, token: str, updates: Sequence[RowUpdate], now: dt.datetime, timing: Timing
+) -> Callable[[Connection], Recorded]:
     ids = [u.state_id for u in updates]
 
     def careful(conn: Connection) -> Recorded:
         return _apply(conn, crm, token, updates, _owned(conn, token, ids), now, timing)[0]
+
+    return careful
+
+
+def _optimistic(
+    crm: Crm, token: str, updates: Sequence[RowUpdate], now: dt.datetime, timing: Timing
+) -> Callable[[Connection], Recorded]:
+    ids = [u.state_id for u in updates]
 
     def optimistic(conn: Connection) -> Recorded:
         # SQLite: BEGIN IMMEDIATE means nothing else writes while this runs, so when every
@@ -403,12 +474,7 @@ async def record(
             raise _LeaseLost
         return recorded
 
-    if engine.dialect.name == "sqlite":
-        try:
-            return await db.write(engine, optimistic)
-        except _LeaseLost:
-            pass
-    return await db.write(engine, careful)
+    return optimistic
 
 
 class _LeaseLost(Exception):
