@@ -3,11 +3,12 @@
 Per CRM, one loop claims a batch (short transaction) and hands it to a lane, a task that pushes
 it (no transaction open) and records the outcome (short transaction); up to
 `{CRM}_SYNC_SCHEDULER_MAX_INSTANCES` lanes run at once, so claims overlap vendor calls. A lane
-whose batch came full claims the next batch itself and goes on: claims then run in every lane
-at once instead of one after another in the loop (measured: with a single claiming loop, the
-claims' waits for the SQLite writer capped a sync at about 100 batches a second). When nothing
-is due the loop sleeps `{CRM}_SYNC_SCHEDULER_INTERVAL_SECONDS`, or less if a selection wakes it
-(same process: an event; other processes: PostgreSQL NOTIFY).
+whose batch came full claims the next batch itself, with its outcome write (one transaction on
+SQLite, `queue.record_then_claim`), and goes on: a SQLite sync then commits once per batch, not
+twice (measured: 11,700 against 11,019 contacts/s, 5 alternating pairs; lanes that claimed in a
+transaction of their own were slower). When nothing is due the loop sleeps
+`{CRM}_SYNC_SCHEDULER_INTERVAL_SECONDS`, or less if a selection wakes it (same process: an
+event; other processes: PostgreSQL NOTIFY).
 
 Beside the loops: a heartbeat (worker row, lease renewal for slow batches), event pruning, and
 on PostgreSQL a LISTEN connection. On stop, no new claims; in-flight batches get
