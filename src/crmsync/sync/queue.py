@@ -469,7 +469,9 @@ async def record_then_claim(
         try:
             return await db.write(engine, both)
         except _LeaseLost:
-            pass
+            # The optimistic write already failed: go to the careful one, not through it again.
+            recorded = await db.write(engine, _careful(crm, token, updates, now, timing))
+            return recorded, await db.write(engine, claim_work)
     recorded = await record(engine, crm, token, updates, now, timing)
     return recorded, await db.write(engine, claim_work)
 
