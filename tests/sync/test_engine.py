@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -558,3 +560,37 @@ async def test_graceful_shutdown_lets_a_batch_finish_within_grace(
 async def test_sync_history_of_an_unknown_contact_is_404(client: httpx.AsyncClient) -> None:
     r = await client.get(f"/api/v3/contacts/{uuid.uuid4()}/sync-history")
     assert r.status_code == 404
+
+
+@pytest.mark.parametrize("setting_ms", [0.2, 0.0])
+async def test_a_running_worker_sets_the_thread_switch_interval_and_restores_it(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+    fake: FakeConnector,
+    setting_ms: float,
+) -> None:
+    before = sys.getswitchinterval()
+    settings.thread_switch_interval_ms = setting_ms
+    worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
+    ids = await add_contacts(client, 3)
+    await select_for(client, ids)
+    fake.gate = asyncio.Event()
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(fake.started.wait(), 10)
+    during = sys.getswitchinterval()
+    fake.gate.set()
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    # 0 leaves Python's own value alone; any other is set while the worker runs, then undone.
+    assert during == pytest.approx(setting_ms / 1000 if setting_ms else before)
+    assert sys.getswitchinterval() == before
+
+
+@pytest.mark.parametrize("value", ["-1", "101", "fast"])
+def test_a_bad_thread_switch_interval_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("CRMSYNC_THREAD_SWITCH_INTERVAL_MS", value)
+    with pytest.raises(ValidationError, match="CRMSYNC_THREAD_SWITCH_INTERVAL_MS"):
+        Settings(_env_file=None)  # type: ignore[call-arg]

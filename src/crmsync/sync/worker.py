@@ -22,10 +22,11 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -386,6 +387,27 @@ class CrmRunner:
         self._summary_started = time.monotonic()
 
 
+@contextlib.contextmanager
+def _switch_interval(milliseconds: float) -> Iterator[None]:
+    """Let threads waiting for the GIL get it sooner while the worker runs.
+
+    On SQLite the outcome writes and claims run in a thread, on the only write connection, and
+    take the GIL back after every statement; meanwhile the event loop builds and parses vendor
+    requests. At Python's 5 ms switch interval such a thread can wait milliseconds each time,
+    holding that connection, and every lane's next write waits behind it. Measured at 0.2 ms,
+    SQLite, one worker: see bench/README.md ("GIL switch interval").
+    """
+    if milliseconds <= 0:
+        yield
+        return
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(milliseconds / 1000)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 async def _quietly(awaitable: Awaitable[None]) -> None:
     """Run a listener; its failure is logged and never disturbs the sync."""
     try:
@@ -456,6 +478,10 @@ class Worker:
 
     async def run(self) -> None:
         """Run until `stop()`; then shut down gracefully. Connectors are closed on the way out."""
+        with _switch_interval(self.settings.thread_switch_interval_ms):
+            await self._run()
+
+    async def _run(self) -> None:
         now = self.clock()
         async with self.engine.begin() as conn:
             await heartbeat.register(conn, self.id, list(self.runners), now)
