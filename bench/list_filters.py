@@ -12,9 +12,10 @@ rows are made Complete and 1% Error (what a synced table looks like). VACUUM ANA
 `--warmup` requests, then `--requests` timed ones, one at a time over HTTP (keep-alive), first page
 (`limit=100`, `offset=0`). Filters whose value varies (a domain, a page, a substring) cycle
 through several values. Each answer's `X-Total-Count` is checked against a direct SQL count.
-A substring count is kept until the contacts change (`crmsync.counts.ContactCounts`), so
-"gmail" runs twice: as is, and with a contact edited (untimed) before each request, which makes
-every count a fresh scan: the cost of a list while contacts are being written.
+A substring count is kept and brought up to date from the writes since
+(`crmsync.counts.ContactCounts`, migration 0006), so "gmail" runs twice: as is, and with a
+contact's name edited (untimed) before each request, so that every count has a write to apply:
+the cost of a list while contacts are being written.
 
 For every filter that misses the target, the SQL the service runs for it is captured (the same
 service code, in-process, with a statement listener) and its `EXPLAIN (ANALYZE, BUFFERS)` is

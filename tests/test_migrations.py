@@ -35,12 +35,17 @@ async def _roundtrip(url: str) -> None:
     engine = db.create_engine(url)
     try:
         await upgrade(engine)
-        assert await current_revision(engine) == "0005"
+        assert await current_revision(engine) == "0006"
         async with engine.connect() as conn:
             tables, indexes = await conn.run_sync(_tables_and_indexes)
         assert {"contacts", "crm_sync_state", "sync_events", "crm_control", "workers"} <= tables
         # PostgreSQL only: the trigger-kept counts and the contacts' change log.
-        kept = {"contact_count_deltas", "state_count_deltas", "contact_changes"}
+        kept = {
+            "contact_count_deltas",
+            "state_count_deltas",
+            "contact_changes",
+            "contact_change_images",
+        }
         assert kept <= tables if engine.dialect.name == "postgresql" else not kept & tables
         assert {
             "uq_contacts_email_lower",
@@ -59,7 +64,7 @@ async def _roundtrip(url: str) -> None:
             await conn.run_sync(_down)
         assert await current_revision(engine) is None
         await upgrade(engine)  # and back up on the emptied database
-        assert await current_revision(engine) == "0005"
+        assert await current_revision(engine) == "0006"
     finally:
         await engine.dispose()
 

@@ -7,8 +7,8 @@ snapshot sees. On SQLite they are plain `count(*)` queries (a few ms at a millio
 function is one statement, so the figures it combines come from one snapshot.
 
 Counts no delta can answer (a substring of the email or name) are scans; on PostgreSQL
-`ContactCounts` keeps them with the contacts' version (migration 0005) and reuses them until
-any statement changes the contacts.
+`ContactCounts` keeps them with the snapshot they were taken in, and brings them up to date
+from the (email, name) images the writes since then logged (migrations 0005, 0006).
 """
 
 from __future__ import annotations
@@ -17,11 +17,25 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, null, select, union_all
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Select,
+    Text,
+    bindparam,
+    cast,
+    false,
+    func,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import UserDefinedType
 
 from crmsync.enums import Crm, SyncStatus
 from crmsync.tables import (
+    contact_change_images,
     contact_changes,
     contact_count_deltas,
     contacts,
@@ -126,53 +140,108 @@ async def compact(conn: AsyncConnection) -> None:
     await conn.exec_driver_sql(_FOLD_CHANGES)
 
 
-# The change log folds into one new row: its id is higher than any before, so the version
-# (rows, highest id) after a fold differs from every earlier one. A log of one row stays as it
-# is (folding it would change the version for nothing).
+# The change log folds into one new row marked `folded`: the rows it deletes, and their images,
+# may include writes a kept count has not applied yet, so the marker tells every such count to
+# count again. A log of one row stays as it is (folding it would cost every kept count a scan).
 _FOLD_CHANGES = (
     "WITH gone AS (DELETE FROM contact_changes "
-    "WHERE (SELECT count(*) FROM contact_changes) > 1 RETURNING id) "
-    "INSERT INTO contact_changes SELECT FROM gone LIMIT 1"
+    "WHERE (SELECT count(*) FROM contact_changes) > 1 RETURNING id), "
+    "dropped AS (DELETE FROM contact_change_images WHERE change_id IN (SELECT id FROM gone)) "
+    "INSERT INTO contact_changes (folded) SELECT true FROM gone LIMIT 1"
 )
 
-# The contacts' version as one snapshot sees them (migration 0005): any commit that changed
-# contacts added a row to the log, so it changes the pair.
-_VERSION = (
-    select(func.count()).select_from(contact_changes).scalar_subquery(),
-    select(func.coalesce(func.max(contact_changes.c.id), 0)).scalar_subquery(),
+
+class _Snapshot(UserDefinedType[str]):
+    """PostgreSQL's `pg_snapshot`: which transactions a statement saw (as text in Python)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "pg_snapshot"
+
+
+# The snapshot a statement runs in, and whether its transaction has written nothing yet: a
+# count that may include the reader's own uncommitted writes is never kept.
+_NOW = (
+    cast(func.pg_current_snapshot(), Text),
+    func.pg_current_xact_id_if_assigned().is_(None),
 )
-Version = tuple[int, int]
+_SINCE = cast(bindparam("snap", type_=Text), _Snapshot())
+ch = contact_changes.c
+# The log rows a kept count's snapshot did not see: the writes to contacts since it was taken.
+_FRESH = (
+    select(ch.id, ch.folded)
+    .where(
+        ch.xid >= func.pg_snapshot_xmin(_SINCE),
+        ~func.pg_visible_in_snapshot(ch.xid, _SINCE, type_=Boolean),
+    )
+    .cte("fresh")
+)
+Snapshot = str
 
 
 class ContactCounts:
-    """Counts of contacts by any filter on their own columns, reused until the contacts change.
+    """Counts of contacts by any filter on their own columns, kept and brought up to date.
 
     For the list's scans (a substring of the email or name) on PostgreSQL. A count is stored
-    with the contacts' version read in the same statement, so in the same snapshot; it is
-    returned again only while a fresh read of the version gives the same pair, which costs one
-    small query. Per process, the most recent `size` filters.
+    with the snapshot of the statement that took it. Next time one small query reads the log
+    rows (migration 0006) that snapshot did not see, and, when the filter is on email and name
+    alone, adds up their images that match it: the kept count plus that sum is the count in
+    the new snapshot, for about a millisecond instead of a scan. Other filters, a fold of the
+    log or a TRUNCATE among those rows mean: count again. Per process, the most recent `size`
+    filters.
     """
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
-        self._counts: OrderedDict[str, tuple[Version, int]] = OrderedDict()
+        self._counts: OrderedDict[str, tuple[Snapshot, int]] = OrderedDict()
 
     async def count(
-        self, conn: AsyncConnection, key: str, conds: Sequence[ColumnElement[bool]]
+        self,
+        conn: AsyncConnection,
+        key: str,
+        conds: Sequence[ColumnElement[bool]],
+        image_conds: Sequence[ColumnElement[bool]] | None = None,
     ) -> int:
-        """The number of contacts matching `conds`; `key` names the filter they came from."""
+        """The number of contacts matching `conds`; `key` names the filter they came from.
+
+        `image_conds` is the same filter on `contact_change_images` (None when the filter
+        reads columns the images do not hold).
+        """
         scan = select(func.count()).select_from(contacts).where(*conds)
         if not _kept(conn):
             return await _scalar(conn, scan)
         kept = self._counts.get(key)
         if kept is not None:
-            version = tuple((await conn.execute(select(*_VERSION))).one())
-            if version == kept[0]:
+            snap, total = kept
+            moved = (await conn.execute(self._since(image_conds), {"snap": snap})).one()
+            now, clean, fresh, folded, delta = moved
+            if not fresh:
                 self._counts.move_to_end(key)
-                return kept[1]
-        rows, top, total = (await conn.execute(select(*_VERSION, scan.scalar_subquery()))).one()
-        self._counts[key] = ((int(rows), int(top)), int(total))
+                return total
+            if image_conds is not None and not folded:
+                total += int(delta)
+                return self._keep(key, now, total) if clean else total
+        now, clean, total = (await conn.execute(select(*_NOW, scan.scalar_subquery()))).one()
+        return self._keep(key, now, int(total)) if clean else int(total)
+
+    @staticmethod
+    def _since(image_conds: Sequence[ColumnElement[bool]] | None) -> Select[Any]:
+        """The writes since a snapshot: how many, any fold, and their matching image deltas."""
+        images = contact_change_images.c
+        delta = select(func.coalesce(func.sum(images.delta), 0)).where(
+            images.change_id.in_(select(_FRESH.c.id)), *(image_conds or [false()])
+        )
+        return select(
+            *_NOW,
+            select(func.count()).select_from(_FRESH).scalar_subquery(),
+            select(func.coalesce(func.bool_or(_FRESH.c.folded), False)).scalar_subquery(),
+            delta.scalar_subquery(),
+        )
+
+    def _keep(self, key: str, snap: Snapshot, total: int) -> int:
+        self._counts[key] = (snap, total)
         self._counts.move_to_end(key)
         while len(self._counts) > self._size:
             self._counts.popitem(last=False)
-        return int(total)
+        return total

@@ -9,8 +9,9 @@
 - `workers`: heartbeats of running workers, for health.
 - `contact_count_deltas`, `state_count_deltas` (PostgreSQL only): exact row counts as sums of
   per-statement deltas written by triggers (migration 0003; `crmsync.counts` reads them).
-- `contact_changes` (PostgreSQL only): one row per statement that wrote contacts, by trigger
-  (migration 0005): the contacts' version, for counts kept until it changes.
+- `contact_changes`, `contact_change_images` (PostgreSQL only): one row per statement that wrote
+  contacts, with its transaction id, and the (email, name) values it added and removed, by
+  trigger (migrations 0005, 0006): kept substring counts are brought up to date from them.
 
 Statuses are stored as short strings with CHECK constraints: portable between SQLite and
 PostgreSQL, and no database enum types to migrate (the customer lost days to enum type names).
@@ -41,7 +42,7 @@ from sqlalchemy import (
     Uuid,
     func,
 )
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, UserDefinedType
 
 from crmsync.enums import CRM_NAMES, CurationStatus, EmailType, ProcessingStatus, SyncStatus
 
@@ -244,9 +245,32 @@ state_count_deltas = Table(
     Index("ix_state_count_deltas_crm_status", "crm", "sync_status"),
 )
 
-# PostgreSQL only (migration 0005): a trigger adds a row per statement that writes contacts.
+
+class Xid8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (`pg_current_xact_id()`)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "xid8"
+
+
+# PostgreSQL only (migrations 0005, 0006): triggers add a row per statement that writes
+# contacts (`folded`: one that stands for changes whose images are gone), and that statement's
+# (email, name) images, +1 added and -1 removed.
 contact_changes = Table(
     "contact_changes",
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
+    Column("xid", Xid8, nullable=False, index=True),
+    Column("folded", Boolean, nullable=False),
+)
+
+contact_change_images = Table(
+    "contact_change_images",
+    metadata,
+    Column("change_id", BigInteger, nullable=False, index=True),
+    Column("email", String(320)),
+    Column("name", Text),
+    Column("delta", Integer, nullable=False),
 )

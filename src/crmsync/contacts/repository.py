@@ -26,7 +26,7 @@ from crmsync import counts
 from crmsync.contacts.schemas import ContactFilters
 from crmsync.enums import Crm, CurationStatus, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import chunks, upsert_insert
-from crmsync.tables import contacts, crm_sync_state
+from crmsync.tables import contact_change_images, contacts, crm_sync_state
 
 # SQLite allows 32,766 bound parameters per statement and asyncpg 32,767.
 _MAX_PARAMS = 30_000
@@ -46,16 +46,25 @@ def filter_conditions(filters: ContactFilters) -> list[ColumnElement[bool]]:
         conds.append(c.domain_id == filters.domain_id)
     if filters.page_id is not None:
         conds.append(c.page_id == filters.page_id)
-    if filters.email_contains is not None:
-        conds.append(c.email.icontains(filters.email_contains, autoescape=True))
-    if filters.name_contains is not None:
-        conds.append(c.name.icontains(filters.name_contains, autoescape=True))
+    conds += substring_conditions(filters, c.email, c.name)
     if filters.has_gmail is not None:
         conds.append(c.has_gmail.is_(filters.has_gmail))
     for crm in Crm:
         status = getattr(filters, f"{crm.value}_sync_status")
         if status is not None:
             conds.append(crm_status_condition(crm, status))
+    return conds
+
+
+def substring_conditions(
+    filters: ContactFilters, email: ColumnElement[Any], name: ColumnElement[Any]
+) -> list[ColumnElement[bool]]:
+    """The email_contains and name_contains terms, on these columns (contacts' or the images')."""
+    conds: list[ColumnElement[bool]] = []
+    if filters.email_contains is not None:
+        conds.append(email.icontains(filters.email_contains, autoescape=True))
+    if filters.name_contains is not None:
+        conds.append(name.icontains(filters.name_contains, autoescape=True))
     return conds
 
 
@@ -141,7 +150,8 @@ async def count_filtered(
     `counts` groups by (email type, Gmail, curation and processing status), it is a contacts
     count. Both come from `counts`, which on PostgreSQL sums trigger-kept deltas instead.
     A substring filter on the contacts' own columns is a scan (280 ms for "gmail" at a million
-    contacts): `kept` reuses its count until the contacts change.
+    contacts): `kept` keeps its count, and brings it up to date from the emails and names
+    written since when the filter is on those alone.
     """
     single = single_crm_status(filters)
     if single is not None:
@@ -151,7 +161,10 @@ async def count_filtered(
         return await counts.contacts_where(conn, only)
     conds = filter_conditions(filters)
     if kept is not None and set(only) & _SCANNED and not set(only) & _STATE_FILTERS:
-        return await kept.count(conn, json.dumps(only, sort_keys=True), conds)
+        images = contact_change_images.c
+        image_conds = substring_conditions(filters, images.email, images.name)
+        key = json.dumps(only, sort_keys=True)
+        return await kept.count(conn, key, conds, image_conds if set(only) <= _SCANNED else None)
     return await count(conn, conds)
 
 
