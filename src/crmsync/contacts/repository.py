@@ -11,7 +11,9 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     RowMapping,
+    Text,
     and_,
+    any_,
     bindparam,
     delete,
     exists,
@@ -20,12 +22,13 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync import counts
 from crmsync.contacts.schemas import ContactFilters
 from crmsync.enums import Crm, CurationStatus, ProcessingStatus, SyncStatus
-from crmsync.sqlutil import chunks, upsert_insert
+from crmsync.sqlutil import ArrayRows, chunks, upsert_insert
 from crmsync.tables import contact_change_images, contacts, crm_sync_state
 
 # SQLite allows 32,766 bound parameters per statement and asyncpg 32,767.
@@ -221,9 +224,16 @@ async def states_for(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> Sequenc
 async def existing_by_email(conn: AsyncConnection, emails: Iterable[str]) -> dict[str, RowMapping]:
     """Existing contacts keyed by lower-cased email."""
     found: dict[str, RowMapping] = {}
-    for part in chunks(sorted({e.lower() for e in emails}), _MAX_PARAMS):
-        stmt = select(contacts).where(func.lower(contacts.c.email).in_(part))
-        for row in (await conn.execute(stmt)).mappings():
+    wanted = sorted({e.lower() for e in emails})
+    key = func.lower(contacts.c.email)
+    if conn.dialect.name == "postgresql":
+        # One array parameter: an IN list of 10,000 values is compiled value by value on every
+        # request (0.3 s of a 10,000-contact bulk request).
+        parts = [[key == any_(bindparam("emails", wanted, type_=postgresql.ARRAY(Text)))]]
+    else:
+        parts = [[key.in_(part)] for part in chunks(wanted, _MAX_PARAMS)]
+    for cond in parts:
+        for row in (await conn.execute(select(contacts).where(*cond))).mappings():
             found[row["email"].lower()] = row
     return found
 
@@ -234,19 +244,19 @@ async def insert_new(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[s
     `ON CONFLICT DO NOTHING` makes a concurrent insert of the same email lose quietly instead of
     failing the whole request; the caller then treats that row as an update.
     """
-    inserted: set[str] = set()
     if not rows:
-        return inserted
-    per_row = len(rows[0])
-    for part in chunks(rows, max(1, _MAX_PARAMS // per_row)):
-        stmt = (
-            upsert_insert(conn, contacts)
-            .values(part)
-            .on_conflict_do_nothing(index_elements=[func.lower(contacts.c.email)])
-            .returning(contacts.c.email)
-        )
-        inserted.update(email.lower() for email in (await conn.execute(stmt)).scalars())
-    return inserted
+        return set()
+    # An executemany: SQLAlchemy compiles the statement once and sends the rows as multi-row
+    # VALUES pages within the drivers' parameter limits ("insertmanyvalues"). Building one
+    # `.values(rows)` statement instead compiled a bind parameter per value on every request:
+    # 3.4 s of a 10,000-contact bulk request on PostgreSQL, against 0.6 s now.
+    stmt = (
+        upsert_insert(conn, contacts)
+        .on_conflict_do_nothing(index_elements=[func.lower(contacts.c.email)])
+        .returning(contacts.c.email)
+    )
+    result = await conn.execute(stmt, rows)
+    return {email.lower() for email in result.scalars()}
 
 
 async def update_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
@@ -254,6 +264,21 @@ async def update_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None
     if not rows:
         return
     columns = [k for k in rows[0] if k != "id"]
+    if conn.dialect.name == "postgresql":
+        # One statement, the rows as one array per column (`unnest`): 10,000 single-row
+        # UPDATEs fired the statement triggers of the kept counts (migrations 0003, 0006)
+        # 10,000 times, 1.9 s of a 10,000-contact bulk request that renamed every contact.
+        arrays = ArrayRows(
+            [("id", contacts.c.id.type), *((c, contacts.c[c].type) for c in columns)]
+        )
+        by_id = (
+            update(contacts)
+            .where(contacts.c.id == arrays("id"))
+            .values({col: arrays(col) for col in columns})
+        )
+        per_column = zip(arrays.params, arrays.per_row, strict=True)
+        await conn.execute(by_id, {param: [r[name] for r in rows] for param, name in per_column})
+        return
     stmt = (
         update(contacts)
         .where(contacts.c.id == bindparam("_id"))
