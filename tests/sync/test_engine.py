@@ -520,16 +520,25 @@ async def test_worker_run_drains_the_queue_and_wakes_on_selection(
     assert max(len(b) for b in fake.pushes) == 100
 
 
+async def start_held_worker(
+    client: httpx.AsyncClient, worker: Worker, fake: FakeConnector
+) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """Three contacts selected, the worker started, and its first push held at the fake vendor:
+    the worker's task, and the gate that lets the vendor answer when set."""
+    ids = await add_contacts(client, 3)
+    await select_for(client, ids)
+    gate = fake.gate = asyncio.Event()
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(fake.started.wait(), 10)
+    return task, gate
+
+
 async def test_graceful_shutdown_hands_back_unfinished_batches(
     client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, fake: FakeConnector
 ) -> None:
     settings.shutdown_grace_seconds = 0.3
     worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
-    ids = await add_contacts(client, 3)
-    await select_for(client, ids)
-    fake.gate = asyncio.Event()  # the vendor never answers
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(fake.started.wait(), 10)
+    task, _gate = await start_held_worker(client, worker, fake)  # the vendor never answers
     worker.stop()
     await asyncio.wait_for(task, 10)
     rows = await states(engine)
@@ -545,14 +554,10 @@ async def test_graceful_shutdown_lets_a_batch_finish_within_grace(
 ) -> None:
     settings.shutdown_grace_seconds = 5
     worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
-    ids = await add_contacts(client, 3)
-    await select_for(client, ids)
-    fake.gate = asyncio.Event()
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(fake.started.wait(), 10)
+    task, gate = await start_held_worker(client, worker, fake)
     worker.stop()
     await asyncio.sleep(0.2)
-    fake.gate.set()  # the vendor answers during the grace period
+    gate.set()  # the vendor answers during the grace period
     await asyncio.wait_for(task, 10)
     assert all(r["sync_status"] == "Complete" for r in (await states(engine)).values())
 
@@ -573,13 +578,9 @@ async def test_a_running_worker_sets_the_thread_switch_interval_and_restores_it(
     before = sys.getswitchinterval()
     settings.thread_switch_interval_ms = setting_ms
     worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
-    ids = await add_contacts(client, 3)
-    await select_for(client, ids)
-    fake.gate = asyncio.Event()
-    task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(fake.started.wait(), 10)
+    task, gate = await start_held_worker(client, worker, fake)
     during = sys.getswitchinterval()
-    fake.gate.set()
+    gate.set()
     worker.stop()
     await asyncio.wait_for(task, 10)
     # 0 leaves Python's own value alone; any other is set while the worker runs, then undone.
