@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -196,6 +197,7 @@ async def test_a_crm_without_credentials_is_disabled(
 async def test_health_and_metrics_when_the_database_cannot_be_read(
     tmp_path: Path, auth: dict[str, str]
 ) -> None:
+    threads_before = set(threading.enumerate())
     url = f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'dir' / 'crmsync.db'}"
     settings = Settings(database_url=url, _env_file=None)  # type: ignore[call-arg]
     engine = db.create_engine(url)
@@ -209,3 +211,16 @@ async def test_health_and_metrics_when_the_database_cannot_be_read(
         metrics = await http.get("/metrics")
         assert metrics.status_code == 200 and "crmsync_database_up 0.0" in metrics.text
     await engine.dispose()
+    await _aiosqlite_threads_finished(threads_before)
+
+
+async def _aiosqlite_threads_finished(before: set[threading.Thread]) -> None:
+    """Wait for the threads of aiosqlite's failed connects to end while this loop still runs.
+
+    After a failed connect aiosqlite queues a stop whose result its thread posts to the loop. If
+    the test's loop closes first, the thread dies with "Event loop is closed" and pytest blames
+    whichever test runs next (seen in CI).
+    """
+    for thread in set(threading.enumerate()) - before:
+        if thread.name.endswith("(_connection_worker_thread)"):
+            await asyncio.to_thread(thread.join, 10)
