@@ -203,6 +203,59 @@ async def test_every_outcome_kind_is_written_behind_the_lease(
     assert again.applied == 0 and len(again.lost) == 4
 
 
+@pytest.mark.parametrize("json_rows", [True, False], ids=["one-statement", "row-by-row"])
+async def test_a_claim_carries_every_field_as_stored(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+    json_rows: bool,
+) -> None:
+    # SQLite reads a claimed batch as one JSON array (or, older SQLite, row by row): text with
+    # quotes and non-ASCII, booleans, nulls and UUIDs must come through either way unchanged.
+    if not json_rows:
+        monkeypatch.setattr(sqlutil, "sqlite_reads_json_rows", lambda: False)
+    domain, page, job = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    full = {
+        "name": 'Zoë "Z" O\'Brien \\ 日本', "phone_number": "+44 20 7946 0958",
+        "email_type": "CORPORATE", "context": "line one\nline two\t\u2028", "source_url":
+        "https://example.com/a?b=1&c=%22", "domain_id": str(domain), "page_id": str(page),
+        "source_job_id": str(job),
+    }  # fmt: skip
+    expected: dict[str, dict[str, object]] = {}
+    for has_gmail in (True, False, None):
+        for cid in await add_contacts(client, 1, has_gmail=has_gmail, **full):
+            expected[cid] = {**full, "has_gmail": has_gmail}
+    for cid in await add_contacts(client, 1):  # every optional field left empty
+        expected[cid] = {key: None for key in (*full, "has_gmail")}
+    ids = list(expected)
+    await select_for(client, ids)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(crm_sync_state)
+            .where(crm_sync_state.c.contact_id == uuid.UUID(ids[0]))
+            .values(external_id="ext-9", attempts=2, synced_hash="s" * 32)
+        )
+    claimed = await queue.claim(engine, HUB, 10, "w", "tok", clock.now, clock.later(60))
+    assert sorted(str(c.contact_id) for c in claimed) == sorted(ids)
+    for row in claimed:
+        cid, got = str(row.contact_id), row.payload
+        want = expected[cid]
+        assert got.contact_id == uuid.UUID(cid) and got.email.endswith("@example.com")
+        assert (got.name, got.phone_number, got.email_type) == (
+            want["name"], want["phone_number"], want["email_type"]
+        )  # fmt: skip
+        assert (got.context, got.source_url) == (want["context"], want["source_url"])
+        assert got.has_gmail is want["has_gmail"]
+        for key in ("domain_id", "page_id", "source_job_id"):
+            value = getattr(got, key)
+            assert value is None if want[key] is None else value == uuid.UUID(str(want[key]))
+            assert value is None or isinstance(value, uuid.UUID)
+        first = cid == ids[0]
+        assert got.external_id == ("ext-9" if first else None)
+        assert (row.attempts, row.synced_hash) == ((2, "s" * 32) if first else (0, None))
+
+
 async def test_success_stores_the_vendor_id_and_resets_attempts(
     client: httpx.AsyncClient, engine: AsyncEngine, worker: Worker, fake: FakeConnector
 ) -> None:

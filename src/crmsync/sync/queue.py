@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     DateTime,
@@ -34,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import db
+from crmsync import db, sqlutil
 from crmsync.connectors.base import ContactPayload
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import (
@@ -125,16 +126,24 @@ _PG_CLAIMS = (_pg_claim(_EXPIRED), _pg_claim(_WAITING_DUE))
 
 # SQLite: BEGIN IMMEDIATE already made the transaction the only writer, so reading the due rows
 # and then marking them cannot race with another worker.
-def _sqlite_read(due: Any) -> Compiled:
-    return Compiled(
+def _sqlite_read(due: Any, as_json: bool) -> Compiled:
+    rows = (
         select(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
         .join(contacts, contacts.c.id == s.contact_id)
-        .where(s.id.in_(due.scalar_subquery())),
-        ("claim_crm", "now", "limit"),
+        .where(s.id.in_(due.scalar_subquery()))
     )
+    if as_json:
+        # The whole batch as one JSON array: one statement step. Fetching row by row steps once
+        # per row, and each step releases the GIL and waits to take it back from a busy loop.
+        inner = rows.subquery()
+        rows = select(func.json_group_array(func.json_array(*inner.c)))
+    return Compiled(rows, ("claim_crm", "now", "limit"))
 
 
-_SQLITE_READS = (_sqlite_read(_EXPIRED), _sqlite_read(_WAITING_DUE))
+_SQLITE_READS = {
+    as_json: (_sqlite_read(_EXPIRED, as_json), _sqlite_read(_WAITING_DUE, as_json))
+    for as_json in (True, False)
+}
 _CLAIMED = JsonRows(("_id",))
 _SQLITE_MARK = RowWrite(
     ("_id",),
@@ -189,8 +198,10 @@ def _claim_work(
         raw: list[Any] = []
         values = DriverValues("sqlite")
         stamp = values.ts(now)
-        for read in _SQLITE_READS:
-            raw += read.fetchall(conn, (crm.value, stamp, limit - len(raw)))
+        as_json = sqlutil.sqlite_reads_json_rows()
+        for read in _SQLITE_READS[as_json]:
+            found = read.fetchall(conn, (crm.value, stamp, limit - len(raw)))
+            raw += orjson.loads(found[0][0]) if as_json else found
             if len(raw) >= limit:
                 break
         shared = (owner, token, values.ts(lease_until), stamp)
