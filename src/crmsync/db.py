@@ -4,9 +4,10 @@ SQLite runs in WAL mode with a busy timeout, and every write transaction starts 
 `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes can fail at once with
 "database is locked" when another process wrote in between, while an immediate one waits its turn.
 
-SQLite has one writer at a time, so the write engine of a process holds a single connection:
-writers of the same process then queue in the pool (woken the moment it is free) instead of in
-SQLite's busy handler, which sleeps and polls (measured: half the sync engine's time went there).
+SQLite has one writer at a time, so the write engine of a process holds a single connection,
+used by a single thread: writers of the same process queue for that thread (each starts the
+moment the one before commits) instead of in SQLite's busy handler, which sleeps and polls
+(measured: half the sync engine's time went there).
 Reads go through `read_only(engine)`: for SQLite a sibling engine with its own pool whose
 transactions begin deferred and never wait for writers; for PostgreSQL the same engine.
 """
@@ -14,8 +15,12 @@ transactions begin deferred and never wait for writers; for PostgreSQL the same 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import create_engine as sa_create_engine
@@ -118,16 +123,27 @@ def _configure_sqlite(engine: AsyncEngine | Engine, cache_kib: int | None = None
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-_SYNC_WRITERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+@dataclass(frozen=True)
+class _ThreadWriter:
+    """A SQLite file's write engine (one plain sqlite3 connection) and the one thread using it."""
+
+    engine: Engine
+    # One thread for every write transaction: writers queue here instead of as several threads
+    # blocked on the single-connection pool, each of which must take the GIL back from the event
+    # loop just to wait again (measured: less CPU per contact, see bench/README.md).
+    thread: ThreadPoolExecutor
 
 
-def _thread_writer(engine: AsyncEngine) -> Engine | None:
+_SYNC_WRITERS: weakref.WeakKeyDictionary[Engine, _ThreadWriter] = weakref.WeakKeyDictionary()
+
+
+def _thread_writer(engine: AsyncEngine) -> _ThreadWriter | None:
     """For a SQLite file: a plain sqlite3 engine (one connection) used from a worker thread."""
     if engine.dialect.name != "sqlite" or not _is_file(engine.url):
         return None
     writer = _SYNC_WRITERS.get(engine.sync_engine)
     if writer is None:
-        writer = sa_create_engine(
+        sync = sa_create_engine(
             engine.url.set(drivername="sqlite"),
             # One connection, used by one thread at a time (the pool hands it out).
             connect_args={"timeout": 30, "check_same_thread": False},
@@ -135,13 +151,20 @@ def _thread_writer(engine: AsyncEngine) -> Engine | None:
             max_overflow=0,
             pool_timeout=120,
         )
-        _configure_sqlite(writer, SQLITE_WRITER_CACHE_KIB)
+        _configure_sqlite(sync, SQLITE_WRITER_CACHE_KIB)
+        writer = _ThreadWriter(
+            sync, ThreadPoolExecutor(max_workers=1, thread_name_prefix="crmsync-sqlite-writer")
+        )
         _SYNC_WRITERS[engine.sync_engine] = writer
-        sibling = writer
+        own = writer
 
         @event.listens_for(engine.sync_engine, "engine_disposed")
-        def _dispose_writer(_engine: Engine) -> None:
-            sibling.dispose()
+        def _dispose_writer(disposed: Engine) -> None:
+            # The next write after a dispose builds a new writer (and thread).
+            if _SYNC_WRITERS.get(disposed) is own:
+                del _SYNC_WRITERS[disposed]
+            own.thread.shutdown(wait=False)
+            own.engine.dispose()
 
     return writer
 
@@ -161,6 +184,10 @@ async def write(engine: AsyncEngine, work: Callable[[Connection], T]) -> T:
     """
     threaded = _thread_writer(engine)
     if threaded is not None:
-        return await asyncio.to_thread(_in_transaction, threaded, work)
+        # As asyncio.to_thread does, on this engine's own thread: the caller's context goes along.
+        call = functools.partial(
+            contextvars.copy_context().run, _in_transaction, threaded.engine, work
+        )
+        return await asyncio.get_running_loop().run_in_executor(threaded.thread, call)
     async with engine.begin() as conn:
         return await conn.run_sync(work)
