@@ -168,12 +168,28 @@ async def claim(
     `next_attempt_at` to the lease's end, so rows of a worker that died come due again then.
     Those expired leases are taken first.
     """
-    return await db.write(engine, _claim_work(crm, limit, owner, token, now, lease_until))
+    raw = await db.write(engine, _claim_work(crm, limit, owner, token, now, lease_until))
+    return raw.claimed()
+
+
+@dataclass(frozen=True, slots=True)
+class _RawClaim:
+    """A claim's rows as the transaction read them, turned into `Claimed` after it commits.
+
+    On SQLite every write transaction runs on the one writer thread: converting 100 rows there
+    (UUIDs, dataclasses) would hold up the next transaction, so the caller converts them.
+    """
+
+    rows: Sequence[Any]
+    convert: Callable[[Any], Claimed]
+
+    def claimed(self) -> list[Claimed]:
+        return [self.convert(row) for row in self.rows]
 
 
 def _claim_work(
     crm: Crm, limit: int, owner: str, token: str, now: dt.datetime, lease_until: dt.datetime
-) -> Callable[[Connection], list[Claimed]]:
+) -> Callable[[Connection], _RawClaim]:
     """The claim's transaction body (see `claim`)."""
     params = {
         "claim_crm": crm.value,
@@ -184,15 +200,14 @@ def _claim_work(
         "until": lease_until,
     }
 
-    def work(conn: Connection) -> list[Claimed]:
-        claimed: list[Claimed] = []
+    def work(conn: Connection) -> _RawClaim:
         if conn.dialect.name == "postgresql":
+            typed: list[Any] = []
             for statement in _PG_CLAIMS:
-                rows = conn.execute(statement, {**params, "limit": limit - len(claimed)}).all()
-                claimed += [_claimed(*row) for row in rows]
-                if len(claimed) >= limit:
+                typed += conn.execute(statement, {**params, "limit": limit - len(typed)}).all()
+                if len(typed) >= limit:
                     break
-            return claimed
+            return _RawClaim(typed, _from_postgresql)
         # The driver's plain tuples, converted here: SQLAlchemy's row objects and per-column
         # processors cost more than the claim's SQL (UUIDs come as 32 hex digits).
         raw: list[Any] = []
@@ -206,7 +221,7 @@ def _claim_work(
                 break
         shared = (owner, token, values.ts(lease_until), stamp)
         _SQLITE_MARK.run(conn, [(row[0],) for row in raw], shared)
-        return [_from_sqlite(row) for row in raw]
+        return _RawClaim(raw, _from_sqlite)
 
     return work
 
@@ -236,6 +251,10 @@ class _SharedIds:
 
 
 _shared_id = _SharedIds()
+
+
+def _from_postgresql(row: Any) -> Claimed:
+    return _claimed(*row)
 
 
 def _from_sqlite(row: Any) -> Claimed:
@@ -474,17 +493,18 @@ async def record_then_claim(
     if engine.dialect.name == "sqlite" and updates:
         record_work = _optimistic(crm, token, updates, now, timing)
 
-        def both(conn: Connection) -> tuple[Recorded, list[Claimed]]:
+        def both(conn: Connection) -> tuple[Recorded, _RawClaim]:
             return record_work(conn), claim_work(conn)
 
         try:
-            return await db.write(engine, both)
+            recorded, raw = await db.write(engine, both)
+            return recorded, raw.claimed()
         except _LeaseLost:
             # The optimistic write already failed: go to the careful one, not through it again.
             recorded = await db.write(engine, _careful(crm, token, updates, now, timing))
-            return recorded, await db.write(engine, claim_work)
-    recorded = await record(engine, crm, token, updates, now, timing)
-    return recorded, await db.write(engine, claim_work)
+    else:
+        recorded = await record(engine, crm, token, updates, now, timing)
+    return recorded, (await db.write(engine, claim_work)).claimed()
 
 
 def _careful(
