@@ -156,18 +156,19 @@ async def test_a_claim_takes_expired_leases_first_then_waiting_rows(
     assert await queue.claim(engine, HUB, 10, "w2", "tok-4", later, until) == []
 
 
-@pytest.mark.parametrize("json_rows", [True, False], ids=["one-statement", "executemany"])
+@pytest.fixture(params=[True, False], ids=["json-rows", "row-by-row"])
+def json_rows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both SQLite paths: batches as JSON (one statement) and, as on older SQLite, row by row."""
+    if not request.param:
+        monkeypatch.setattr(sqlutil, "sqlite_reads_json_rows", lambda: False)
+    return bool(request.param)
+
+
 async def test_every_outcome_kind_is_written_behind_the_lease(
-    client: httpx.AsyncClient,
-    engine: AsyncEngine,
-    clock: FrozenClock,
-    monkeypatch: pytest.MonkeyPatch,
-    json_rows: bool,
+    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock, json_rows: bool
 ) -> None:
     # On SQLite a batch's outcomes go in one statement over json_each, or (older SQLite, and
     # PostgreSQL) one parameter set per row: both must write the same thing.
-    if not json_rows:
-        monkeypatch.setattr(sqlutil, "sqlite_reads_json_rows", lambda: False)
     ids = await add_contacts(client, 4)
     await select_for(client, ids)
     claimed = await queue.claim(engine, HUB, 10, "w", "tok", clock.now, clock.later(60))
@@ -203,18 +204,11 @@ async def test_every_outcome_kind_is_written_behind_the_lease(
     assert again.applied == 0 and len(again.lost) == 4
 
 
-@pytest.mark.parametrize("json_rows", [True, False], ids=["one-statement", "row-by-row"])
 async def test_a_claim_carries_every_field_as_stored(
-    client: httpx.AsyncClient,
-    engine: AsyncEngine,
-    clock: FrozenClock,
-    monkeypatch: pytest.MonkeyPatch,
-    json_rows: bool,
+    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock, json_rows: bool
 ) -> None:
     # SQLite reads a claimed batch as one JSON array (or, older SQLite, row by row): text with
     # quotes and non-ASCII, booleans, nulls and UUIDs must come through either way unchanged.
-    if not json_rows:
-        monkeypatch.setattr(sqlutil, "sqlite_reads_json_rows", lambda: False)
     domain, page, job = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     full = {
         "name": 'Zoë "Z" O\'Brien \\ 日本', "phone_number": "+44 20 7946 0958",
