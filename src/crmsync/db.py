@@ -138,14 +138,14 @@ _SYNC_WRITERS: weakref.WeakKeyDictionary[Engine, _ThreadWriter] = weakref.WeakKe
 
 
 def _thread_writer(engine: AsyncEngine) -> _ThreadWriter | None:
-    """For a SQLite file: a plain sqlite3 engine (one connection) used from a worker thread."""
+    """For a SQLite file: a plain sqlite3 engine (one connection) and the thread that uses it."""
     if engine.dialect.name != "sqlite" or not _is_file(engine.url):
         return None
     writer = _SYNC_WRITERS.get(engine.sync_engine)
     if writer is None:
         sync = sa_create_engine(
             engine.url.set(drivername="sqlite"),
-            # One connection, used by one thread at a time (the pool hands it out).
+            # One connection, used only on the writer thread (a dispose closes it from another).
             connect_args={"timeout": 30, "check_same_thread": False},
             pool_size=1,
             max_overflow=0,

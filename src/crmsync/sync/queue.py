@@ -208,8 +208,8 @@ def _claim_work(
                 if len(typed) >= limit:
                     break
             return _RawClaim(typed, _from_postgresql)
-        # The driver's plain tuples, converted here: SQLAlchemy's row objects and per-column
-        # processors cost more than the claim's SQL (UUIDs come as 32 hex digits).
+        # The driver's plain values (UUIDs as 32 hex digits), converted by `_from_sqlite` after
+        # the commit: SQLAlchemy's row objects and per-column processors cost more than the SQL.
         raw: list[Any] = []
         values = DriverValues("sqlite")
         stamp = values.ts(now)
