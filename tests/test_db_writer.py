@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ from crmsync import db
 _CALLER = contextvars.ContextVar("caller", default="none")
 
 
-def _insert(value: int) -> tuple[str, str, int]:
+def _insert(value: int) -> Callable[[Connection], tuple[str, str, int]]:
+    """A write that inserts `value`; it reports its thread, its context and the rows it saw."""
+
     def work(conn: Connection) -> tuple[str, str, int]:
         conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": value})
         count = conn.execute(text("SELECT count(*) FROM t")).scalar_one()
