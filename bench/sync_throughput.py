@@ -59,6 +59,7 @@ from benchlib import (
     Profiler,
     Service,
     check_run,
+    descendants,
     environment,
     least_disturbed,
     median,
@@ -136,7 +137,8 @@ def run_crmsync(
         asyncio.run(wait_for_workers(database, workers))
         sb.reset()
         wait_quiet()
-        ours = [p.pid for p in processes]
+        # crmsync's own children (the SQLite writer processes) count as crmsync.
+        ours = [pid for p in processes for pid in (p.pid, *descendants(p.pid))]
         meter = CpuMeter()
         meter.start([*ours, sb.pid, os.getpid(), *postgres_backends(database)])
         label = f"{template.kind}-{workers}w-{'embedded' if embedded else 'processes'}"

@@ -1,18 +1,30 @@
 """`db.write` on a SQLite file: every write transaction runs on one thread of its own, in order,
-with the caller's context, rolls back on error, and comes back after the engine is disposed."""
+with the caller's context, rolls back on error, and comes back after the engine is disposed.
+While a worker runs, its loop's writes run in a writer process instead: in order, errors coming
+back as themselves, and no process left behind when it dies, is signalled or its parent dies."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
 
 from crmsync import db
+from crmsync.writer_process import WriterDied
 
 _CALLER = contextvars.ContextVar("caller", default="none")
 
@@ -62,3 +74,157 @@ async def test_sqlite_writes_share_one_thread_and_survive_a_dispose(tmp_path: Pa
         assert count == 21 and name.startswith("crmsync-sqlite-writer")
     finally:
         await engine.dispose()
+
+
+# -- the writer process ---------------------------------------------------------------------------
+# Its writes are module functions bound with functools.partial: they go to the child pickled.
+
+
+def _create(conn: Connection) -> None:
+    conn.execute(text("CREATE TABLE t (v INTEGER UNIQUE)"))
+
+
+def _insert_in(value: int, conn: Connection) -> tuple[int, int]:
+    conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": value})
+    return os.getpid(), int(conn.execute(text("SELECT count(*) FROM t")).scalar_one())
+
+
+def _values(conn: Connection) -> list[int]:
+    return list(conn.execute(text("SELECT v FROM t ORDER BY v")).scalars())
+
+
+def _sleep(seconds: float, conn: Connection) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _where(conn: Connection) -> tuple[int, str]:
+    return os.getpid(), threading.current_thread().name
+
+
+def _gone(pid: int, within: float = 15.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True  # exited, not yet reaped by its parent
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+async def test_a_writer_process_runs_writes_in_order_and_errors_come_back(tmp_path: Path) -> None:
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    try:
+        await db.write(engine, _create)
+        assert await db.start_writer(engine)
+        done = await asyncio.gather(
+            *(db.write(engine, functools.partial(_insert_in, v)) for v in range(20))
+        )
+        pids = {pid for pid, _ in done}
+        assert len(pids) == 1 and os.getpid() not in pids
+        # Sent in order, run one at a time: each saw exactly the ones before it.
+        assert [count for _, count in done] == list(range(1, 21))
+
+        # A failure comes back as itself, and its transaction left nothing behind.
+        with pytest.raises(IntegrityError, match="UNIQUE"):
+            await db.write(engine, functools.partial(_insert_in, 5))
+        assert await db.write(engine, _values) == list(range(20))
+
+        # A write that cannot be pickled (a closure) fails clearly instead of silently.
+        with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
+            await db.write(engine, lambda conn: None)
+
+        # SIGTERM and SIGINT (a terminal's or a service manager's, sent to every process) leave
+        # the writer serving: the worker's graceful shutdown still writes through it.
+        (pid,) = pids
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+        assert (await db.write(engine, _where))[0] == pid
+
+        # Stopped: the child exits, and writes go to the writer thread again.
+        await db.stop_writer(engine)
+        assert _gone(pid)
+        where_pid, thread = await db.write(engine, _where)
+        assert where_pid == os.getpid() and thread.startswith("crmsync-sqlite-writer")
+    finally:
+        await db.stop_writer(engine)
+        await engine.dispose()
+
+
+async def test_a_writer_process_that_dies_fails_its_writes_and_is_replaced(
+    tmp_path: Path,
+) -> None:
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    try:
+        await db.write(engine, _create)
+        await db.start_writer(engine)
+        first = await db.write(engine, functools.partial(_sleep, 0))
+        slow = asyncio.ensure_future(db.write(engine, functools.partial(_sleep, 30)))
+        queued = asyncio.ensure_future(db.write(engine, functools.partial(_insert_in, 1)))
+        await asyncio.sleep(0.5)
+        os.kill(first, signal.SIGKILL)
+        for pending in (slow, queued):
+            with pytest.raises(WriterDied):
+                await asyncio.wait_for(pending, 10)
+        # The next write starts a new writer process; the write queued behind the dead one never
+        # ran (it was never committed), so nothing half-done is left.
+        second, count = await db.write(engine, functools.partial(_insert_in, 2))
+        assert second not in (first, os.getpid()) and count == 1
+    finally:
+        await db.stop_writer(engine)
+        await engine.dispose()
+
+
+async def test_writes_from_another_event_loop_use_the_writer_thread(tmp_path: Path) -> None:
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'l.db'}")
+    try:
+        await db.start_writer(engine)
+        child, _ = await db.write(engine, _where)
+
+        def elsewhere() -> tuple[int, str]:
+            return asyncio.run(db.write(engine, _where))
+
+        pid, thread = await asyncio.to_thread(elsewhere)
+        assert child != os.getpid() and pid == os.getpid()
+        assert thread.startswith("crmsync-sqlite-writer")
+    finally:
+        await db.stop_writer(engine)
+        await engine.dispose()
+
+
+def test_the_writer_process_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, sys, time
+        from crmsync import db
+        from tests.test_db_writer import _where
+
+        async def main():
+            engine = db.create_engine("sqlite:///{tmp_path / "k.db"}")
+            await db.start_writer(engine)
+            pid, _ = await db.write(engine, _where)
+            print(pid, flush=True)
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path.cwd()
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        assert command[1:3] == [b"-m", b"crmsync.writer_process"]  # what `ps` shows
+        parent.kill()
+        parent.wait(10)
+        assert _gone(child), "the writer process outlived its SIGKILLed parent"
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()

@@ -28,6 +28,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from crmsync.writer_process import WriterProcess
+
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -143,17 +145,9 @@ def _thread_writer(engine: AsyncEngine) -> _ThreadWriter | None:
         return None
     writer = _SYNC_WRITERS.get(engine.sync_engine)
     if writer is None:
-        sync = sa_create_engine(
-            engine.url.set(drivername="sqlite"),
-            # One connection, used only on the writer thread (a dispose closes it from another).
-            connect_args={"timeout": 30, "check_same_thread": False},
-            pool_size=1,
-            max_overflow=0,
-            pool_timeout=120,
-        )
-        _configure_sqlite(sync, SQLITE_WRITER_CACHE_KIB)
         writer = _ThreadWriter(
-            sync, ThreadPoolExecutor(max_workers=1, thread_name_prefix="crmsync-sqlite-writer")
+            sqlite_write_engine(engine.url, threaded=True),
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="crmsync-sqlite-writer"),
         )
         _SYNC_WRITERS[engine.sync_engine] = writer
         own = writer
@@ -169,24 +163,91 @@ def _thread_writer(engine: AsyncEngine) -> _ThreadWriter | None:
     return writer
 
 
-def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+def in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     with engine.begin() as conn:
         return work(conn)
+
+
+def sqlite_write_engine(url: URL, *, threaded: bool) -> Engine:
+    """A plain sqlite3 engine with one connection: `write`'s, in a thread or the writer process."""
+    sync = sa_create_engine(
+        url.set(drivername="sqlite"),
+        # One connection, used by one thread (a dispose may close it from another).
+        connect_args={"timeout": 30, "check_same_thread": not threaded},
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=120,
+    )
+    _configure_sqlite(sync, SQLITE_WRITER_CACHE_KIB)
+    return sync
+
+
+_PROCESS_WRITERS: weakref.WeakKeyDictionary[Engine, WriterProcess] = weakref.WeakKeyDictionary()
+
+
+async def start_writer(engine: AsyncEngine) -> bool:
+    """From now on, run this event loop's `write`s on a SQLite file in a writer process.
+
+    A worker calls this when it starts (`CRMSYNC_SQLITE_WRITER_PROCESS`) and `stop_writer` when
+    it stops; other loops, and everything before and after, use the writer thread. Returns
+    whether a writer process runs (never for PostgreSQL or an in-memory database).
+    """
+    if engine.dialect.name != "sqlite" or not _is_file(engine.url):
+        return False
+    if engine.sync_engine not in _PROCESS_WRITERS:
+        _PROCESS_WRITERS[engine.sync_engine] = WriterProcess(_url(engine))
+
+        @event.listens_for(engine.sync_engine, "engine_disposed")
+        def _dispose_writer(disposed: Engine) -> None:
+            writer = _PROCESS_WRITERS.pop(disposed, None)
+            if writer is not None:
+                writer.stop_now()
+
+    await write(engine, _nothing)  # the child is up and has opened the database
+    return True
+
+
+async def stop_writer(engine: AsyncEngine) -> None:
+    writer = _PROCESS_WRITERS.pop(engine.sync_engine, None)
+    if writer is not None:
+        await writer.stop()
+
+
+def _nothing(_conn: Connection) -> None:
+    return None
+
+
+def _process_writer(engine: AsyncEngine) -> WriterProcess | None:
+    writer = _PROCESS_WRITERS.get(engine.sync_engine)
+    if writer is None or writer.loop is not asyncio.get_running_loop():
+        return None
+    if writer.dead:  # it died: a new one for this write and the next
+        writer = _PROCESS_WRITERS[engine.sync_engine] = WriterProcess(_url(engine))
+    return writer
+
+
+def _url(engine: AsyncEngine) -> str:
+    return engine.url.render_as_string(hide_password=False)
 
 
 async def write(engine: AsyncEngine, work: Callable[[Connection], T]) -> T:
     """Run `work(conn)`, synchronous SQLAlchemy code, in one write transaction.
 
     The sync engine's hot paths use this. On SQLite the whole transaction runs on a plain sqlite3
-    connection in one worker thread: aiosqlite hops between threads several times per statement,
-    and on a busy event loop each hop waits for the GIL (measured: most of a claim's time). On
-    PostgreSQL it runs in the async engine's greenlet, every statement awaited on asyncpg.
+    connection in one worker thread (or, while a worker runs, in its writer process; `work` must
+    then be picklable: module functions bound with `functools.partial`): aiosqlite hops between
+    threads several times per statement, and on a busy event loop each hop waits for the GIL
+    (measured: most of a claim's time). On PostgreSQL it runs in the async engine's greenlet,
+    every statement awaited on asyncpg.
     """
+    process = _process_writer(engine)
+    if process is not None:
+        return await process.run(work)
     threaded = _thread_writer(engine)
     if threaded is not None:
         # As asyncio.to_thread does, on this engine's own thread: the caller's context goes along.
         call = functools.partial(
-            contextvars.copy_context().run, _in_transaction, threaded.engine, work
+            contextvars.copy_context().run, in_transaction, threaded.engine, work
         )
         return await asyncio.get_running_loop().run_in_executor(threaded.thread, call)
     async with engine.begin() as conn:

@@ -198,6 +198,10 @@ class Settings(BaseSettings):
     thread_switch_interval_ms: float = Field(
         default=0.2, ge=0, le=100, validation_alias="CRMSYNC_THREAD_SWITCH_INTERVAL_MS"
     )
+    # On SQLite, a worker runs its queue transactions in a child process, on a core of its own.
+    sqlite_writer_process: bool = Field(
+        default=True, validation_alias="CRMSYNC_SQLITE_WRITER_PROCESS"
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", validation_alias="CRMSYNC_LOG_FORMAT"
     )

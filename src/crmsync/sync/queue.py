@@ -12,6 +12,7 @@ still kept in the history, marked as not applied.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -191,39 +192,48 @@ def _claim_work(
     crm: Crm, limit: int, owner: str, token: str, now: dt.datetime, lease_until: dt.datetime
 ) -> Callable[[Connection], _RawClaim]:
     """The claim's transaction body (see `claim`)."""
-    params = {
-        "claim_crm": crm.value,
-        "now": now,
-        "limit": limit,
-        "owner": owner,
-        "token": token,
-        "until": lease_until,
-    }
+    return functools.partial(_claim_rows, crm, limit, owner, token, now, lease_until)
 
-    def work(conn: Connection) -> _RawClaim:
-        if conn.dialect.name == "postgresql":
-            typed: list[Any] = []
-            for statement in _PG_CLAIMS:
-                typed += conn.execute(statement, {**params, "limit": limit - len(typed)}).all()
-                if len(typed) >= limit:
-                    break
-            return _RawClaim(typed, _from_postgresql)
-        # The driver's plain values (UUIDs as 32 hex digits), converted by `_from_sqlite` after
-        # the commit: SQLAlchemy's row objects and per-column processors cost more than the SQL.
-        raw: list[Any] = []
-        values = DriverValues("sqlite")
-        stamp = values.ts(now)
-        as_json = sqlutil.sqlite_reads_json_rows()
-        for read in _SQLITE_READS[as_json]:
-            found = read.fetchall(conn, (crm.value, stamp, limit - len(raw)))
-            raw += orjson.loads(found[0][0]) if as_json else found
-            if len(raw) >= limit:
+
+# Transaction bodies are module functions bound with `functools.partial`, never closures: on
+# SQLite `db.write` may run them in its writer process, which receives them pickled.
+def _claim_rows(
+    crm: Crm,
+    limit: int,
+    owner: str,
+    token: str,
+    now: dt.datetime,
+    lease_until: dt.datetime,
+    conn: Connection,
+) -> _RawClaim:
+    if conn.dialect.name == "postgresql":
+        params = {
+            "claim_crm": crm.value,
+            "now": now,
+            "owner": owner,
+            "token": token,
+            "until": lease_until,
+        }
+        typed: list[Any] = []
+        for statement in _PG_CLAIMS:
+            typed += conn.execute(statement, {**params, "limit": limit - len(typed)}).all()
+            if len(typed) >= limit:
                 break
-        shared = (owner, token, values.ts(lease_until), stamp)
-        _SQLITE_MARK.run(conn, [(row[0],) for row in raw], shared)
-        return _RawClaim(raw, _from_sqlite)
-
-    return work
+        return _RawClaim(typed, _from_postgresql)
+    # The driver's plain values (UUIDs as 32 hex digits), converted by `_from_sqlite` after
+    # the commit: SQLAlchemy's row objects and per-column processors cost more than the SQL.
+    raw: list[Any] = []
+    values = DriverValues("sqlite")
+    stamp = values.ts(now)
+    as_json = sqlutil.sqlite_reads_json_rows()
+    for read in _SQLITE_READS[as_json]:
+        found = read.fetchall(conn, (crm.value, stamp, limit - len(raw)))
+        raw += orjson.loads(found[0][0]) if as_json else found
+        if len(raw) >= limit:
+            break
+    shared = (owner, token, values.ts(lease_until), stamp)
+    _SQLITE_MARK.run(conn, [(row[0],) for row in raw], shared)
+    return _RawClaim(raw, _from_sqlite)
 
 
 class _SharedIds:
@@ -491,11 +501,9 @@ async def record_then_claim(
         then.crm, then.limit, then.owner, then.token, then.now, then.lease_until
     )
     if engine.dialect.name == "sqlite" and updates:
-        record_work = _optimistic(crm, token, updates, now, timing)
-
-        def both(conn: Connection) -> tuple[Recorded, _RawClaim]:
-            return record_work(conn), claim_work(conn)
-
+        both = functools.partial(
+            _record_and_claim, _optimistic(crm, token, updates, now, timing), claim_work
+        )
         try:
             recorded, raw = await db.write(engine, both)
             return recorded, raw.claimed()
@@ -507,32 +515,54 @@ async def record_then_claim(
     return recorded, (await db.write(engine, claim_work)).claimed()
 
 
+def _record_and_claim(
+    record_work: Callable[[Connection], Recorded],
+    claim_work: Callable[[Connection], _RawClaim],
+    conn: Connection,
+) -> tuple[Recorded, _RawClaim]:
+    return record_work(conn), claim_work(conn)
+
+
 def _careful(
     crm: Crm, token: str, updates: Sequence[RowUpdate], now: dt.datetime, timing: Timing
 ) -> Callable[[Connection], Recorded]:
-    ids = [u.state_id for u in updates]
+    return functools.partial(_record_careful, crm, token, list(updates), now, timing)
 
-    def careful(conn: Connection) -> Recorded:
-        return _apply(conn, crm, token, updates, _owned(conn, token, ids), now, timing)[0]
 
-    return careful
+def _record_careful(
+    crm: Crm,
+    token: str,
+    updates: list[RowUpdate],
+    now: dt.datetime,
+    timing: Timing,
+    conn: Connection,
+) -> Recorded:
+    owned = _owned(conn, token, [u.state_id for u in updates])
+    return _apply(conn, crm, token, updates, owned, now, timing)[0]
 
 
 def _optimistic(
     crm: Crm, token: str, updates: Sequence[RowUpdate], now: dt.datetime, timing: Timing
 ) -> Callable[[Connection], Recorded]:
+    return functools.partial(_record_optimistic, crm, token, list(updates), now, timing)
+
+
+def _record_optimistic(
+    crm: Crm,
+    token: str,
+    updates: list[RowUpdate],
+    now: dt.datetime,
+    timing: Timing,
+    conn: Connection,
+) -> Recorded:
+    # SQLite: BEGIN IMMEDIATE means nothing else writes while this runs, so when every guarded
+    # update hit its row, every row was still ours. That is the usual case; it saves the
+    # ownership query. Otherwise roll back and take the careful path.
     ids = [u.state_id for u in updates]
-
-    def optimistic(conn: Connection) -> Recorded:
-        # SQLite: BEGIN IMMEDIATE means nothing else writes while this runs, so when every
-        # guarded update hit its row, every row was still ours. That is the usual case; it saves
-        # the ownership query. Otherwise roll back and take the careful path.
-        recorded, changed = _apply(conn, crm, token, updates, set(ids), now, timing)
-        if changed != len(ids):
-            raise _LeaseLost
-        return recorded
-
-    return optimistic
+    recorded, changed = _apply(conn, crm, token, updates, set(ids), now, timing)
+    if changed != len(ids):
+        raise _LeaseLost
+    return recorded
 
 
 class _LeaseLost(Exception):
@@ -613,18 +643,26 @@ async def renew(engine: AsyncEngine, tokens: Sequence[str], until: dt.datetime) 
     """Extend the leases of batches still in flight (slow vendors, long imports)."""
     if not tokens:
         return 0
+    return await db.write(engine, functools.partial(_renew_rows, list(tokens), until))
+
+
+def _renew_rows(tokens: list[str], until: dt.datetime, conn: Connection) -> int:
     stmt = (
         update(crm_sync_state)
         .where(s.lease_token.in_(tokens), s.sync_status == SyncStatus.Processing.value)
         .values(lease_expires_at=until, next_attempt_at=until)
     )
-    return await db.write(engine, lambda conn: int(conn.execute(stmt).rowcount))
+    return int(conn.execute(stmt).rowcount)
 
 
 async def release_lease(
     engine: AsyncEngine, crm: Crm, token: str, now: dt.datetime, timing: Timing
 ) -> int:
     """Hand back every row still held under `token`, unattempted and due now (shutdown)."""
+    return await db.write(engine, functools.partial(_release_rows, crm, token, now, timing))
+
+
+def _release_rows(crm: Crm, token: str, now: dt.datetime, timing: Timing, conn: Connection) -> int:
     stmt = (
         update(crm_sync_state)
         .where(s.lease_token == token, s.sync_status == SyncStatus.Processing.value)
@@ -637,14 +675,10 @@ async def release_lease(
         )
         .returning(s.id, s.contact_id, s.attempts)
     )
-
-    def work(conn: Connection) -> int:
-        rows = conn.execute(stmt).all()
-        released = [
-            RowUpdate(row.id, row.contact_id, Outcome.released, row.attempts, "worker stopped")
-            for row in rows
-        ]
-        insert_events(conn, crm, released, {u.state_id for u in released}, now, timing)
-        return len(rows)
-
-    return await db.write(engine, work)
+    rows = conn.execute(stmt).all()
+    released = [
+        RowUpdate(row.id, row.contact_id, Outcome.released, row.attempts, "worker stopped")
+        for row in rows
+    ]
+    insert_events(conn, crm, released, {u.state_id for u in released}, now, timing)
+    return len(rows)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import counts, metrics
+from crmsync import counts, db, metrics
 from crmsync.clock import Clock, utcnow
 from crmsync.connectors.base import (
     AuthFailed,
@@ -485,6 +485,8 @@ class Worker:
         now = self.clock()
         async with self.engine.begin() as conn:
             await heartbeat.register(conn, self.id, list(self.runners), now)
+        if self.runners and self.settings.sqlite_writer_process:
+            await db.start_writer(self.engine)
         log.info(
             "worker %s started for %s",
             self.id,
@@ -513,6 +515,7 @@ class Worker:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            await db.stop_writer(self.engine)  # after `_drain`, which writes through it
             async with self.engine.begin() as conn:
                 await heartbeat.stopped(conn, self.id, self.clock())
             for connector in self._own_connectors:
