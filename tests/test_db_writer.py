@@ -178,6 +178,58 @@ async def test_a_writer_process_that_dies_fails_its_writes_and_is_replaced(
         await engine.dispose()
 
 
+async def test_a_writer_process_that_cannot_start_leaves_the_writes_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = db.create_engine(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        await db.write(engine, _create)
+        # A child that exits at once, as one that cannot import crmsync would.
+        with monkeypatch.context() as patch:
+            patch.setattr(sys, "executable", "/bin/false")
+            assert not await db.start_writer(engine)  # the worker still starts
+        assert "writes stay in a thread" in caplog.text
+        pid, thread = await db.write(engine, _where)
+        assert pid == os.getpid() and thread.startswith("crmsync-sqlite-writer")
+
+        # One that worked and died is replaced; if its replacement cannot start, the writes
+        # after that go to the thread instead of starting child after child.
+        assert await db.start_writer(engine)
+        first, _ = await db.write(engine, _where)
+        assert first != os.getpid()
+        with monkeypatch.context() as patch:
+            patch.setattr(sys, "executable", "/bin/false")
+            os.kill(first, signal.SIGKILL)
+            assert _gone(first)
+            await asyncio.sleep(0.2)  # the event loop sees the socket close
+            with pytest.raises(WriterDied):
+                await db.write(engine, _where)
+            caplog.clear()
+            pid, thread = await db.write(engine, _where)
+        assert pid == os.getpid() and thread.startswith("crmsync-sqlite-writer")
+        assert "did not start" in caplog.text
+        assert (await db.write(engine, functools.partial(_insert_in, 7)))[1] == 1
+    finally:
+        await db.stop_writer(engine)
+        await engine.dispose()
+
+
+async def test_stopping_the_writer_process_lets_the_writes_sent_finish(tmp_path: Path) -> None:
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'f.db'}")
+    try:
+        await db.write(engine, _create)
+        await db.start_writer(engine)
+        slow = asyncio.ensure_future(db.write(engine, functools.partial(_sleep, 0.5)))
+        queued = asyncio.ensure_future(db.write(engine, functools.partial(_insert_in, 3)))
+        await asyncio.sleep(0.1)
+        await db.stop_writer(engine)
+        child = await slow
+        assert child != os.getpid() and (await queued) == (child, 1)
+        assert _gone(child)
+    finally:
+        await engine.dispose()
+
+
 async def test_writes_from_another_event_loop_use_the_writer_thread(tmp_path: Path) -> None:
     engine = db.create_engine(f"sqlite:///{tmp_path / 'l.db'}")
     try:

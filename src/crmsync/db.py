@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,9 +29,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from crmsync.writer_process import WriterProcess
+from crmsync.writer_process import WriterDied, WriterProcess
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Page cache of the sync engine's SQLite write connection, in KiB (allocated only as pages are
@@ -194,8 +196,9 @@ async def start_writer(engine: AsyncEngine) -> bool:
     """
     if engine.dialect.name != "sqlite" or not _is_file(engine.url):
         return False
-    if engine.sync_engine not in _PROCESS_WRITERS:
-        _PROCESS_WRITERS[engine.sync_engine] = WriterProcess(_url(engine))
+    writer = _PROCESS_WRITERS.get(engine.sync_engine)
+    if writer is None:
+        writer = _PROCESS_WRITERS[engine.sync_engine] = WriterProcess(_url(engine))
 
         @event.listens_for(engine.sync_engine, "engine_disposed")
         def _dispose_writer(disposed: Engine) -> None:
@@ -203,7 +206,12 @@ async def start_writer(engine: AsyncEngine) -> bool:
             if writer is not None:
                 writer.stop_now()
 
-    await write(engine, _nothing)  # the child is up and has opened the database
+    try:
+        await writer.run(_nothing)  # the child is up and has opened the database
+    except WriterDied as exc:
+        log.error("%s; SQLite writes stay in a thread of this process", exc)
+        _PROCESS_WRITERS.pop(engine.sync_engine, None)
+        return False
     return True
 
 
@@ -221,7 +229,12 @@ def _process_writer(engine: AsyncEngine) -> WriterProcess | None:
     writer = _PROCESS_WRITERS.get(engine.sync_engine)
     if writer is None or writer.loop is not asyncio.get_running_loop():
         return None
-    if writer.dead:  # it died: a new one for this write and the next
+    if writer.dead:
+        if not writer.answered:  # it never started: writes stay in a thread from now on
+            log.error("the SQLite writer process did not start; writes stay in a thread")
+            del _PROCESS_WRITERS[engine.sync_engine]
+            return None
+        # It died after working: a new one for this write and the next.
         writer = _PROCESS_WRITERS[engine.sync_engine] = WriterProcess(_url(engine))
     return writer
 

@@ -3,7 +3,7 @@
 Python runs one thread at a time, so the worker's event loop (payloads, HTTP, vendor answers)
 and its SQLite writer thread take turns on one core: measured, the writer spent about half its
 time waiting for the event loop to let go, and the loop as long waiting for it. In a child
-process the two run on two cores (bench/README.md, "Sync throughput").
+process the two run on two cores: +32% contacts/s (bench/README.md, "Sync throughput").
 
 The parent sends each transaction body (a picklable callable taking a `Connection`: module
 functions bound with `functools.partial`) over a socket pair; the child runs them one at a time,
@@ -15,7 +15,8 @@ SIGKILL. It ignores SIGINT and SIGTERM, which a terminal or a service manager al
 children, so that the parent's graceful shutdown can still hand its leases back through it. If
 the child dies, the writes waiting for it fail with `WriterDied` (each is one transaction:
 committed or not; the lease rules cover a commit whose answer was lost) and the next write
-starts a new child.
+starts a new child, unless that one died before its first answer: then `db` writes from its
+thread from then on (see `db.start_writer`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar
 
@@ -60,16 +62,19 @@ class WriterProcess:
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
-        # First frame: where to import from (as the parent does) and which database to open.
-        setup = pickle.dumps((sys.path, url), pickle.HIGHEST_PROTOCOL)
-        ours.sendall(_LENGTH.pack(len(setup)) + setup)
         ours.setblocking(False)
         self._socket = ours
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._out = bytearray()
         self._reader = _Frames()
         self.dead = False
+        # Answers received: a child that died before its first never started (say, it could
+        # not import crmsync), and starting another would only fail the same way.
+        self.answered = 0
         self.loop.add_reader(ours.fileno(), self._readable)
+        # First frame: where to import from (as the parent does) and which database to open.
+        setup = pickle.dumps((sys.path, url), pickle.HIGHEST_PROTOCOL)
+        self._send(_LENGTH.pack(len(setup)) + setup)
 
     @property
     def pid(self) -> int:
@@ -125,6 +130,7 @@ class WriterProcess:
             self._died()
             return
         for frame in self._reader.feed(chunk):
+            self.answered += 1
             answer = self._waiting.popleft()
             if answer.done():  # a cancelled caller's write still ran; its answer goes
                 continue
@@ -138,13 +144,20 @@ class WriterProcess:
             return
         self.dead = True
         self._close_socket()
-        code = self.process.poll()
+        self._reap()
+        what = f"the SQLite writer process (pid {self.pid}) stopped"
         if self._waiting:
-            log.error("the SQLite writer process stopped (exit code %s); starting anew", code)
+            log.error("%s", what)
         while self._waiting:
             answer = self._waiting.popleft()
             if not answer.done():
-                answer.set_exception(WriterDied(f"the SQLite writer process stopped ({code})"))
+                answer.set_exception(WriterDied(what))
+
+    def _reap(self) -> None:
+        # Collect its exit status once it has exited (no zombie), without blocking the loop.
+        threading.Thread(
+            target=self.process.wait, name="crmsync-writer-reaper", daemon=True
+        ).start()
 
     def _close_socket(self) -> None:
         if self._socket.fileno() >= 0:
@@ -154,9 +167,11 @@ class WriterProcess:
             self._socket.close()
 
     async def stop(self) -> None:
-        """Close the socket (the child finishes its current write and exits) and wait for it."""
-        self.dead = True
-        self._close_socket()
+        """Let the writes sent finish, close the socket (the child exits) and wait for it."""
+        pending = [answer for answer in self._waiting if not answer.done()]
+        if pending and not self.dead:
+            await asyncio.wait(pending, timeout=STOP_WAIT_SECONDS)
+        self._died()  # whatever is still unanswered fails now, rather than waiting forever
         try:
             await asyncio.to_thread(self.process.wait, STOP_WAIT_SECONDS)
         except subprocess.TimeoutExpired:  # stuck: its transaction rolls back, leases cover it
@@ -170,6 +185,7 @@ class WriterProcess:
             self._socket.close()
         else:
             self._close_socket()
+        self._reap()
 
 
 class _Frames:
