@@ -12,9 +12,9 @@ What runs:
   * 1 worker, `embedded` (default): `crmsync serve --crm hubspot`, the API with its worker, as
     deployed by default; the select wakes the worker directly;
   * N workers (or `--mode processes`): `crmsync serve --no-worker` plus N `crmsync worker
-    --crm hubspot` processes; PostgreSQL wakes them by NOTIFY, SQLite workers poll
-    (`HUBSPOT_SYNC_SCHEDULER_INTERVAL_SECONDS`, default 5 s), which is why the table also shows
-    the drain rate (first claim to last Complete).
+    --crm hubspot` processes; PostgreSQL wakes them by NOTIFY, SQLite workers see the commit
+    (`PRAGMA data_version`, looked at 4 times a second; before it they polled every 5 s); the
+    table also shows the drain rate (first claim to last Complete).
   Settings: the sandbox's HubSpot URL and token, `HUBSPOT_RATE_LIMIT_PER_SECOND=0` (no client
   pacing: the endpoint has no limit), plus any `--env KEY=VALUE`. Everything else is default.
   Once every process is up and idle, the sandbox is reset, the clock starts, and

@@ -59,6 +59,11 @@ def is_sqlite(engine: AsyncEngine | AsyncConnection) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def is_sqlite_file(engine: AsyncEngine) -> bool:
+    """SQLite on a file (which other processes may open too), not in memory."""
+    return engine.dialect.name == "sqlite" and _is_file(engine.url)
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":

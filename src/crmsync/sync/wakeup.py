@@ -2,7 +2,8 @@
 
 In the same process a selection sets an asyncio event per CRM. Across processes and hosts,
 PostgreSQL's NOTIFY (sent inside the selection's transaction, so it is delivered only if the
-selection commits) reaches every worker that LISTENs. Polling stays the fallback: a lost
+selection commits) reaches every worker that LISTENs; on a SQLite file each worker watches
+`PRAGMA data_version` instead (`Worker._watch`). Polling stays the fallback: a lost
 notification only costs one interval.
 """
 

@@ -71,6 +71,8 @@ SUMMARY_SECONDS = 10.0
 PRUNE_SECONDS = 3600.0
 # How often the count deltas (PostgreSQL) are folded: a busy sync adds a few per batch.
 COMPACT_COUNTS_SECONDS = 60.0
+# SQLite: how often an idle worker looks for commits by other processes (its NOTIFY).
+WATCH_SECONDS = 0.25
 
 # Called with (crm, applied row updates) after each batch is recorded; alerting hooks in here.
 BatchListener = Callable[[Crm, Sequence[RowUpdate]], Awaitable[None]]
@@ -499,6 +501,8 @@ class Worker:
         if self.engine.dialect.name == "postgresql":
             helpers.append(asyncio.create_task(self._listen(), name="listen"))
             helpers.append(asyncio.create_task(self._compact_counts(), name="compact-counts"))
+        elif db.is_sqlite_file(self.engine) and self.runners:
+            helpers.append(asyncio.create_task(self._watch(), name="watch"))
         loops = [
             asyncio.create_task(runner.run(self.stopping), name=f"loop:{crm.value}")
             for crm, runner in self.runners.items()
@@ -593,6 +597,33 @@ class Worker:
                     await counts.compact(conn)
             except Exception:
                 log.exception("compacting the row count deltas failed")
+
+    async def _watch(self) -> None:
+        """SQLite: wake the loops when another connection commits, for want of NOTIFY.
+
+        `PRAGMA data_version` on one connection changes whenever any other connection, in any
+        process, has committed since it last asked; a selection made through another process's
+        API is seen within `WATCH_SECONDS` instead of at the next poll. Any commit wakes the
+        loops (another worker's heartbeat too): a wake with nothing due costs one empty claim.
+        """
+        while True:
+            try:
+                async with self.read_engine.connect() as conn:
+                    seen = None
+                    while True:
+                        version = (await conn.exec_driver_sql("PRAGMA data_version")).scalar()
+                        await conn.rollback()  # hold no read snapshot between looks
+                        if seen is not None and version != seen:
+                            self.wakeup.notify(self.runners)
+                        seen = version
+                        await asyncio.sleep(WATCH_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning(
+                    "watching the SQLite file failed; polling until it works", exc_info=True
+                )
+                await asyncio.sleep(5)
 
     async def _listen(self) -> None:
         """LISTEN for selections committed by other processes; reconnect after errors."""
