@@ -89,7 +89,7 @@ _READERS: weakref.WeakKeyDictionary[Engine, AsyncEngine] = weakref.WeakKeyDictio
 
 def read_only(engine: AsyncEngine) -> AsyncEngine:
     """An engine for reads: on SQLite a sibling with its own pool and deferred transactions."""
-    if engine.dialect.name != "sqlite" or not _is_file(engine.url):
+    if not is_sqlite_file(engine):
         return engine
     reader = _READERS.get(engine.sync_engine)
     if reader is None:
@@ -148,7 +148,7 @@ _SYNC_WRITERS: weakref.WeakKeyDictionary[Engine, _ThreadWriter] = weakref.WeakKe
 
 def _thread_writer(engine: AsyncEngine) -> _ThreadWriter | None:
     """For a SQLite file: a plain sqlite3 engine (one connection) and the thread that uses it."""
-    if engine.dialect.name != "sqlite" or not _is_file(engine.url):
+    if not is_sqlite_file(engine):
         return None
     writer = _SYNC_WRITERS.get(engine.sync_engine)
     if writer is None:
@@ -199,7 +199,7 @@ async def start_writer(engine: AsyncEngine) -> bool:
     it stops; other loops, and everything before and after, use the writer thread. Returns
     whether a writer process runs (never for PostgreSQL or an in-memory database).
     """
-    if engine.dialect.name != "sqlite" or not _is_file(engine.url):
+    if not is_sqlite_file(engine):
         return False
     writer = _PROCESS_WRITERS.get(engine.sync_engine)
     if writer is None:
