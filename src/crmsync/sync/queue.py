@@ -177,8 +177,9 @@ async def claim(
 class _RawClaim:
     """A claim's rows as the transaction read them, turned into `Claimed` after it commits.
 
-    On SQLite every write transaction runs on the one writer thread: converting 100 rows there
-    (UUIDs, dataclasses) would hold up the next transaction, so the caller converts them.
+    On SQLite every write transaction runs on the one writer (a thread, or the worker's writer
+    process): converting 100 rows there (UUIDs, dataclasses) would hold up the next transaction,
+    and objects cost more to pickle than the plain rows, so the caller converts them.
     """
 
     rows: Sequence[Any]
@@ -526,41 +527,35 @@ def _record_and_claim(
 def _careful(
     crm: Crm, token: str, updates: Sequence[RowUpdate], now: dt.datetime, timing: Timing
 ) -> Callable[[Connection], Recorded]:
-    return functools.partial(_record_careful, crm, token, list(updates), now, timing)
-
-
-def _record_careful(
-    crm: Crm,
-    token: str,
-    updates: list[RowUpdate],
-    now: dt.datetime,
-    timing: Timing,
-    conn: Connection,
-) -> Recorded:
-    owned = _owned(conn, token, [u.state_id for u in updates])
-    return _apply(conn, crm, token, updates, owned, now, timing)[0]
+    return functools.partial(_record_rows, crm, token, list(updates), now, timing, False)
 
 
 def _optimistic(
     crm: Crm, token: str, updates: Sequence[RowUpdate], now: dt.datetime, timing: Timing
 ) -> Callable[[Connection], Recorded]:
-    return functools.partial(_record_optimistic, crm, token, list(updates), now, timing)
+    return functools.partial(_record_rows, crm, token, list(updates), now, timing, True)
 
 
-def _record_optimistic(
+def _record_rows(
     crm: Crm,
     token: str,
     updates: list[RowUpdate],
     now: dt.datetime,
     timing: Timing,
+    optimistic: bool,
     conn: Connection,
 ) -> Recorded:
-    # SQLite: BEGIN IMMEDIATE means nothing else writes while this runs, so when every guarded
-    # update hit its row, every row was still ours. That is the usual case; it saves the
-    # ownership query. Otherwise roll back and take the careful path.
+    """Record `updates`: careful, asking which rows are still held first; or optimistic.
+
+    Optimistic (SQLite): BEGIN IMMEDIATE means nothing else writes while this runs, so when
+    every guarded update hit its row, every row was still ours. That is the usual case; it saves
+    the ownership query. Otherwise it raises `_LeaseLost`, which rolls back, and the caller takes
+    the careful path.
+    """
     ids = [u.state_id for u in updates]
-    recorded, changed = _apply(conn, crm, token, updates, set(ids), now, timing)
-    if changed != len(ids):
+    owned = set(ids) if optimistic else _owned(conn, token, ids)
+    recorded, changed = _apply(conn, crm, token, updates, owned, now, timing)
+    if optimistic and changed != len(ids):
         raise _LeaseLost
     return recorded
 
