@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy import ClauseElement, Dialect, Table, bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -68,11 +69,15 @@ class Compiled:
     def fetchall(self, conn: Connection, row: tuple[Any, ...]) -> list[Any]:
         """Run the statement once with `row`'s values; the driver's own result rows."""
         sql, constants, pick = self._compile(conn.dialect)
+        if conn.dialect.name == "sqlite":
+            return _sqlite_cursor(conn, sql, pick(row + constants)).fetchall()
         return list(conn.exec_driver_sql(sql, pick(row + constants)).fetchall())
 
     def execute(self, conn: Connection, row: tuple[Any, ...]) -> int:
         """Run the statement once with `row`'s values; the number of rows it changed."""
         sql, constants, pick = self._compile(conn.dialect)
+        if conn.dialect.name == "sqlite":
+            return int(_sqlite_cursor(conn, sql, pick(row + constants)).rowcount)
         return int(conn.exec_driver_sql(sql, pick(row + constants)).rowcount)
 
     def executemany(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
@@ -82,6 +87,21 @@ class Compiled:
         sql, constants, pick = self._compile(conn.dialect)
         params = [pick(row + constants) for row in rows]
         return int(conn.exec_driver_sql(sql, params).rowcount)
+
+
+def _sqlite_cursor(conn: Connection, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
+    """Run `sql` on the connection's own sqlite3 connection, in its open transaction.
+
+    The queue's statements run a few times per batch, and SQLAlchemy's per-execution machinery
+    (execution context, cursor wrapper, result object) cost about 40 us each, several rows'
+    worth of SQLite's own work (measured in the writer process, 6 statements per batch). Errors
+    still come out as SQLAlchemy's exceptions, as `exec_driver_sql` would raise them.
+    """
+    driver: Any = conn.connection.driver_connection
+    try:
+        return cast(sqlite3.Cursor, driver.execute(sql, params))
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
 
 
 @functools.cache
