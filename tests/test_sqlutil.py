@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine
 
-from crmsync.sqlutil import Compiled, uuid_from_hex
+from crmsync.sqlutil import Compiled, uuid_from_hex, uuid_from_int
 
 
 @given(st.uuids())
@@ -63,3 +63,11 @@ def test_compiled_errors_on_sqlite_are_sqlalchemy_errors_and_roll_back(tmp_path:
             insert.execute(conn, (3, None))
     with engine.connect() as conn:
         assert read.fetchall(conn, (0, "")) == []  # the first insert was rolled back with the rest
+
+
+@given(st.uuids())
+def test_uuid_from_int_equals_the_uuid(value: uuid.UUID) -> None:
+    made = uuid_from_int(value.int)
+    assert made == value and hash(made) == hash(value) and str(made) == str(value)
+    assert made.is_safe is uuid.SafeUUID.unknown
+    assert pickle.loads(pickle.dumps(made)) == value

@@ -217,8 +217,16 @@ def uuid_from_hex(value: str) -> uuid.UUID:
     for this. It sets the two slots `UUID` has (`int`, `is_safe`) directly, from a value the
     database wrote (the `Uuid` type).
     """
-    result = _new_object(uuid.UUID)
+    result = _new_object(uuid.UUID)  # uuid_from_int's body: a call less on the hot path
     _set_slot(result, "int", int(value, 16))
+    _set_slot(result, "is_safe", _UNKNOWN)
+    return result
+
+
+def uuid_from_int(value: int) -> uuid.UUID:
+    """`uuid.UUID(int=value)` for a value known to be a UUID's 128 bits, in half the time."""
+    result = _new_object(uuid.UUID)
+    _set_slot(result, "int", value)
     _set_slot(result, "is_safe", _UNKNOWN)
     return result
 

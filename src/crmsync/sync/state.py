@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from crmsync.connectors.base import ContactPayload, Fail, Ok, Retry, RowResult, truncate
+from crmsync.sqlutil import uuid_from_int
 from crmsync.sync.backoff import Backoff
 
 # Values that end any lease on a row (an outcome recorded, a person's action, a hand-back).
@@ -43,7 +44,9 @@ class Outcome(StrEnum):
     released = "released"  # handed back unattempted (shutdown)
 
 
-@dataclass(frozen=True, slots=True)
+# `Claimed` and `RowUpdate` are built once per synced row (RowUpdate twice: again in the SQLite
+# writer process); not frozen for the reason `ContactPayload` is not. Never changed once built.
+@dataclass(slots=True)
 class Claimed:
     """A row this worker holds under a lease, with what the connector needs to push it."""
 
@@ -57,7 +60,7 @@ class Claimed:
         return self.payload.contact_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RowUpdate:
     state_id: int
     contact_id: uuid.UUID
@@ -98,7 +101,7 @@ def _row_update(
 ) -> RowUpdate:
     return RowUpdate(
         state_id,
-        uuid.UUID(int=contact_id),
+        uuid_from_int(contact_id),
         Outcome(outcome),
         attempts,
         message,
