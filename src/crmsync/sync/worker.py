@@ -420,21 +420,37 @@ def _quiet_collector() -> Iterator[None]:
     modules, SQLAlchemy's caches (measured, SQLite, 50,000 contacts: 0.26 s of the event loop's
     2.1 CPU-s went to collections, 78 ms per full one). Frozen, those objects are never walked;
     with the first threshold at 2,000 instead of Python's 700, fewer of a batch's objects live
-    long enough to be seen: 0.03 s in the same run. 10,000 saved 0.01 s more but
-    let cyclic garbage pile up: +17 MB of peak RSS over 200,000 contacts (2,000: +2 MB).
-    Reference counting frees everything as before; only cycles wait a little longer. Undone
-    when the worker stops, so a process that runs workers again (tests) keeps collecting what
-    it made meanwhile. No collection first: garbage frozen with the rest waits until then, and
+    long enough to be seen: 0.03 s in the same run. 10,000 saved 0.01 s more but let cyclic
+    garbage pile up: +17 MB of peak RSS over 200,000 contacts (2,000: +2 MB). Reference
+    counting frees everything as before; only cycles wait a little longer. Undone when the
+    last running worker stops, so a process that runs workers again (tests) keeps collecting
+    what it made meanwhile. No collection first: garbage frozen with the rest waits until then, and
     a test process need not walk its whole heap per worker.
     """
-    before = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(2_000, *before[1:])
+    if _collector.workers == 0:
+        _collector.thresholds = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(2_000, *_collector.thresholds[1:])
+    _collector.workers += 1
     try:
         yield
     finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
+        _collector.workers -= 1
+        if _collector.workers == 0:
+            gc.set_threshold(*_collector.thresholds)
+            gc.unfreeze()
+
+
+@dataclass
+class _CollectorState:
+    """Workers running side by side in one process (tests) share the setting: the first one in
+    sets it, the last one out restores Python's thresholds and unfreezes."""
+
+    workers: int = 0
+    thresholds: tuple[int, ...] = ()
+
+
+_collector = _CollectorState()
 
 
 async def _quietly(awaitable: Awaitable[None]) -> None:
