@@ -165,6 +165,27 @@ def json_rows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return bool(request.param)
 
 
+async def test_a_claim_marks_exactly_its_rows_processing_under_its_lease(
+    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock, json_rows: bool
+) -> None:
+    ids = await add_contacts(client, 5)
+    await select_for(client, ids)
+    until = clock.later(60)
+    claimed = await queue.claim(engine, HUB, 3, "w1", "tok-1", clock.now, until)
+    held = {str(r.contact_id) for r in claimed}
+    assert len(held) == 3
+    rows = await states(engine)
+    for contact_id in held:
+        row = rows[contact_id]
+        assert (row["sync_status"], row["processing_status"]) == ("Processing", "Processing")
+        assert (row["lease_owner"], row["lease_token"]) == ("w1", "tok-1")
+        assert row["lease_expires_at"] == row["next_attempt_at"] == until
+        assert row["last_attempt_at"] == row["updated_at"] == clock.now
+    for contact_id in set(ids) - held:
+        assert rows[contact_id]["sync_status"] == "Selected"
+        assert rows[contact_id]["lease_token"] is None
+
+
 async def test_every_outcome_kind_is_written_behind_the_lease(
     client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock, json_rows: bool
 ) -> None:

@@ -152,6 +152,16 @@ _SQLITE_MARK = RowWrite(
     update(crm_sync_state).where(s.id == bindparam("_id")).values(_CLAIM_VALUES),
     update(crm_sync_state).where(s.id == _CLAIMED("_id")).values(_CLAIM_VALUES),
 )
+# Every claimed row gets the same values, so the ids alone travel, as one flat JSON array:
+# `id IN (SELECT value FROM json_each(?))` instead of the join `RowWrite` writes for per-row
+# values (measured, 100-row batches over 50,000 rows: 8.2 against 9.2 us a row, 4 of 4 pairs).
+_CLAIMED_IDS = func.json_each(bindparam("_ids")).table_valued("value")
+_SQLITE_MARK_IDS = Compiled(
+    update(crm_sync_state)
+    .where(s.id.in_(select(_CLAIMED_IDS.c.value).scalar_subquery()))
+    .values(_CLAIM_VALUES),
+    ("_ids", "owner", "token", "until", "now"),
+)
 
 
 async def claim(
@@ -233,7 +243,10 @@ def _claim_rows(
         if len(raw) >= limit:
             break
     shared = (owner, token, values.ts(lease_until), stamp)
-    _SQLITE_MARK.run(conn, [(row[0],) for row in raw], shared)
+    if as_json and raw:
+        _SQLITE_MARK_IDS.execute(conn, (orjson.dumps([row[0] for row in raw]).decode(), *shared))
+    else:
+        _SQLITE_MARK.run(conn, [(row[0],) for row in raw], shared)
     return _RawClaim(raw, _from_sqlite)
 
 
