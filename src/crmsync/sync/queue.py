@@ -145,22 +145,20 @@ _SQLITE_READS = {
     as_json: (_sqlite_read(_EXPIRED, as_json), _sqlite_read(_WAITING_DUE, as_json))
     for as_json in (True, False)
 }
-_CLAIMED = JsonRows(("_id",))
-_SQLITE_MARK = RowWrite(
-    ("_id",),
-    ("owner", "token", "until", "now"),
-    update(crm_sync_state).where(s.id == bindparam("_id")).values(_CLAIM_VALUES),
-    update(crm_sync_state).where(s.id == _CLAIMED("_id")).values(_CLAIM_VALUES),
-)
 # Every claimed row gets the same values, so the ids alone travel, as one flat JSON array:
 # `id IN (SELECT value FROM json_each(?))` instead of the join `RowWrite` writes for per-row
 # values (measured, 100-row batches over 50,000 rows: 8.2 against 9.2 us a row, 4 of 4 pairs).
+# Without the JSON functions, one parameter set per row.
 _CLAIMED_IDS = func.json_each(bindparam("_ids")).table_valued("value")
 _SQLITE_MARK_IDS = Compiled(
     update(crm_sync_state)
     .where(s.id.in_(select(_CLAIMED_IDS.c.value).scalar_subquery()))
     .values(_CLAIM_VALUES),
     ("_ids", "owner", "token", "until", "now"),
+)
+_SQLITE_MARK_EACH = Compiled(
+    update(crm_sync_state).where(s.id == bindparam("_id")).values(_CLAIM_VALUES),
+    ("_id", "owner", "token", "until", "now"),
 )
 
 
@@ -246,7 +244,7 @@ def _claim_rows(
     if as_json and raw:
         _SQLITE_MARK_IDS.execute(conn, (orjson.dumps([row[0] for row in raw]).decode(), *shared))
     else:
-        _SQLITE_MARK.run(conn, [(row[0],) for row in raw], shared)
+        _SQLITE_MARK_EACH.executemany(conn, [(row[0], *shared) for row in raw])
     return _RawClaim(raw, _from_sqlite)
 
 
