@@ -31,7 +31,7 @@ from crmsync.enums import Crm
 from crmsync.settings import Settings
 from crmsync.sync import queue
 from crmsync.sync.state import Outcome, RowUpdate
-from crmsync.sync.worker import Worker, _quiet_collector
+from crmsync.sync.worker import Worker, _process_tuning
 from crmsync.tables import crm_control, crm_sync_state, sync_events
 from tests.conftest import add_contacts
 from tests.sync.fakes import FakeConnector, FrozenClock
@@ -673,15 +673,17 @@ async def test_a_running_worker_freezes_the_startup_heap_and_restores_the_collec
     assert (gc.get_freeze_count(), gc.get_threshold()) == (0, before)
 
 
-def test_workers_side_by_side_share_the_collector_setting_until_the_last_stops() -> None:
-    before = gc.get_threshold()
-    first, second = _quiet_collector(), _quiet_collector()
+def test_workers_side_by_side_share_the_process_tuning_until_the_last_stops() -> None:
+    before, interval = gc.get_threshold(), sys.getswitchinterval()
+    first, second = _process_tuning(0.2), _process_tuning(0.2)
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)
     assert gc.get_freeze_count() > 0 and gc.get_threshold() == (2_000, *before[1:])
+    assert sys.getswitchinterval() == pytest.approx(0.0002)
     second.__exit__(None, None, None)
     assert (gc.get_freeze_count(), gc.get_threshold()) == (0, before)
+    assert sys.getswitchinterval() == interval
 
 
 @pytest.mark.parametrize("value", ["-1", "101", "fast"])
