@@ -232,7 +232,7 @@ def run_cli(
     Settings are injected instead of read from the environment, which also keeps the command
     from reconfiguring the test run's logging.
     """
-    monkeypatch.setattr(cli, "load_settings", lambda: settings)
+    monkeypatch.setattr(cli.common, "load_settings", lambda: settings)
 
     async def invoke(*args: str, input: str | None = None) -> Result:
         runner = CliRunner()
