@@ -235,8 +235,8 @@ class ContactService:
                 await self._apply_crm_statuses(conn, {crm: status}, repo.by_ids(ids))
         self._wake(sorted({crm for crm, status in by_status if status is not SyncStatus.New}))
         return BulkResponse(
-            created_count=done.created,
-            updated_count=done.changed + done.unchanged,
+            created_count=len(done.created),
+            updated_count=len(done.changed) + len(done.unchanged),
             rejected_count=len(rejected),
             rejected=rejected,
         )

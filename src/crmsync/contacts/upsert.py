@@ -26,9 +26,9 @@ class Upserted:
     """What an upsert did, per lower-cased email: the contact's id and how it was touched."""
 
     ids: dict[str, uuid.UUID] = field(default_factory=dict)
-    created: int = 0
-    changed: int = 0
-    unchanged: int = 0
+    created: set[str] = field(default_factory=set)
+    changed: set[str] = field(default_factory=set)
+    unchanged: set[str] = field(default_factory=set)
 
 
 async def upsert_by_email(
@@ -53,7 +53,7 @@ async def upsert_by_email(
     else:
         inserted = await repo.insert_new(conn, fresh)
         done.ids.update((row["email"].lower(), row["id"]) for row in fresh)
-    done.created = len(inserted)
+    done.created = inserted
     lost_race = [key for key in rows if key not in existing and key not in inserted]
     if lost_race:
         # Another writer inserted these emails between our read and our insert: update them.
@@ -67,9 +67,9 @@ async def upsert_by_email(
         done.ids[key] = before["id"]
         values = changed_values(contact, before)
         if not values:
-            done.unchanged += 1
+            done.unchanged.add(key)
             continue
-        done.changed += 1
+        done.changed.add(key)
         values["updated_at"] = now
         changes.setdefault(frozenset(values), []).append({"id": before["id"], **values})
         if synced_fields_changed(before, values):
