@@ -73,7 +73,8 @@ class Export:
 
     def _text(self, records: list[dict[str, Any]]) -> str:
         if self.format == "jsonl":
-            return "".join(orjson.dumps(record).decode() + "\n" for record in records)
+            # `default=str`: asyncpg's UUIDs are not the uuid.UUID orjson writes natively.
+            return "".join(orjson.dumps(r, default=str).decode() + "\n" for r in records)
         return _csv_text([[_cell(record[key]) for key in EXPORT_COLUMNS] for record in records])
 
 
