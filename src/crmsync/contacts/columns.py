@@ -175,6 +175,11 @@ class HeaderMap:
     unknown: tuple[str, ...]
     ignored: tuple[str, ...]
 
+    @property
+    def mapped(self) -> list[tuple[int, str]]:
+        """(index, field) of each column that is read."""
+        return [(i, f) for i, f in enumerate(self.fields) if f is not None]
+
     def used(self) -> dict[str, str]:
         """{column: field} of the columns that are read."""
         return {h: f for h, f in zip(self.headers, self.fields, strict=True) if f is not None}

@@ -22,6 +22,7 @@ written before it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -123,8 +124,13 @@ async def import_contacts(
     options = options or ImportOptions()
     reader = await asyncio.to_thread(_Reader, stream, options, rejects)
     summary = reader.summary
+    # The next chunk is read while this one is written (SQLite and PostgreSQL work outside the
+    # GIL): the file is read once either way, and a read error still comes after the chunks
+    # before it are written.
+    pending = asyncio.ensure_future(asyncio.to_thread(reader.next_chunk))
     try:
-        while (chunk := await asyncio.to_thread(reader.next_chunk)) is not None:
+        while (chunk := await pending) is not None:
+            pending = asyncio.ensure_future(asyncio.to_thread(reader.next_chunk))
             await _write(engine, settings, chunk, options, summary, clock)
             if options.select and not options.dry_run and on_queued is not None:
                 on_queued(options.select)
@@ -133,6 +139,13 @@ async def import_contacts(
     except ImportFileError as exc:
         exc.summary = summary
         raise
+    finally:
+        if not pending.done():
+            # Never leave a read running on a stream the caller is about to close.
+            with contextlib.suppress(Exception):
+                await pending
+        elif not pending.cancelled():
+            pending.exception()  # retrieved: a read error after a write error is not news
     return summary
 
 
@@ -199,6 +212,7 @@ class _Reader:
         self._rejects_stream = rejects
         self._reject_header: list[str] = [*REJECT_COLUMNS, "json"]
         self._maps: dict[tuple[str, ...], HeaderMap] = {}
+        self._mapped: dict[tuple[str, ...], list[tuple[int, str]]] = {}
         with self.file.counting():
             if options.format == "csv":
                 self._records = self._open_csv()
@@ -235,6 +249,7 @@ class _Reader:
         found = self._maps.get(headers)
         if found is None:
             found = self._maps[headers] = map_headers(headers, self.options.mapping, strict=strict)
+            self._mapped[found.headers] = found.mapped
             for column, mapped in found.used().items():
                 self.summary.columns.setdefault(column, mapped)
             for name, seen in (
@@ -254,9 +269,11 @@ class _Reader:
                 f"(a {self.summary.delimiter!r} inside a value that is not quoted?)"
             )
         values: dict[str, Any] = {}
-        for mapped, cell in zip(headers.fields, cells, strict=False):
-            if mapped is not None and cell.strip():
-                values[mapped] = restore(cell)
+        for index, mapped in self._mapped[headers.headers]:
+            if index < len(cells):
+                cell = cells[index]
+                if cell and not cell.isspace():
+                    values[mapped] = restore(cell) if cell[0] == "'" else cell
         return values
 
     def _json_values(self, line: str) -> dict[str, Any] | str:
