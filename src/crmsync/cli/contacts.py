@@ -80,7 +80,9 @@ def import_command(
     ] = None,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Read and count against the database; write no contact."),
+        typer.Option(
+            "--dry-run", help="Count against the database, write no contact (rejects are written)."
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     chunk_size: Annotated[
