@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -204,3 +206,25 @@ async def test_help_shows_an_example(run_cli: RunCli, command: str) -> None:
     result = await run_cli(command, "--help")
     assert result.exit_code == 0
     assert f"Example: crmsync {command}" in result.stdout
+
+
+def test_export_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    """`crmsync export | head` : the reader leaving is not a database error (SQLite file)."""
+    from tests.test_cli import CLI, run
+
+    rows = "".join(f"user{i}@example.com,User {i}\n" for i in range(5_000))
+    (tmp_path / "many.csv").write_text("email,name\n" + rows)
+    assert run(["db", "upgrade"], tmp_path).returncode == 0
+    imported = run(["import", "many.csv"], tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE", "JWT"))}
+    export = subprocess.Popen(
+        [*CLI, "export"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert export.stdout is not None
+    first = export.stdout.readline()
+    export.stdout.close()  # what `head -1` does once it has its line
+    _, stderr = export.communicate(timeout=60)
+    assert first.startswith(b"email,email_type,")
+    assert export.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr and b"database" not in stderr

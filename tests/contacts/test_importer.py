@@ -346,3 +346,22 @@ async def test_an_unreadable_row_stops_the_file_after_the_chunks_before_it(
     assert "unclosed quote" in raised.value.message
     assert raised.value.summary.created == 4
     assert len(await stored(engine)) == 4
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"PK\x03\x04\x14\x00\x06\x00", "a zip file, such as an Excel workbook"),
+        ("email,name\nann@example.com,Ann\n".encode("utf-16-le"), "without a byte-order mark"),
+        (b"email,name\nann@example.com,A\x00nn\n", None),
+    ],
+)
+async def test_files_that_are_not_text_say_what_they_are(
+    engine: AsyncEngine, settings: Settings, data: bytes, message: str | None
+) -> None:
+    if message is None:  # a NUL inside a value: that row is rejected (PostgreSQL refuses it)
+        summary, rejects = await run(engine, settings, data)
+        assert summary.rejected == 1 and "name: contains a NUL character" in rejects
+        return
+    with pytest.raises(ImportFileError, match=message):
+        await run(engine, settings, data)

@@ -198,12 +198,20 @@ def export_command(
     )
     settings = common.load_settings()
     with _output(output) as out, _progress(None, "exporting", show=output is not None) as advance:
-        count = _run(
-            settings,
-            lambda engine: export_contacts(
-                engine, chosen, out, fmt.value, on_progress=lambda n: advance(n, n)
-            ),
-        )
+
+        async def work(engine: AsyncEngine) -> int | None:
+            try:
+                return await export_contacts(
+                    engine, chosen, out, fmt.value, on_progress=lambda n: advance(n, n)
+                )
+            except BrokenPipeError:
+                return None  # the reader went away (`crmsync export | head`): stop quietly
+
+        count = _run(settings, work)
+    if count is None:
+        # Python would complain flushing stdout at exit; nobody reads it any more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     where = f" to {output}" if output is not None else ""
     typer.echo(f"exported {count:,} contact(s){where}", err=True)
 

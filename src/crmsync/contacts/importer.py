@@ -342,6 +342,9 @@ def _validate(values: dict[str, Any] | str) -> ContactCreate | str:
         values["name"] = " ".join(str(part).strip() for part in (first, last) if part)
     if "email" not in values:
         return "no email"
+    for key, value in values.items():
+        if isinstance(value, str) and "\x00" in value:
+            return f"{key}: contains a NUL character"  # no database stores one in text
     email_type = values.get("email_type")
     if isinstance(email_type, str):
         values["email_type"] = email_type.strip().upper()

@@ -78,6 +78,10 @@ class TextFile:
 
     def __init__(self, stream: IO[bytes]) -> None:
         head = stream.read(4) or b""
+        if head.startswith(b"PK\x03\x04"):
+            raise ImportFileError(
+                "this is a zip file, such as an Excel workbook: save it as CSV UTF-8 first"
+            )
         self.encoding = "UTF-8"
         codec, errors = "utf-8", "crmsync-cp1252"
         for bom, name, label in _BOMS:
@@ -132,11 +136,20 @@ def sniff_delimiter(header: str) -> str:
     return best
 
 
+# What a csv module error usually means in a contact file.
+_CSV_HINTS = {"field limit": "an unclosed quote?"}
+
+
 class CsvRecords:
     """The header and then each non-blank row of a CSV file, with the line the row starts on."""
 
     def __init__(self, text: IO[str], delimiter: str | None) -> None:
         header, number = first_line(text)
+        if "\x00" in header:
+            raise ImportFileError(
+                "the header holds NUL characters: UTF-16 without a byte-order mark? "
+                "Save the file as CSV UTF-8"
+            )
         self.delimiter = delimiter or sniff_delimiter(header)
         self._reader = csv.reader(itertools.chain([header], text), delimiter=self.delimiter)
         self._skipped = number - 1  # blank lines before the header
@@ -147,7 +160,11 @@ class CsvRecords:
             return next(self._reader, None)
         except csv.Error as exc:
             line = self._skipped + self._reader.line_num
-            hint = " (an unclosed quote?)" if "field limit" in str(exc) else ""
+            hints = {
+                "field limit": "an unclosed quote?",
+                "NUL": "UTF-16 without a byte-order mark?",
+            }
+            hint = next((f" ({h})" for key, h in hints.items() if key in str(exc)), "")
             raise ImportFileError(f"line {line}: {exc}{hint}") from None
         except UnicodeDecodeError as exc:
             raise ImportFileError(f"cannot decode the file: {exc}") from None
