@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.json_schema import SkipJsonSchema
 
-from crmsync.enums import CurationStatus, EmailType, ProcessingStatus, SyncStatus
+from crmsync.enums import Crm, CurationStatus, EmailType, ProcessingStatus, SyncStatus
 
 MAX_IDS = 10_000
 MAX_BULK = 10_000
@@ -53,12 +53,38 @@ class ContactBase(BaseModel):
     source_job_id: uuid.UUID | None = None
 
 
-class ContactCreate(ContactBase):
-    contact_curation_status: CurationStatus = CurationStatus.New
-
-
 # What a person may set a CRM status to; Processing, Complete and Error belong to the engine.
 SettableSyncStatus = Literal["New", "Selected", "Queued", "Skipped"]
+CRM_STATUS_KEYS: tuple[str, ...] = tuple(f"{crm.value}_sync_status" for crm in Crm)
+
+
+class ContactCreate(ContactBase):
+    """POST body and each row of `/bulk`.
+
+    `{crm}_sync_status` goes through the same state machine as in `ContactUpdate` (Selected or
+    Queued queues the contact); it is not a contact column, so `contact_values` leaves it out.
+    """
+
+    contact_curation_status: CurationStatus = CurationStatus.New
+    hubspot_sync_status: SettableSyncStatus | None = None
+    brevo_sync_status: SettableSyncStatus | None = None
+    mautic_sync_status: SettableSyncStatus | None = None
+    n8n_sync_status: SettableSyncStatus | None = None
+
+    def contact_values(self) -> dict[str, Any]:
+        """The contact's columns, enums as their stored strings."""
+        values = self.model_dump(mode="python", exclude=set(CRM_STATUS_KEYS))
+        values["contact_curation_status"] = self.contact_curation_status.value
+        values["email_type"] = self.email_type.value if self.email_type else None
+        return values
+
+    def crm_statuses(self) -> dict[Crm, SyncStatus]:
+        """The CRM statuses this body sets (a null one is the same as none)."""
+        return {
+            crm: SyncStatus(status)
+            for crm, key in zip(Crm, CRM_STATUS_KEYS, strict=True)
+            if (status := getattr(self, key)) is not None
+        }
 
 
 class ContactUpdate(BaseModel):

@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crmsync import counts, db
 from crmsync.clock import Clock, utcnow
-from crmsync.connectors.mapping import SYNCED_FIELDS
 from crmsync.contacts import repository as repo
 from crmsync.contacts.presenter import present, present_many
 from crmsync.contacts.schemas import (
@@ -30,6 +29,7 @@ from crmsync.contacts.schemas import (
     FilteredRequest,
     StatusUpdateResponse,
 )
+from crmsync.contacts.upsert import new_row, synced_fields_changed, upsert_by_email
 from crmsync.enums import CRM_NAMES, Crm, CurationStatus, SyncStatus
 from crmsync.errors import BadRequest, Conflict, NotFound, Unprocessable
 from crmsync.settings import Settings
@@ -124,16 +124,14 @@ class ContactService:
 
     async def create(self, body: ContactCreate) -> dict[str, Any]:
         now = self.clock()
-        values = body.model_dump(mode="python")
-        values["contact_curation_status"] = body.contact_curation_status.value
-        if body.email_type is not None:
-            values["email_type"] = body.email_type.value
+        crm_changes = body.crm_statuses()
         async with self.engine.begin() as conn:
             await self._ensure_email_free(conn, body.email)
-            row = await repo.insert(
-                conn, {**values, "id": uuid.uuid4(), "created_at": now, "updated_at": now}
-            )
-        return present(row, ())
+            row = await repo.insert(conn, new_row(body, now))
+            await self._apply_crm_statuses(conn, crm_changes, repo.by_ids([row["id"]]))
+            states = await repo.states_for(conn, [row["id"]]) if crm_changes else ()
+        self._wake(_queueing(crm_changes))
+        return present(row, states)
 
     async def update(self, contact_id: uuid.UUID, body: ContactUpdate) -> dict[str, Any]:
         sent = body.model_dump(mode="json", exclude_unset=True)
@@ -160,11 +158,11 @@ class ContactService:
                 await self._ensure_email_free(conn, values["email"])
             row = await repo.update_one(conn, contact_id, {**values, "updated_at": now})
             assert row is not None
-            if self.settings.resync_on_change and _synced_fields_changed(before, values):
+            if self.settings.resync_on_change and synced_fields_changed(before, values):
                 await selection.requeue_after_edit(conn, [contact_id], now)
             await self._apply_crm_statuses(conn, crm_changes, repo.by_ids([contact_id]))
             states = await repo.states_for(conn, [contact_id])
-        self._wake([crm for crm, st in crm_changes.items() if st is not SyncStatus.New])
+        self._wake(_queueing(crm_changes))
         return present(row, states)
 
     async def delete(self, contact_id: uuid.UUID) -> None:
@@ -201,7 +199,8 @@ class ContactService:
     async def bulk_upsert(self, raw_rows: Sequence[Any]) -> BulkResponse:
         """Upsert by email. Valid rows are written even when others are rejected.
 
-        A row updates the fields it carries (an explicit null included) and leaves the rest.
+        A row updates the fields it carries (an explicit null included) and leaves the rest; its
+        `{crm}_sync_status`, if any, then goes through the state machine as in PUT.
         """
         rejected: list[BulkRejected] = []
         valid: dict[str, tuple[int, ContactCreate]] = {}
@@ -221,37 +220,23 @@ class ContactService:
                 continue
             valid[key] = (index, contact)
 
+        rows = {key: contact for key, (_, contact) in valid.items()}
         now = self.clock()
-        created = updated = 0
         async with self.engine.begin() as conn:
-            existing = await repo.existing_by_email(conn, valid)
-            fresh = [_row_values(c, now) for key, (_, c) in valid.items() if key not in existing]
-            inserted = await repo.insert_new(conn, fresh)
-            created = len(inserted)
-            lost_race = [key for key in valid if key not in existing and key not in inserted]
-            if lost_race:
-                existing.update(await repo.existing_by_email(conn, lost_race))
-            changes: dict[frozenset[str], list[dict[str, Any]]] = {}
-            requeue: list[uuid.UUID] = []
-            for key, (_, contact) in valid.items():
-                if key in inserted:
-                    continue
-                updated += 1
-                before = existing[key]
-                values = _changed_values(contact, before)
-                if not values:
-                    continue
-                values["updated_at"] = now
-                changes.setdefault(frozenset(values), []).append({"id": before["id"], **values})
-                if _synced_fields_changed(before, values):
-                    requeue.append(before["id"])
-            for rows in changes.values():
-                await repo.update_many(conn, rows)
-            if self.settings.resync_on_change:
-                await selection.requeue_after_edit(conn, requeue, now)
+            done = await upsert_by_email(
+                conn, rows, now, resync_on_change=self.settings.resync_on_change
+            )
+            # Rows that set the same CRM to the same status move together, in one statement.
+            by_status: dict[tuple[Crm, SyncStatus], list[uuid.UUID]] = {}
+            for key, contact in rows.items():
+                for crm, status in contact.crm_statuses().items():
+                    by_status.setdefault((crm, status), []).append(done.ids[key])
+            for (crm, status), ids in by_status.items():
+                await self._apply_crm_statuses(conn, {crm: status}, repo.by_ids(ids))
+        self._wake(sorted({crm for crm, status in by_status if status is not SyncStatus.New}))
         return BulkResponse(
-            created_count=created,
-            updated_count=updated,
+            created_count=len(done.created),
+            updated_count=len(done.changed) + len(done.unchanged),
             rejected_count=len(rejected),
             rejected=rejected,
         )
@@ -358,25 +343,9 @@ def _empty(crms: list[Crm], action: str, message: str) -> CrmSelectionResponse:
     )
 
 
-def _row_values(contact: ContactCreate, now: Any) -> dict[str, Any]:
-    values = contact.model_dump(mode="python")
-    values["contact_curation_status"] = contact.contact_curation_status.value
-    values["email_type"] = contact.email_type.value if contact.email_type else None
-    return {**values, "id": uuid.uuid4(), "created_at": now, "updated_at": now}
-
-
-def _changed_values(contact: ContactCreate, before: Any) -> dict[str, Any]:
-    """The fields this row carries whose value differs from the stored contact."""
-    candidate = _row_values(contact, None)
-    return {
-        key: candidate[key]
-        for key in contact.model_fields_set
-        if key in candidate and candidate[key] != before[key]
-    }
-
-
-def _synced_fields_changed(before: Any, values: dict[str, Any]) -> bool:
-    return any(key in SYNCED_FIELDS and values[key] != before[key] for key in values)
+def _queueing(changes: dict[Crm, SyncStatus]) -> list[Crm]:
+    """The CRMs these status changes give new work (workers to wake)."""
+    return [crm for crm, status in changes.items() if status is not SyncStatus.New]
 
 
 def _reason(exc: ValidationError) -> str:
