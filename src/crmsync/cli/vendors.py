@@ -45,7 +45,7 @@ def sandbox(
 
 @hubspot_app.command("ensure-properties")
 def hubspot_ensure_properties() -> None:
-    """Create the custom contact properties crmsync sends (domain id, page id, ...) in HubSpot."""
+    """Create the custom contact properties crmsync sends to HubSpot (= crmsync setup hubspot)."""
     from crmsync.connectors.base import ConnectorError
     from crmsync.connectors.hubspot import ensure_properties, property_names
 

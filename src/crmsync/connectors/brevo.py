@@ -79,6 +79,7 @@ from crmsync.connectors.base import (
     make_client,
     stable_hash,
 )
+from crmsync.connectors.fields.brevo import BrevoFields
 from crmsync.connectors.httputil import (
     body_text,
     describe,
@@ -277,6 +278,10 @@ class BrevoConnector:
     async def aclose(self) -> None:
         if self._own_client:
             await self._client.aclose()
+
+    def field_api(self) -> BrevoFields:
+        """The contact attributes this connector writes (see `connectors.fields`)."""
+        return BrevoFields(self._client, self._base, self._api_key(), self._safe)
 
     # -- HTTP -----------------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ How answers become row results:
 - 200 / 207: results and errors are matched to rows by email, case-insensitively, in any order;
   an error names its input in `context` (e.g. `{"ids": [...]}`) or in its message.
 - A missing custom property (`PROPERTY_DOESNT_EXIST`) fails every row of the request with the fix
-  (`crmsync hubspot ensure-properties`): splitting would only fail every row the same way.
+  (`crmsync setup hubspot`): splitting would only fail every row the same way. (The worker checks
+  the properties before it syncs, so this only happens when one is deleted while it runs.)
 - Any other whole-request refusal (400, 409, 413, 422; e.g. one invalid email, which may refuse
   the whole batch) is narrowed down: inputs the error names are failed and the rest re-sent; if it
   names none, the batch is halved, recursively. A row refused alone gets `Fail` with HubSpot's
@@ -38,7 +39,6 @@ import orjson
 
 from crmsync.connectors.base import (
     AuthFailed,
-    ConnectorError,
     ContactPayload,
     Fail,
     MappedOnce,
@@ -47,11 +47,12 @@ from crmsync.connectors.base import (
     RateLimited,
     Retry,
     RowResult,
-    Transient,
     make_client,
     stable_hash,
     truncate,
 )
+from crmsync.connectors.fields import set_up
+from crmsync.connectors.fields.hubspot import HubSpotFields
 from crmsync.connectors.httputil import body_text, describe, json_body, redact, seconds_header
 from crmsync.connectors.mapping import clean_phone, split_name
 from crmsync.connectors.ratelimit import RateLimiter
@@ -72,7 +73,6 @@ logger = logging.getLogger(__name__)
 WINDOW_HEADROOM = 0.97
 
 UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
-PROPERTIES_PATH = "/crm/v3/properties/contacts"
 MAX_INPUTS = 100
 # Extra requests one chunk of 100 inputs may spend isolating refused rows: halving isolates one
 # bad row in about 14 requests, so this finds two or three per attempt.
@@ -83,7 +83,7 @@ DEFAULT_WINDOW_SECONDS = 10.0
 # the next midnight UTC but look again at least this often, so a reset at another hour is not
 # missed by a whole day.
 DAILY_RECHECK_SECONDS = 3600.0
-ENSURE_PROPERTIES = 'run "crmsync hubspot ensure-properties"'
+ENSURE_PROPERTIES = 'run "crmsync setup hubspot"'
 SCOPES = "crm.objects.contacts.read and crm.objects.contacts.write"
 
 _RETRY_STATUSES = frozenset({423, 477})
@@ -168,6 +168,12 @@ class HubSpotConnector:
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
+
+    def field_api(self) -> HubSpotFields:
+        """The custom contact properties this connector writes (see `connectors.fields`)."""
+        if self._token is None:
+            raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
+        return HubSpotFields(self._client, self._base, self._token, self._properties, self._redact)
 
     # --- one request -------------------------------------------------------------------------
 
@@ -404,7 +410,7 @@ class HubSpotConnector:
         return redact(text, [self._token])
 
 
-# --- ensure-properties -------------------------------------------------------------------------
+# --- fields ------------------------------------------------------------------------------------
 
 
 async def ensure_properties(
@@ -412,81 +418,16 @@ async def ensure_properties(
 ) -> list[str]:
     """Create each configured custom contact property HubSpot lacks; the names created.
 
-    Lists `GET /crm/v3/properties/contacts`, then `POST`s each missing one as a single-line text
-    property in the "contactinformation" group (a 409 means it appeared meanwhile: fine). Needs
-    the scopes `crm.schemas.contacts.read` and `crm.schemas.contacts.write`; raises `AuthFailed`
-    when they or the token are refused, and a `ConnectorError` on any other failure.
+    What `crmsync setup hubspot` does (`fields.set_up`), kept for `crmsync hubspot
+    ensure-properties`. Raises `AuthFailed` when the token or its scopes are refused, and a
+    `ConnectorError` on any other failure.
     """
-    if settings.access_token is None:
-        raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
-    token = settings.access_token.get_secret_value()
-    url = settings.api_base_url.rstrip("/") + PROPERTIES_PATH
-    labels = {name: CUSTOM_FIELDS[field] for field, name in property_names(settings).items()}
-    http = client if client is not None else make_client()
+    connector = HubSpotConnector(settings, client)
     try:
-        response = await _admin_call(http.get(url, headers=_headers(token)), token)
-        _raise_for_admin(response, "list the contact properties", token)
-        body = json_body(response)
-        results = body.get("results") if isinstance(body, dict) else None
-        existing = {str(item.get("name")) for item in _dicts(results)}
-        created: list[str] = []
-        for name, label in labels.items():
-            if name in existing:
-                continue
-            definition = {
-                "name": name,
-                "label": label,
-                "type": "string",
-                "fieldType": "text",
-                "groupName": "contactinformation",
-                "description": "Set by crmsync",
-            }
-            response = await _admin_call(
-                http.post(url, content=orjson.dumps(definition), headers=_headers(token)), token
-            )
-            if response.status_code == 409:
-                logger.info('HubSpot property "%s" already exists', name)
-                continue
-            _raise_for_admin(response, f'create the property "{name}"', token)
-            logger.info('Created HubSpot contact property "%s"', name)
-            created.append(name)
-        return created
+        results = await set_up(connector.field_api())
     finally:
-        if client is None:
-            await http.aclose()
-
-
-async def _admin_call(request: Any, token: str) -> httpx.Response:
-    try:
-        response: httpx.Response = await request
-    except httpx.HTTPError as exc:
-        raise Transient(redact(f"Could not reach HubSpot: {describe(exc)}", [token])) from None
-    return response
-
-
-def _raise_for_admin(response: httpx.Response, action: str, token: str) -> None:
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    body = json_body(response)
-    message = str(body.get("message") or "") if isinstance(body, dict) else body_text(response)
-    message = redact(message or response.reason_phrase, [token]).rstrip(".")
-    if status == 401:
-        raise AuthFailed(
-            f"HubSpot refused the access token (401) to {action}: {message}. "
-            "Check HUBSPOT_ACCESS_TOKEN.",
-            401,
-        )
-    if status == 403:
-        raise AuthFailed(
-            f"HubSpot refused to {action} (403): {message}. The private app needs the scopes "
-            "crm.schemas.contacts.read and crm.schemas.contacts.write.",
-            403,
-        )
-    if status == 429:
-        wait = seconds_header(response.headers.get("Retry-After"), DEFAULT_WINDOW_SECONDS)
-        raise RateLimited(wait, f"HubSpot rate limit reached while trying to {action}: {message}")
-    raise ConnectorError(f"HubSpot answered {status} when asked to {action}: {message}", status)
+        await connector.aclose()
+    return [result.field.name for result in results if result.status == "created"]
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from crmsync.connectors.base import (
     stable_hash,
     truncate,
 )
+from crmsync.connectors.fields.mautic import MauticFields
 from crmsync.connectors.httputil import body_text, describe, json_body, redact, seconds_header
 from crmsync.connectors.mapping import clean_phone, split_name
 from crmsync.connectors.ratelimit import RateLimiter
@@ -171,6 +172,14 @@ class MauticConnector:
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
+
+    def field_api(self) -> MauticFields:
+        """The custom contact fields this connector writes (see `connectors.fields`)."""
+        if self._missing:
+            raise Misconfigured(self._missing)
+        return MauticFields(
+            self._client, self._base, self._authorization, self._aliases, self._redact
+        )
 
     # --- one request -------------------------------------------------------------------------
 
