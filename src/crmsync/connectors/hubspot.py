@@ -73,6 +73,7 @@ logger = logging.getLogger(__name__)
 WINDOW_HEADROOM = 0.97
 
 UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
+UPDATE_PATH = "/crm/v3/objects/contacts/batch/update"
 MAX_INPUTS = 100
 # Extra requests one chunk of 100 inputs may spend isolating refused rows: halving isolates one
 # bad row in about 14 requests, so this finds two or three per attempt.
@@ -160,10 +161,18 @@ class HubSpotConnector:
             raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
         run = PushRun(batch)
         inputs = {key: self._mapped.take(contact) for key, contact in run.contacts.items()}
-        return await run.run(
+        # A contact whose email changed is updated by its record id, so it stays one record.
+        moved = [key for key, contact in run.contacts.items() if _moved(contact)]
+        upserts = [key for key in run.keys if key not in set(moved)] if moved else run.keys
+        requests = [
             self._upsert(run, inputs, keys, Budget(SPLIT_BUDGET))
-            for keys in chunked(run.keys, MAX_INPUTS)
-        )
+            for keys in chunked(upserts, MAX_INPUTS)
+        ]
+        requests += [
+            self._update(run, inputs, keys, Budget(SPLIT_BUDGET))
+            for keys in chunked(moved, MAX_INPUTS)
+        ]
+        return await run.run(requests)
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -198,13 +207,24 @@ class HubSpotConnector:
             logger.warning("%s (%d contacts will be retried)", reason, len(keys))
             run.set(keys, Retry(reason))
             return
-        status = response.status_code
         logger.debug(
             "HubSpot batch upsert of %d contacts: HTTP %d in %.2f s",
             len(keys),
-            status,
+            response.status_code,
             time.monotonic() - started,
         )
+        await self._upsert_status(run, inputs, keys, response, budget)
+
+    async def _upsert_status(
+        self,
+        run: PushRun,
+        inputs: dict[str, dict[str, Any]],
+        keys: list[str],
+        response: httpx.Response,
+        budget: Budget,
+    ) -> None:
+        """Record what an answer's status means for `keys` (or raise a batch-wide error)."""
+        status = response.status_code
         if status in (200, 201, 207):
             self._read_results(run, keys, response)
         elif status == 429:
@@ -225,7 +245,7 @@ class HubSpotConnector:
             await self._narrow(run, inputs, keys, response, budget)
         elif status in (404, 405):
             raise Misconfigured(
-                f"HubSpot answered {status} for {UPSERT_PATH}: check HUBSPOT_API_BASE_URL "
+                f"HubSpot answered {status} for {response.url.path}: check HUBSPOT_API_BASE_URL "
                 f"({self._base})",
                 status,
             )
@@ -236,6 +256,85 @@ class HubSpotConnector:
             run.set(keys, Fail(f"HubSpot refused the batch ({status}): {message}", status))
         else:
             run.set(keys, Retry(f"HubSpot answered an unexpected {status}", status))
+
+    async def _update(
+        self, run: PushRun, inputs: dict[str, dict[str, Any]], keys: list[str], budget: Budget
+    ) -> None:
+        """Update the records of contacts whose email changed, by record id (`batch/update`).
+
+        Inputs whose id HubSpot no longer has (`OBJECT_NOT_FOUND`), or whose new email another
+        record holds (`CONFLICT`), are upserted by email instead.
+        """
+        run.check()
+        await self._limiter.acquire()
+        run.check()
+        ids = {str(run.contacts[key].external_id): key for key in keys}
+        body = {
+            "inputs": [{"id": i, "properties": inputs[k]["properties"]} for i, k in ids.items()]
+        }
+        try:
+            response = await self._client.post(
+                self._base + UPDATE_PATH, content=orjson.dumps(body), headers=_headers(self._token)
+            )
+        except httpx.HTTPError as exc:
+            run.set(keys, Retry(self._redact(f"HubSpot request failed: {describe(exc)}")))
+            return
+        status = response.status_code
+        answer = json_body(response)
+        if status in (200, 207) and isinstance(answer, dict):
+            fallback = self._read_updates(run, ids, answer, status)
+        elif status in _NARROW_STATUSES and len(keys) > 1 and budget.take():
+            # One bad input refuses the whole request: find it by halves.
+            for part in halves(keys):
+                await self._update(run, inputs, part, budget)
+            return
+        elif status in _NARROW_STATUSES:
+            error = answer if isinstance(answer, dict) else {"message": body_text(response)}
+            missing = _missing_properties(error)
+            reason = (
+                self._missing_reason(missing)
+                if missing is not None
+                else f"HubSpot refused the update ({status}): {self._error_text(error)}"
+            )
+            run.set(keys, Fail(reason, status))
+            return
+        else:
+            await self._upsert_status(run, inputs, keys, response, budget)
+            return
+        if fallback:
+            logger.info(
+                "HubSpot: %d contact(s) whose email changed have no record under their id any "
+                "more (or their new email has one): upserting them by email",
+                len(fallback),
+            )
+            await self._upsert(run, inputs, fallback, budget)
+
+    def _read_updates(
+        self, run: PushRun, ids: dict[str, str], answer: dict[str, Any], status: int
+    ) -> list[str]:
+        """Record a `batch/update` answer; the keys to upsert by email instead."""
+        for item in _dicts(answer.get("results")):
+            key = ids.get(str(item.get("id")))
+            if key is not None:
+                run.set([key], Ok(str(item["id"]), status))
+        fallback: list[str] = []
+        for error in _dicts(answer.get("errors")):
+            context = error.get("context")
+            named = context.get("ids") if isinstance(context, dict) else None
+            keys = [ids[str(i)] for i in named or [] if str(i) in ids]
+            category = str(error.get("category", "")).upper()
+            if category in ("OBJECT_NOT_FOUND", "CONFLICT"):
+                fallback += keys
+            elif category in _RETRY_CATEGORIES:
+                run.set(keys, Retry(f"HubSpot could not save: {self._error_text(error)}", status))
+            else:
+                run.set(
+                    keys, Fail(f"HubSpot refused the update: {self._error_text(error)}", status)
+                )
+        for key in ids.values():
+            if key not in run.results and key not in fallback:
+                run.set([key], Retry("HubSpot's answer did not include this contact", status))
+        return fallback
 
     def _read_results(self, run: PushRun, keys: list[str], response: httpx.Response) -> None:
         """Match a 200 / 207 answer's results and errors to the request's rows by email."""
@@ -447,6 +546,12 @@ def _window_seconds(milliseconds: str | None) -> float:
     except ValueError:
         return DEFAULT_WINDOW_SECONDS
     return window if 0 < window <= 3600 else DEFAULT_WINDOW_SECONDS
+
+
+def _moved(contact: ContactPayload) -> bool:
+    """The contact's email changed since HubSpot took it, and its record id is known."""
+    record = contact.external_id
+    return contact.previous_email is not None and record is not None and record.isdigit()
 
 
 def _dicts(value: Any) -> Iterable[dict[str, Any]]:
