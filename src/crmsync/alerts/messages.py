@@ -163,9 +163,9 @@ def pause_alert(
         what = f"crmsync stopped pushing to {name} because of a configuration problem."
         fix = "  - Fix the setting named in the reason above and restart the workers."
         if crm is not Crm.n8n:
-            fix += (
-                f"\n  - If a custom field is missing: `crmsync setup {crm.value}`, then "
-                f"`crmsync resume --crm {crm.value}`."
+            fix = (
+                f"  - A custom field is missing: `crmsync setup {name}` (no restart needed); "
+                "another setting: fix it and restart the workers."
             )
     lines = [
         what,
