@@ -172,7 +172,7 @@ async def one_run(
 
 
 async def bench(args: argparse.Namespace) -> None:
-    config = SandboxConfig(no_rate_limits=True)
+    config = SandboxConfig(no_rate_limits=True, custom_fields=True)
     with SandboxServer(config, subprocess=True) as sb:
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=64)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:

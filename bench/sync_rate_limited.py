@@ -185,7 +185,7 @@ def main() -> None:
     counts = {"hubspot": args.hubspot_contacts, "brevo": args.brevo_contacts}
     vendors = [Vendor(name, counts[name]) for name in (args.vendor or ["hubspot", "brevo"])]
     with (
-        SandboxServer(SandboxConfig(), subprocess=True) as sb,
+        SandboxServer(SandboxConfig(custom_fields=True), subprocess=True) as sb,
         Databases(args.pg_url) as databases,
     ):
         for repeat in range(args.repeats):

@@ -48,6 +48,9 @@ from crmsync.sandbox import SandboxConfig, SandboxServer
 
 TARGET_BYTES = 200 * 10**6
 
+# The vendors start with crmsync's custom fields, as after `crmsync setup`.
+SANDBOX = SandboxConfig(no_rate_limits=True, custom_fields=True)
+
 
 @dataclass
 class Run:
@@ -203,7 +206,7 @@ def main() -> None:
     args.env = parse_env(args.env)
     configs = []
     with (
-        SandboxServer(SandboxConfig(no_rate_limits=True), subprocess=True) as sb,
+        SandboxServer(SANDBOX, subprocess=True) as sb,
         Databases(args.pg_url) as databases,
     ):
         templates = {}

@@ -114,7 +114,7 @@ def test_sandbox_rejects_bad_fault_specs(tmp_path: Path) -> None:
 
 
 def test_hubspot_ensure_properties_against_the_sandbox(tmp_path: Path) -> None:
-    with SandboxServer(SandboxConfig(hubspot_custom_properties=False)) as sandbox:
+    with SandboxServer(SandboxConfig()) as sandbox:
         env = {
             "HUBSPOT_ACCESS_TOKEN": SandboxConfig().hubspot_access_token,
             "HUBSPOT_API_BASE_URL": sandbox.hubspot_url,

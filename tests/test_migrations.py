@@ -35,7 +35,7 @@ async def _roundtrip(url: str) -> None:
     engine = db.create_engine(url)
     try:
         await upgrade(engine)
-        assert await current_revision(engine) == "0006"
+        assert await current_revision(engine) == "0007"
         async with engine.connect() as conn:
             tables, indexes = await conn.run_sync(_tables_and_indexes)
         assert {"contacts", "crm_sync_state", "sync_events", "crm_control", "workers"} <= tables
@@ -64,7 +64,7 @@ async def _roundtrip(url: str) -> None:
             await conn.run_sync(_down)
         assert await current_revision(engine) is None
         await upgrade(engine)  # and back up on the emptied database
-        assert await current_revision(engine) == "0006"
+        assert await current_revision(engine) == "0007"
     finally:
         await engine.dispose()
 
@@ -165,3 +165,64 @@ async def test_sqlite_state_rows_keep_created_at(tmp_path: Path) -> None:
 async def test_postgres_state_rows_keep_created_at() -> None:
     async with _scratch_postgres() as url:
         await _state_rows_keep_created_at(url)
+
+
+async def _synced_email_filled_where_certain(url: str) -> None:
+    """0007 fills `synced_email` for Complete rows with a payload hash only; it downgrades."""
+    engine = db.create_engine(url)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    ids = [uuid.uuid4() for _ in range(3)]
+    try:
+        await upgrade(engine, "0006")
+        async with engine.begin() as conn:
+            await conn.execute(
+                contacts.insert(),
+                [
+                    {"id": cid, "email": f"c{n}@example.com", "created_at": now, "updated_at": now}
+                    for n, cid in enumerate(ids)
+                ],
+            )
+            states = [("Complete", "h0"), ("Complete", None), ("Selected", "h2")]
+            await conn.execute(
+                crm_sync_state.insert(),
+                [
+                    {
+                        "contact_id": cid,
+                        "crm": "brevo",
+                        "sync_status": status,
+                        "synced_hash": digest,
+                        "updated_at": now,
+                        "contact_created_at": now,
+                    }
+                    for cid, (status, digest) in zip(ids, states, strict=True)
+                ],
+            )
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            query = select(crm_sync_state.c.contact_id, crm_sync_state.c.synced_email)
+            filled = dict((await conn.execute(query)).all())
+        assert filled == {ids[0]: "c0@example.com", ids[1]: None, ids[2]: None}
+
+        def _down(connection: Connection) -> None:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = connection
+            command.downgrade(cfg, "0006")
+
+        async with engine.begin() as conn:
+            await conn.run_sync(_down)
+        async with engine.connect() as conn:
+            columns = await conn.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("crm_sync_state")}
+            )
+        assert "synced_email" not in columns and "synced_hash" in columns
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_synced_email_filled_where_certain(tmp_path: Path) -> None:
+    await _synced_email_filled_where_certain(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+
+
+async def test_postgres_synced_email_filled_where_certain() -> None:
+    async with _scratch_postgres() as url:
+        await _synced_email_filled_where_certain(url)

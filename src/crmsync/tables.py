@@ -147,6 +147,9 @@ crm_sync_state = Table(
     Column("lease_expires_at", UTCDateTime),
     # Hash of the payload the CRM last accepted: an unchanged contact is not sent again.
     Column("synced_hash", String(32)),
+    # The email the CRM last accepted: after a change, the vendor's record is updated by its id
+    # (migration 0007).
+    Column("synced_email", String(320)),
     Column("updated_at", UTCDateTime, nullable=False),
     # A copy of the contact's `created_at` (which never changes), written by the selection: a
     # list filtered on one CRM status reads its page in list order from one index (migration

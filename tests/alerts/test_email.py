@@ -153,4 +153,4 @@ async def test_email_still_arrives_while_the_webhook_fails(
         [message] = await wait_for_mail(handler, 1)
         assert receiver.requests == 1  # the webhook is still waiting to retry
     assert message["Subject"] == "[crmsync] hubspot paused: configuration problem"
-    assert "`crmsync hubspot ensure-properties`" in message.get_content()
+    assert "`crmsync setup hubspot`" in message.get_content()

@@ -85,7 +85,7 @@ async def test_the_embedded_worker_alerts_through_a_real_connector(
     engine: AsyncEngine, settings: Settings, receiver: Receiver, auth: dict[str, str]
 ) -> None:
     wrong_token = "pat-na1-wrong-token-0123456789"
-    async with SandboxServer(SandboxConfig()) as sandbox:
+    async with SandboxServer(SandboxConfig(custom_fields=True)) as sandbox:
         settings.alert_webhook_url = receiver.url
         settings.hubspot.access_token = SecretStr(wrong_token)
         settings.hubspot.api_base_url = sandbox.hubspot_url
@@ -128,7 +128,7 @@ async def test_crmsync_worker_sends_alerts_and_stops_cleanly(
     await engine.dispose()
     wrong_token = "pat-na1-wrong-token-0123456789"
     clean = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
-    async with SandboxServer(SandboxConfig()) as sandbox:
+    async with SandboxServer(SandboxConfig(custom_fields=True)) as sandbox:
         env = {
             **clean,
             "DATABASE_URL": url,

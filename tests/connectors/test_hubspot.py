@@ -361,9 +361,9 @@ async def test_missing_property_fails_every_row_in_one_request_with_the_fix() ->
 
     assert len(vendor.requests) == 1
     expected = Fail(
-        'HubSpot has no contact property "scrapersky_domain_id": run "crmsync hubspot '
-        'ensure-properties" to create it (or set HUBSPOT_CUSTOM_PROPERTY_DOMAIN_ID to an existing '
-        "property, or empty to omit it)",
+        'HubSpot has no contact property "scrapersky_domain_id": run "crmsync setup hubspot" to '
+        "create it (or set HUBSPOT_CUSTOM_PROPERTY_DOMAIN_ID to an existing property, or empty to "
+        "omit it)",
         400,
     )
     assert results == [expected] * 10
@@ -391,7 +391,7 @@ async def test_missing_property_in_a_207_fails_the_rows_it_concerns() -> None:
     assert len(set(results)) == 1
     assert isinstance(results[0], Fail)
     assert '"scrapersky_page_id"' in results[0].reason
-    assert "crmsync hubspot ensure-properties" in results[0].reason
+    assert "crmsync setup hubspot" in results[0].reason
 
 
 async def test_a_400_naming_a_row_fails_it_and_resends_the_others() -> None:

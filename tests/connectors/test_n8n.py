@@ -75,6 +75,7 @@ def expected_object(n: int = 1) -> dict[str, Any]:
         "domain_id": str(DOMAIN),
         "page_id": str(PAGE),
         "source_job_id": str(JOB),
+        "previous_email": None,
     }
 
 

@@ -65,7 +65,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db_url", ["postgres"], 
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[SandboxServer]:
-    config = SandboxConfig(no_rate_limits=True, push_log=True)
+    config = SandboxConfig(no_rate_limits=True, push_log=True, custom_fields=True)
     async with SandboxServer(config, subprocess=True) as server:
         yield server
 

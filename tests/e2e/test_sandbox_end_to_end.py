@@ -58,7 +58,9 @@ BREVO_BATCH = 600
 @pytest.fixture
 async def sandbox() -> AsyncIterator[SandboxServer]:
     config = SandboxConfig(
-        no_rate_limits=True, faults={crm: {"error_rate": FAULT_RATE} for crm in CRMS}
+        no_rate_limits=True,
+        faults={crm: {"error_rate": FAULT_RATE} for crm in CRMS},
+        custom_fields=True,
     )
     async with SandboxServer(config, subprocess=True) as server:
         yield server

@@ -47,7 +47,8 @@ CLOCK_EPSILON = 0.001
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer(SandboxConfig(no_rate_limits=True, push_log=True)) as server:
+    config = SandboxConfig(no_rate_limits=True, push_log=True, custom_fields=True)
+    async with SandboxServer(config) as server:
         yield server
 
 
@@ -156,8 +157,6 @@ async def test_after_sigkill_rows_wait_for_the_lease_then_another_worker_complet
     processes: Processes,
 ) -> None:
     lease = 3.0
-    # The dead worker's requests never get an answer while this test looks.
-    sandbox.set_faults("hubspot", latency_ms=60_000)
     env, api = await _api(
         sandbox, engine, db_url, auth, tmp_path, monkeypatch, CRMSYNC_LEASE_SECONDS=str(lease)
     )
@@ -165,6 +164,11 @@ async def test_after_sigkill_rows_wait_for_the_lease_then_another_worker_complet
         await create_contacts(api, realistic_contacts(COUNT))
         doomed = processes.worker("doomed", env, "hubspot")
         await wait_registered(engine, doomed)
+        await wait_until(
+            lambda: _fields_checked(sandbox, 1), 30, "the first worker to check HubSpot's fields"
+        )
+        # The dead worker's requests never get an answer while this test looks.
+        sandbox.set_faults("hubspot", latency_ms=60_000)
         await select_all(api, ["hubspot"])
 
     async def doomed_holds_everything() -> bool:
@@ -177,6 +181,8 @@ async def test_after_sigkill_rows_wait_for_the_lease_then_another_worker_complet
         )
 
     await wait_until(doomed_holds_everything, 30, "the first worker to hold every row")
+    # Requests already in flight keep hanging; the heir's own (its field check) are answered.
+    sandbox.set_faults("hubspot", latency_ms=0)
     # The other worker is up and polling (every 0.2 s) before the first one dies.
     heir = processes.worker("heir", env, "hubspot")
     await wait_registered(engine, heir)
@@ -220,3 +226,9 @@ async def test_after_sigkill_rows_wait_for_the_lease_then_another_worker_complet
     assert Counter(p["email"] for p in heir_pushes) == Counter({email: 1 for email in held})
     assert all(p["at"] >= expiries[p["email"]] - CLOCK_EPSILON for p in heir_pushes)
     assert {c["email"] for c in sandbox.contacts("hubspot")} == set(held)
+
+
+async def _fields_checked(sandbox: SandboxServer, workers: int) -> bool:
+    """Whether `workers` field checks (`GET /crm/v3/properties/contacts`) were answered."""
+    stats = sandbox.stats()["hubspot"]
+    return bool(stats["by_endpoint"].get("GET /crm/v3/properties/contacts", 0) >= workers)

@@ -28,7 +28,7 @@ DOMAIN = uuid.UUID("11111111-1111-1111-1111-111111111111")
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(SandboxConfig(no_rate_limits=True)) as server:
+    with SandboxServer(SandboxConfig(no_rate_limits=True, custom_fields=True)) as server:
         yield server
 
 
@@ -246,3 +246,33 @@ async def test_import_routes_a_repeated_phone_through_singles(sandbox: SandboxSe
     assert sorted(held) == [f"person{n}@example.com" for n in (1, 2, 3)]
     assert held["person1@example.com"]["fields"]["attributes"]["SMS"] == "+33142685300"
     assert "SMS" not in held["person2@example.com"]["fields"]["attributes"]
+
+
+async def test_an_email_change_updates_the_record_by_its_id_or_by_the_email_it_had(
+    sandbox: SandboxServer, brevo: BrevoConnector
+) -> None:
+    first, _ = await brevo.push([contact(1), contact(2)])
+    assert isinstance(first, Ok) and first.external_id is not None
+    assert first.external_id.isdigit()
+    # Contact 1 known by Brevo's id; contact 2 by the email an earlier 204 left as its id.
+    moved = [
+        contact(1, email="moved1@example.com", external_id=first.external_id,
+                synced_email="person1@example.com"),
+        contact(2, email="moved2@example.com", external_id="person2@example.com",
+                synced_email="person2@example.com"),
+    ]  # fmt: skip
+    results = await brevo.push(moved)
+
+    assert results == [Ok(first.external_id, 204), Ok("moved2@example.com", 204)]
+    assert sorted(stored(sandbox)) == ["moved1@example.com", "moved2@example.com"]
+    assert stored(sandbox)["moved1@example.com"]["id"] == int(first.external_id)
+    assert sandbox.stats()["brevo"]["by_endpoint"]["PUT /contacts/{identifier}"] == 2
+
+
+async def test_an_email_change_for_a_contact_brevo_lost_is_an_upsert(
+    sandbox: SandboxServer, brevo: BrevoConnector
+) -> None:
+    lost = contact(3, email="moved3@example.com", external_id="777", synced_email="old@x.com")
+    [result] = await brevo.push([lost])
+    assert isinstance(result, Ok) and result.http_status == 201
+    assert list(stored(sandbox)) == ["moved3@example.com"]

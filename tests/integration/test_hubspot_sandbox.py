@@ -28,7 +28,7 @@ CUSTOM = [
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(SandboxConfig(no_rate_limits=True)) as server:
+    with SandboxServer(SandboxConfig(no_rate_limits=True, custom_fields=True)) as server:
         yield server
 
 
@@ -155,7 +155,7 @@ async def test_invalid_email_refusing_the_whole_batch_is_isolated(
 
 
 async def test_missing_property_then_ensure_properties_fixes_it() -> None:
-    config = SandboxConfig(no_rate_limits=True, hubspot_custom_properties=False)
+    config = SandboxConfig(no_rate_limits=True)
     with SandboxServer(config) as sandbox:
         settings = make_settings(sandbox)
         hubspot = HubSpotConnector(settings)
@@ -166,7 +166,7 @@ async def test_missing_property_then_ensure_properties_fixes_it() -> None:
             assert upserts(sandbox) == 1
             assert len(set(results)) == 1
             assert isinstance(results[0], Fail)
-            assert 'run "crmsync hubspot ensure-properties"' in results[0].reason
+            assert 'run "crmsync setup hubspot"' in results[0].reason
             assert "scrapersky_domain_id" in results[0].reason
 
             assert await ensure_properties(settings) == CUSTOM

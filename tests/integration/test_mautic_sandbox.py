@@ -22,7 +22,7 @@ TOKEN = "POST /oauth/v2/token"
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(SandboxConfig(no_rate_limits=True)) as server:
+    with SandboxServer(SandboxConfig(no_rate_limits=True, custom_fields=True)) as server:
         yield server
 
 

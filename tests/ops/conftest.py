@@ -48,7 +48,7 @@ ACTIVE = ("Selected", "Queued", "Processing")
 
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator[SandboxServer]:
-    with SandboxServer(SandboxConfig(no_rate_limits=True)) as server:
+    with SandboxServer(SandboxConfig(no_rate_limits=True, custom_fields=True)) as server:
         yield server
 
 
@@ -190,11 +190,24 @@ async def select_for(client: httpx.AsyncClient, crm: str, ids: list[str]) -> Non
     assert response.status_code == 200, response.text
 
 
-async def build_world(client: httpx.AsyncClient, engine: AsyncEngine, sb: SandboxServer) -> World:
-    """Run the standard scenario; a worker must be running."""
+async def fields_checked(worker: Worker) -> None:
+    """Wait until the worker has checked every CRM's custom fields (before it syncs)."""
+
+    async def check() -> bool:
+        return not any(runner.fields.pending for runner in worker.runners.values())
+
+    await eventually(check, "the worker to check each CRM's custom fields")
+
+
+async def build_world(
+    client: httpx.AsyncClient, engine: AsyncEngine, sb: SandboxServer, worker: Worker
+) -> World:
+    """Run the standard scenario; `worker` must be running."""
     good = await add_contacts(client, 8)
     bad = await add_bad_contacts(client, 2)
     idle = await add_contacts(client, 2)
+    # Faults set once the field check is done hit the pushes, not the check.
+    await fields_checked(worker)
     sb.set_faults("mautic", error_rate=1.0)
     await select_for(client, "hubspot", good + bad)
     await select_for(client, "brevo", good[:3])
@@ -217,7 +230,7 @@ async def world(
 ) -> AsyncIterator[tuple[World, Worker]]:
     """The standard scenario, with its worker still running during the test."""
     async with running_worker(engine, settings, app) as worker:
-        yield await build_world(client, engine, sb), worker
+        yield await build_world(client, engine, sb, worker), worker
 
 
 # -- the CLI in-process ------------------------------------------------------------------------

@@ -37,8 +37,8 @@ async def stopped_world(
     sb: SandboxServer,
 ) -> World:
     """The standard scenario, its worker stopped again (the database holds still)."""
-    async with running_worker(engine, settings, app):
-        return await build_world(client, engine, sb)
+    async with running_worker(engine, settings, app) as worker:
+        return await build_world(client, engine, sb, worker)
 
 
 async def hubspot_rows(engine: AsyncEngine) -> list[dict[str, object]]:

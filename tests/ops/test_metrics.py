@@ -60,8 +60,8 @@ async def test_metrics_after_a_real_sync(
     sb: SandboxServer,
 ) -> None:
     _, before = await scrape(client)  # the counters are process-wide: compare differences
-    async with running_worker(engine, settings, app):
-        await build_world(client, engine, sb)
+    async with running_worker(engine, settings, app) as worker:
+        await build_world(client, engine, sb, worker)
         names, after = await scrape(client)
 
     assert set(DB_GAUGES) | set(WORKER_METRICS) <= names

@@ -35,8 +35,8 @@ async def test_retry_by_ids_requeues_only_error_rows(
     app: FastAPI,
     sb: SandboxServer,
 ) -> None:
-    async with running_worker(engine, settings, app):
-        world = await build_world(client, engine, sb)
+    async with running_worker(engine, settings, app) as worker:
+        world = await build_world(client, engine, sb, worker)
     before = by_key(await state_rows(engine))  # the worker is stopped: the rows hold still
     started = dt.datetime.now(dt.UTC)
 

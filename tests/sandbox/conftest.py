@@ -1,7 +1,8 @@
 """One sandbox per test session (thread variant, rate limits off), reset before every test.
 
-Tests that need a rate limit set it with `PUT /_sandbox/{crm}/faults`; tests that need another
-start-up config (no custom HubSpot properties, n8n basic auth) start their own `SandboxServer`.
+The vendors start with crmsync's custom fields (`custom_fields=True`). Tests that need a rate
+limit set it with `PUT /_sandbox/{crm}/faults`; tests that need another start-up config (a fresh
+account without those fields, n8n basic auth) start their own `SandboxServer`.
 Tests may freeze a vendor's clock through `sb.sandbox.<vendor>.clock`; it is restored here.
 """
 
@@ -15,7 +16,7 @@ import pytest
 
 from crmsync.sandbox import SandboxConfig, SandboxServer
 
-CONFIG = SandboxConfig(no_rate_limits=True)
+CONFIG = SandboxConfig(no_rate_limits=True, custom_fields=True)
 
 
 @pytest.fixture(scope="session")

@@ -105,6 +105,6 @@ def test_config_json_round_trip() -> None:
         no_rate_limits=True,
         faults=parse_faults("n8n:response_mode=lastNode"),
         n8n_webhooks=("a", "b/c"),
-        hubspot_custom_properties=False,
+        custom_fields=True,
     )
     assert SandboxConfig.from_json(config.to_json()) == config

@@ -202,7 +202,7 @@ def test_properties_list_and_create(http: httpx.Client) -> None:
 
 def test_without_custom_properties_they_must_be_created_first() -> None:
     with (
-        SandboxServer(SandboxConfig(hubspot_custom_properties=False)) as sb,
+        SandboxServer(SandboxConfig()) as sb,
         httpx.Client(base_url=sb.url) as http,
     ):
         names = {p["name"] for p in http.get(PROPERTIES, headers=HUBSPOT).json()["results"]}

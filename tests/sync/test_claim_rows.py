@@ -10,16 +10,17 @@ from crmsync.sync import queue
 
 def test_a_raw_sqlite_row_converts_like_a_typed_one() -> None:
     cid, domain, page, job = (uuid.uuid4() for _ in range(4))
-    raw = (7, 2, "ext-1", "hash", cid.hex, "a@b.com", "Ann Lee", "+44", "FREE", 1, "ctx",
-           "https://b.com", domain.hex, page.hex, job.hex)  # fmt: skip
-    typed = (7, 2, "ext-1", "hash", cid, "a@b.com", "Ann Lee", "+44", "FREE", True, "ctx",
-             "https://b.com", domain, page, job)  # fmt: skip
+    raw = (7, 2, "ext-1", "hash", "old@b.com", cid.hex, "a@b.com", "Ann Lee", "+44", "FREE", 1,
+           "ctx", "https://b.com", domain.hex, page.hex, job.hex)  # fmt: skip
+    typed = (7, 2, "ext-1", "hash", "old@b.com", cid, "a@b.com", "Ann Lee", "+44", "FREE", True,
+             "ctx", "https://b.com", domain, page, job)  # fmt: skip
     assert queue._from_sqlite(raw) == queue._claimed(*typed)
-    nulls = (*raw[:9], None, None, None, None, None, None)
+    assert queue._from_sqlite(raw).payload.previous_email == "old@b.com"
+    nulls = (*raw[:10], None, None, None, None, None, None)
     converted = queue._from_sqlite(nulls).payload
     assert converted.has_gmail is None and converted.domain_id is None
     assert converted.page_id is None and converted.source_job_id is None
-    assert queue._from_sqlite((*raw[:9], 0, *raw[10:])).payload.has_gmail is False
+    assert queue._from_sqlite((*raw[:10], 0, *raw[11:])).payload.has_gmail is False
 
 
 def test_shared_ids_are_built_once_and_the_memo_stays_bounded() -> None:

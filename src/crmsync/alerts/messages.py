@@ -162,8 +162,11 @@ def pause_alert(
         subject = f"[crmsync] {name} paused: configuration problem"
         what = f"crmsync stopped pushing to {name} because of a configuration problem."
         fix = "  - Fix the setting named in the reason above and restart the workers."
-        if crm is Crm.hubspot:
-            fix += "\n  - If a custom property is missing: `crmsync hubspot ensure-properties`."
+        if crm is not Crm.n8n:
+            fix = (
+                f"  - A custom field is missing: `crmsync setup {name}` (no restart needed); "
+                "another setting: fix it and restart the workers."
+            )
     lines = [
         what,
         f"Contacts selected for {name} wait in Queued; no attempts are spent while paused.",

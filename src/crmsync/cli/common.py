@@ -47,17 +47,25 @@ def parse_crm_names(names: list[str] | None) -> list[Crm] | None:
         ) from None
 
 
-def load_settings() -> Settings:
-    """Settings from the environment and .env, or a readable exit on a bad value."""
+def read_settings() -> tuple[Settings | None, list[str]]:
+    """Settings from the environment and .env, or None and one line per bad value."""
     try:
-        settings = Settings()
+        return Settings(), []
     except ValidationError as exc:
-        lines = []
+        problems = []
         for error in exc.errors(include_url=False):
             where = ".".join(str(p) for p in error["loc"])
-            lines.append(f"  {where}: {error['msg']}")
-        typer.echo("crmsync: invalid configuration:\n" + "\n".join(lines), err=True)
-        raise typer.Exit(2) from None
+            problems.append(f"{where}: {error['msg']}")
+        return None, problems
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and .env, or a readable exit on a bad value."""
+    settings, problems = read_settings()
+    if settings is None:
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        typer.echo("crmsync: invalid configuration:\n" + lines, err=True)
+        raise typer.Exit(2)
     logs.configure(settings.log_format, settings.log_level)
     return settings
 

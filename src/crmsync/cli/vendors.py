@@ -28,6 +28,14 @@ def sandbox(
         bool, typer.Option("--no-rate-limits", help="Turn every vendor rate limit off.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed for injected faults.")] = 0,
+    custom_fields: Annotated[
+        bool,
+        typer.Option(
+            "--custom-fields",
+            help="Start with crmsync's custom fields, as after `crmsync setup` (default: a "
+            "fresh account, like a new vendor account).",
+        ),
+    ] = False,
 ) -> None:
     """Run local fakes of Brevo, HubSpot, Mautic and n8n (for tests, demos and benchmarks)."""
     from crmsync.sandbox import SandboxConfig, parse_faults
@@ -35,7 +43,10 @@ def sandbox(
 
     try:
         config = SandboxConfig(
-            seed=seed, faults=parse_faults(faults or []), no_rate_limits=no_rate_limits
+            seed=seed,
+            faults=parse_faults(faults or []),
+            no_rate_limits=no_rate_limits,
+            custom_fields=custom_fields,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--faults") from None
@@ -45,7 +56,7 @@ def sandbox(
 
 @hubspot_app.command("ensure-properties")
 def hubspot_ensure_properties() -> None:
-    """Create the custom contact properties crmsync sends (domain id, page id, ...) in HubSpot."""
+    """Create the custom contact properties crmsync sends to HubSpot (= crmsync setup hubspot)."""
     from crmsync.connectors.base import ConnectorError
     from crmsync.connectors.hubspot import ensure_properties, property_names
 

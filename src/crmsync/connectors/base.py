@@ -6,7 +6,10 @@ row. It is the only place that looks at HTTP status codes: the sync engine above
 
 Contract for `push(batch)`:
 - returns exactly one `RowResult` per input row, in input order;
-- every write is an idempotent upsert keyed by email, because the engine is at-least-once;
+- every write is idempotent, because the engine is at-least-once: an upsert keyed by email, or,
+  for a contact whose email changed since the vendor last accepted it (`previous_email`) and
+  whose vendor id is known, an update of that record by its id (falling back to the upsert by
+  email when the vendor no longer has the id), so the person stays one record;
 - raises `RateLimited`, `AuthFailed`, `Misconfigured` or `Transient` when the whole batch failed
   for a reason that is not the rows' fault (nothing in the batch is then considered attempted);
   a connector that fans out may hit that reason after some rows were answered: it then sets the
@@ -54,6 +57,19 @@ class ContactPayload:
     source_job_id: uuid.UUID | None = None
     # The vendor's id from an earlier sync, if any (Brevo answers 204 without one on update).
     external_id: str | None = None
+    # The email the vendor last accepted for this contact (None: never synced, or not known).
+    synced_email: str | None = None
+
+    @property
+    def previous_email(self) -> str | None:
+        """The email the vendor holds when the contact's email changed since, else None.
+
+        A change of case alone is no change: every vendor matches emails case-insensitively.
+        """
+        old = self.synced_email
+        if old is None or old.strip().lower() == self.email.strip().lower():
+            return None
+        return old
 
 
 @dataclass(frozen=True, slots=True)

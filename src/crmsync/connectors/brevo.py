@@ -30,6 +30,12 @@ then `GET /processes/{id}` is polled until `completed`. The import answers for n
   its rows are sent as single upserts: at-least-once, every write is an upsert by email.
 - Imported rows get `Ok(external_id or email)`: the import does not return ids.
 
+Email changes: a contact whose email changed since Brevo took it (`previous_email`) and whose
+record is known (`external_id`: Brevo's numeric id, or the email a 204 left) is updated with
+`PUT /contacts/{id}` and the new email in the `EMAIL` attribute, never imported, so it stays one
+record (swagger `updateContact`). If Brevo answers 404 (the record is gone) or 400
+`duplicate_parameter` on the email (another contact has it), the row is upserted by email.
+
 Errors of a single upsert:
 - 400 → `Fail(Brevo's message)`; a 400 `duplicate_parameter` / `invalid_parameter` about the
   phone (`SMS` in `metadata.duplicate_identifiers`, or a message naming `SMS` or a phone) is
@@ -60,6 +66,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -79,6 +86,7 @@ from crmsync.connectors.base import (
     make_client,
     stable_hash,
 )
+from crmsync.connectors.fields.brevo import BrevoFields
 from crmsync.connectors.httputil import (
     body_text,
     describe,
@@ -144,8 +152,24 @@ def brevo_attributes(contact: ContactPayload) -> dict[str, Any]:
 
 
 def _known_id(contact: ContactPayload) -> str:
-    """The id to keep when Brevo gives none: the one from an earlier sync, else the email."""
-    return contact.external_id or contact.email.strip()
+    """The id to keep when Brevo gives none: its numeric id from an earlier sync, else the email.
+
+    An earlier 204 may have stored the email as the id; after an email change that is stale.
+    """
+    known = contact.external_id
+    return known if known is not None and known.isdigit() else contact.email.strip()
+
+
+def _moved(contact: ContactPayload) -> str | None:
+    """The identifier of the Brevo record to update when the contact's email changed, else None:
+    its numeric id, or the email Brevo holds (an id stored from a 204 is that email)."""
+    if contact.previous_email is None or not contact.external_id:
+        return None
+    return contact.external_id
+
+
+class _Fallback:
+    """An update by id found no record to update: upsert by email instead."""
 
 
 class _Push:
@@ -278,6 +302,10 @@ class BrevoConnector:
         if self._own_client:
             await self._client.aclose()
 
+    def field_api(self) -> BrevoFields:
+        """The contact attributes this connector writes (see `connectors.fields`)."""
+        return BrevoFields(self._client, self._base, self._api_key(), self._safe)
+
     # -- HTTP -----------------------------------------------------------------------------------
 
     def _api_key(self) -> str:
@@ -357,6 +385,14 @@ class BrevoConnector:
     async def _upsert(self, contact: ContactPayload, push: _Push) -> RowResult | None:
         """One row's result, or None after stopping the push with a batch-wide error."""
         body = self._mapped.take(contact)
+        identifier = _moved(contact)
+        if identifier is not None:
+            result = await self._update(identifier, contact, body, push)
+            if not isinstance(result, _Fallback):
+                return result
+            await self._limiter.acquire()
+            if push.stopped:
+                return None
         try:
             response = await self._request("POST", "/contacts", body)
             if "SMS" in body["attributes"] and self._sms_conflict(response):
@@ -382,6 +418,67 @@ class BrevoConnector:
                 self._limiter.drain()
             return None
         return self._row_result(response, contact)
+
+    async def _update(
+        self, identifier: str, contact: ContactPayload, body: dict[str, Any], push: _Push
+    ) -> RowResult | _Fallback | None:
+        """`PUT /contacts/{identifier}` with the new email in `EMAIL`: the same record, updated.
+
+        `_Fallback` when Brevo has no such contact any more (404) or another contact holds the
+        new email (400 duplicate email): the caller then upserts by email.
+        """
+        update: dict[str, Any] = {
+            "attributes": {**body["attributes"], "EMAIL": contact.email.strip()},
+        }
+        if list_ids := self._list_ids():
+            update["listIds"] = list_ids
+        path = "/contacts/" + quote(identifier, safe="")
+        try:
+            response = await self._request("PUT", path, update)
+            if "SMS" in update["attributes"] and self._sms_conflict(response):
+                if push.stopped:
+                    return None
+                del update["attributes"]["SMS"]
+                await self._limiter.acquire()
+                response = await self._request("PUT", path, update)
+        except httpx.HTTPError as exc:
+            if never_sent(exc):
+                push.stop(Transient(f"Brevo unreachable: {self._safe(describe(exc))}"))
+                return None
+            return Retry(f"Brevo request failed: {self._safe(describe(exc))}")
+        status = response.status_code
+        _, message = self._message(response)
+        if status == 404 or (status == 400 and self._email_taken(response)):
+            logger.info(
+                "brevo: contact %s: no record to move to its new email (%d: %s); upserting it",
+                contact.contact_id,
+                status,
+                message,
+            )
+            return _Fallback()
+        error = self._account_error(response)
+        if error is not None:
+            push.stop(error)
+            if isinstance(error, RateLimited):
+                self._limiter.drain()
+            return None
+        if 200 <= status < 300:
+            return Ok(_known_id(contact), status)
+        if status == 408 or status >= 500:
+            return Retry(f"Brevo answered {status}: {message}", status)
+        return Fail(message, status)
+
+    @staticmethod
+    def _email_taken(response: httpx.Response) -> bool:
+        """A 400 saying another contact already has this email."""
+        data = json_body(response)
+        if not isinstance(data, dict) or data.get("code") != "duplicate_parameter":
+            return False
+        metadata = data.get("metadata")
+        taken = metadata.get("duplicate_identifiers") if isinstance(metadata, dict) else None
+        if isinstance(taken, list):
+            return any(str(i).lower() == "email" for i in taken)
+        return "email" in str(data.get("message", "")).lower()
 
     def _sms_conflict(self, response: httpx.Response) -> bool:
         """A 400 about the SMS attribute (already on another contact, or refused as a value)."""
@@ -432,6 +529,7 @@ class BrevoConnector:
             phone = international_phone(contact.phone_number)
             if (
                 importable_email(email)
+                and _moved(contact) is None  # the import can only upsert by email
                 and email.lower() not in seen_emails
                 and (phone is None or phone not in seen_phones)
             ):

@@ -10,7 +10,8 @@ How answers become row results:
 - 200 / 207: results and errors are matched to rows by email, case-insensitively, in any order;
   an error names its input in `context` (e.g. `{"ids": [...]}`) or in its message.
 - A missing custom property (`PROPERTY_DOESNT_EXIST`) fails every row of the request with the fix
-  (`crmsync hubspot ensure-properties`): splitting would only fail every row the same way.
+  (`crmsync setup hubspot`): splitting would only fail every row the same way. (The worker checks
+  the properties before it syncs, so this only happens when one is deleted while it runs.)
 - Any other whole-request refusal (400, 409, 413, 422; e.g. one invalid email, which may refuse
   the whole batch) is narrowed down: inputs the error names are failed and the rest re-sent; if it
   names none, the batch is halved, recursively. A row refused alone gets `Fail` with HubSpot's
@@ -38,7 +39,6 @@ import orjson
 
 from crmsync.connectors.base import (
     AuthFailed,
-    ConnectorError,
     ContactPayload,
     Fail,
     MappedOnce,
@@ -47,11 +47,12 @@ from crmsync.connectors.base import (
     RateLimited,
     Retry,
     RowResult,
-    Transient,
     make_client,
     stable_hash,
     truncate,
 )
+from crmsync.connectors.fields import set_up
+from crmsync.connectors.fields.hubspot import HubSpotFields
 from crmsync.connectors.httputil import body_text, describe, json_body, redact, seconds_header
 from crmsync.connectors.mapping import clean_phone, split_name
 from crmsync.connectors.ratelimit import RateLimiter
@@ -72,7 +73,7 @@ logger = logging.getLogger(__name__)
 WINDOW_HEADROOM = 0.97
 
 UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
-PROPERTIES_PATH = "/crm/v3/properties/contacts"
+UPDATE_PATH = "/crm/v3/objects/contacts/batch/update"
 MAX_INPUTS = 100
 # Extra requests one chunk of 100 inputs may spend isolating refused rows: halving isolates one
 # bad row in about 14 requests, so this finds two or three per attempt.
@@ -83,7 +84,7 @@ DEFAULT_WINDOW_SECONDS = 10.0
 # the next midnight UTC but look again at least this often, so a reset at another hour is not
 # missed by a whole day.
 DAILY_RECHECK_SECONDS = 3600.0
-ENSURE_PROPERTIES = 'run "crmsync hubspot ensure-properties"'
+ENSURE_PROPERTIES = 'run "crmsync setup hubspot"'
 SCOPES = "crm.objects.contacts.read and crm.objects.contacts.write"
 
 _RETRY_STATUSES = frozenset({423, 477})
@@ -160,14 +161,28 @@ class HubSpotConnector:
             raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
         run = PushRun(batch)
         inputs = {key: self._mapped.take(contact) for key, contact in run.contacts.items()}
-        return await run.run(
+        # A contact whose email changed is updated by its record id, so it stays one record.
+        moved = [key for key, contact in run.contacts.items() if _moved(contact)]
+        upserts = [key for key in run.keys if key not in set(moved)] if moved else run.keys
+        requests = [
             self._upsert(run, inputs, keys, Budget(SPLIT_BUDGET))
-            for keys in chunked(run.keys, MAX_INPUTS)
-        )
+            for keys in chunked(upserts, MAX_INPUTS)
+        ]
+        requests += [
+            self._update(run, inputs, keys, Budget(SPLIT_BUDGET))
+            for keys in chunked(moved, MAX_INPUTS)
+        ]
+        return await run.run(requests)
 
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
+
+    def field_api(self) -> HubSpotFields:
+        """The custom contact properties this connector writes (see `connectors.fields`)."""
+        if self._token is None:
+            raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
+        return HubSpotFields(self._client, self._base, self._token, self._properties, self._redact)
 
     # --- one request -------------------------------------------------------------------------
 
@@ -192,13 +207,24 @@ class HubSpotConnector:
             logger.warning("%s (%d contacts will be retried)", reason, len(keys))
             run.set(keys, Retry(reason))
             return
-        status = response.status_code
         logger.debug(
             "HubSpot batch upsert of %d contacts: HTTP %d in %.2f s",
             len(keys),
-            status,
+            response.status_code,
             time.monotonic() - started,
         )
+        await self._upsert_status(run, inputs, keys, response, budget)
+
+    async def _upsert_status(
+        self,
+        run: PushRun,
+        inputs: dict[str, dict[str, Any]],
+        keys: list[str],
+        response: httpx.Response,
+        budget: Budget,
+    ) -> None:
+        """Record what an answer's status means for `keys` (or raise a batch-wide error)."""
+        status = response.status_code
         if status in (200, 201, 207):
             self._read_results(run, keys, response)
         elif status == 429:
@@ -219,7 +245,7 @@ class HubSpotConnector:
             await self._narrow(run, inputs, keys, response, budget)
         elif status in (404, 405):
             raise Misconfigured(
-                f"HubSpot answered {status} for {UPSERT_PATH}: check HUBSPOT_API_BASE_URL "
+                f"HubSpot answered {status} for {response.url.path}: check HUBSPOT_API_BASE_URL "
                 f"({self._base})",
                 status,
             )
@@ -230,6 +256,85 @@ class HubSpotConnector:
             run.set(keys, Fail(f"HubSpot refused the batch ({status}): {message}", status))
         else:
             run.set(keys, Retry(f"HubSpot answered an unexpected {status}", status))
+
+    async def _update(
+        self, run: PushRun, inputs: dict[str, dict[str, Any]], keys: list[str], budget: Budget
+    ) -> None:
+        """Update the records of contacts whose email changed, by record id (`batch/update`).
+
+        Inputs whose id HubSpot no longer has (`OBJECT_NOT_FOUND`), or whose new email another
+        record holds (`CONFLICT`), are upserted by email instead.
+        """
+        run.check()
+        await self._limiter.acquire()
+        run.check()
+        ids = {str(run.contacts[key].external_id): key for key in keys}
+        body = {
+            "inputs": [{"id": i, "properties": inputs[k]["properties"]} for i, k in ids.items()]
+        }
+        try:
+            response = await self._client.post(
+                self._base + UPDATE_PATH, content=orjson.dumps(body), headers=_headers(self._token)
+            )
+        except httpx.HTTPError as exc:
+            run.set(keys, Retry(self._redact(f"HubSpot request failed: {describe(exc)}")))
+            return
+        status = response.status_code
+        answer = json_body(response)
+        if status in (200, 207) and isinstance(answer, dict):
+            fallback = self._read_updates(run, ids, answer, status)
+        elif status in _NARROW_STATUSES and len(keys) > 1 and budget.take():
+            # One bad input refuses the whole request: find it by halves.
+            for part in halves(keys):
+                await self._update(run, inputs, part, budget)
+            return
+        elif status in _NARROW_STATUSES:
+            error = answer if isinstance(answer, dict) else {"message": body_text(response)}
+            missing = _missing_properties(error)
+            reason = (
+                self._missing_reason(missing)
+                if missing is not None
+                else f"HubSpot refused the update ({status}): {self._error_text(error)}"
+            )
+            run.set(keys, Fail(reason, status))
+            return
+        else:
+            await self._upsert_status(run, inputs, keys, response, budget)
+            return
+        if fallback:
+            logger.info(
+                "HubSpot: %d contact(s) whose email changed have no record under their id any "
+                "more (or their new email has one): upserting them by email",
+                len(fallback),
+            )
+            await self._upsert(run, inputs, fallback, budget)
+
+    def _read_updates(
+        self, run: PushRun, ids: dict[str, str], answer: dict[str, Any], status: int
+    ) -> list[str]:
+        """Record a `batch/update` answer; the keys to upsert by email instead."""
+        for item in _dicts(answer.get("results")):
+            key = ids.get(str(item.get("id")))
+            if key is not None:
+                run.set([key], Ok(str(item["id"]), status))
+        fallback: list[str] = []
+        for error in _dicts(answer.get("errors")):
+            context = error.get("context")
+            named = context.get("ids") if isinstance(context, dict) else None
+            keys = [ids[str(i)] for i in named or [] if str(i) in ids]
+            category = str(error.get("category", "")).upper()
+            if category in ("OBJECT_NOT_FOUND", "CONFLICT"):
+                fallback += keys
+            elif category in _RETRY_CATEGORIES:
+                run.set(keys, Retry(f"HubSpot could not save: {self._error_text(error)}", status))
+            else:
+                run.set(
+                    keys, Fail(f"HubSpot refused the update: {self._error_text(error)}", status)
+                )
+        for key in ids.values():
+            if key not in run.results and key not in fallback:
+                run.set([key], Retry("HubSpot's answer did not include this contact", status))
+        return fallback
 
     def _read_results(self, run: PushRun, keys: list[str], response: httpx.Response) -> None:
         """Match a 200 / 207 answer's results and errors to the request's rows by email."""
@@ -404,7 +509,7 @@ class HubSpotConnector:
         return redact(text, [self._token])
 
 
-# --- ensure-properties -------------------------------------------------------------------------
+# --- fields ------------------------------------------------------------------------------------
 
 
 async def ensure_properties(
@@ -412,81 +517,16 @@ async def ensure_properties(
 ) -> list[str]:
     """Create each configured custom contact property HubSpot lacks; the names created.
 
-    Lists `GET /crm/v3/properties/contacts`, then `POST`s each missing one as a single-line text
-    property in the "contactinformation" group (a 409 means it appeared meanwhile: fine). Needs
-    the scopes `crm.schemas.contacts.read` and `crm.schemas.contacts.write`; raises `AuthFailed`
-    when they or the token are refused, and a `ConnectorError` on any other failure.
+    What `crmsync setup hubspot` does (`fields.set_up`), kept for `crmsync hubspot
+    ensure-properties`. Raises `AuthFailed` when the token or its scopes are refused, and a
+    `ConnectorError` on any other failure.
     """
-    if settings.access_token is None:
-        raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
-    token = settings.access_token.get_secret_value()
-    url = settings.api_base_url.rstrip("/") + PROPERTIES_PATH
-    labels = {name: CUSTOM_FIELDS[field] for field, name in property_names(settings).items()}
-    http = client if client is not None else make_client()
+    connector = HubSpotConnector(settings, client)
     try:
-        response = await _admin_call(http.get(url, headers=_headers(token)), token)
-        _raise_for_admin(response, "list the contact properties", token)
-        body = json_body(response)
-        results = body.get("results") if isinstance(body, dict) else None
-        existing = {str(item.get("name")) for item in _dicts(results)}
-        created: list[str] = []
-        for name, label in labels.items():
-            if name in existing:
-                continue
-            definition = {
-                "name": name,
-                "label": label,
-                "type": "string",
-                "fieldType": "text",
-                "groupName": "contactinformation",
-                "description": "Set by crmsync",
-            }
-            response = await _admin_call(
-                http.post(url, content=orjson.dumps(definition), headers=_headers(token)), token
-            )
-            if response.status_code == 409:
-                logger.info('HubSpot property "%s" already exists', name)
-                continue
-            _raise_for_admin(response, f'create the property "{name}"', token)
-            logger.info('Created HubSpot contact property "%s"', name)
-            created.append(name)
-        return created
+        results = await set_up(connector.field_api())
     finally:
-        if client is None:
-            await http.aclose()
-
-
-async def _admin_call(request: Any, token: str) -> httpx.Response:
-    try:
-        response: httpx.Response = await request
-    except httpx.HTTPError as exc:
-        raise Transient(redact(f"Could not reach HubSpot: {describe(exc)}", [token])) from None
-    return response
-
-
-def _raise_for_admin(response: httpx.Response, action: str, token: str) -> None:
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    body = json_body(response)
-    message = str(body.get("message") or "") if isinstance(body, dict) else body_text(response)
-    message = redact(message or response.reason_phrase, [token]).rstrip(".")
-    if status == 401:
-        raise AuthFailed(
-            f"HubSpot refused the access token (401) to {action}: {message}. "
-            "Check HUBSPOT_ACCESS_TOKEN.",
-            401,
-        )
-    if status == 403:
-        raise AuthFailed(
-            f"HubSpot refused to {action} (403): {message}. The private app needs the scopes "
-            "crm.schemas.contacts.read and crm.schemas.contacts.write.",
-            403,
-        )
-    if status == 429:
-        wait = seconds_header(response.headers.get("Retry-After"), DEFAULT_WINDOW_SECONDS)
-        raise RateLimited(wait, f"HubSpot rate limit reached while trying to {action}: {message}")
-    raise ConnectorError(f"HubSpot answered {status} when asked to {action}: {message}", status)
+        await connector.aclose()
+    return [result.field.name for result in results if result.status == "created"]
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -506,6 +546,12 @@ def _window_seconds(milliseconds: str | None) -> float:
     except ValueError:
         return DEFAULT_WINDOW_SECONDS
     return window if 0 < window <= 3600 else DEFAULT_WINDOW_SECONDS
+
+
+def _moved(contact: ContactPayload) -> bool:
+    """The contact's email changed since HubSpot took it, and its record id is known."""
+    record = contact.external_id
+    return contact.previous_email is not None and record is not None and record.isdigit()
 
 
 def _dicts(value: Any) -> Iterable[dict[str, Any]]:

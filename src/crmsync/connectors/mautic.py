@@ -21,6 +21,11 @@ How answers become row results:
   later pushes use the smaller size (`max_batch` follows it).
 - Other 5xx, timeouts and connection errors -> `Retry` for the request's rows, as in the HubSpot
   connector: this connector never raises `Transient`.
+
+Email changes: a contact whose email changed since Mautic took it (`previous_email`) and whose
+Mautic id is known is edited with `PATCH /api/contacts/{id}/edit` (the flat contact, new email
+included), so it stays one contact; Mautic merges any other contact that already has the new
+email into it. A 404 (the contact was deleted) falls back to the upsert by email.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from crmsync.connectors.base import (
     stable_hash,
     truncate,
 )
+from crmsync.connectors.fields.mautic import MauticFields
 from crmsync.connectors.httputil import body_text, describe, json_body, redact, seconds_header
 from crmsync.connectors.mapping import clean_phone, split_name
 from crmsync.connectors.ratelimit import RateLimiter
@@ -69,6 +75,7 @@ from crmsync.settings import MauticSettings
 logger = logging.getLogger(__name__)
 
 BATCH_PATH = "/api/contacts/batch/new"
+EDIT_PATH = "/api/contacts/{id}/edit"
 TOKEN_PATH = "/oauth/v2/token"
 # Mautic's rate limiter counts per hour and may not say when it resets.
 DEFAULT_RATE_LIMIT_WAIT = 60.0
@@ -163,14 +170,27 @@ class MauticConnector:
             raise Misconfigured(self._missing)
         run = PushRun(batch)
         items = {key: self._mapped.take(contact) for key, contact in run.contacts.items()}
-        return await run.run(
+        # A contact whose email changed is edited by its id, so it stays one Mautic contact.
+        moved = [key for key, contact in run.contacts.items() if _moved(contact)]
+        batched = [key for key in run.keys if key not in set(moved)] if moved else run.keys
+        requests = [
             self._send(run, items, keys, Budget(SPLIT_BUDGET))
-            for keys in chunked(run.keys, self._batch_size)
-        )
+            for keys in chunked(batched, self._batch_size)
+        ]
+        requests += [self._edit(run, items, key) for key in moved]
+        return await run.run(requests)
 
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
+
+    def field_api(self) -> MauticFields:
+        """The custom contact fields this connector writes (see `connectors.fields`)."""
+        if self._missing:
+            raise Misconfigured(self._missing)
+        return MauticFields(
+            self._client, self._base, self._authorization, self._aliases, self._redact
+        )
 
     # --- one request -------------------------------------------------------------------------
 
@@ -249,6 +269,57 @@ class MauticConnector:
             run.set(keys, Fail(f"Mautic refused the batch ({status}): {message}", status))
         else:
             run.set(keys, Retry(f"Mautic answered an unexpected {status}", status))
+
+    async def _edit(
+        self, run: PushRun, items: dict[str, dict[str, Any]], key: str, *, refreshed: bool = False
+    ) -> None:
+        """`PATCH /api/contacts/{id}/edit` with the new email; a 404 falls back to the upsert."""
+        run.check()
+        await self._limiter.acquire()
+        run.check()
+        contact_id = str(run.contacts[key].external_id)
+        try:
+            authorization = await self._authorization()
+            response = await self._client.patch(
+                f"{self._base}{EDIT_PATH.format(id=contact_id)}",
+                content=orjson.dumps(items[key]),
+                headers={
+                    "Authorization": authorization,
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                },
+            )
+        except Transient as exc:
+            run.set([key], Retry(exc.message, exc.http_status))
+            return
+        except httpx.HTTPError as exc:
+            run.set([key], Retry(self._redact(f"Mautic request failed: {describe(exc)}")))
+            return
+        status = response.status_code
+        if status == 200:
+            run.set([key], Ok(contact_id, status))
+            return
+        message = self._message(response)
+        if status == 404:
+            logger.info(
+                "Mautic has no contact %s any more (its email changed); upserting it by email",
+                contact_id,
+            )
+            await self._send(run, items, [key], Budget(0))
+        elif status == 401 and self._oauth is not None and not refreshed:
+            self._oauth.invalidate(authorization.removeprefix("Bearer "))
+            await self._edit(run, items, key, refreshed=True)
+        elif status in (401, 403):
+            raise AuthFailed(self._auth_message(status, response, message), status)
+        elif status == 429:
+            raise self._rate_limited(response, message)
+        elif status == 405 or 300 <= status < 400:
+            raise Misconfigured(
+                f"Mautic answered {status} for {EDIT_PATH}: check MAUTIC_BASE_URL ({self._base})",
+                status,
+            )
+        else:
+            run.set([key], self._item_error(status, {"message": message}))
 
     async def _split(
         self,
@@ -458,6 +529,12 @@ class _OAuth2:
 
 
 # --- reading Mautic's answers --------------------------------------------------------------------
+
+
+def _moved(contact: ContactPayload) -> bool:
+    """The contact's email changed since Mautic took it, and its Mautic id is known."""
+    known = contact.external_id
+    return contact.previous_email is not None and known is not None and known.isdigit()
 
 
 def _by_index(value: Any) -> dict[int, Any]:

@@ -3,10 +3,12 @@
 Body: `{"contacts": [<contact>, ...]}`, one object per row with the contact's fields
 (`contact_id, email, name, first_name, last_name, phone_number, email_type, has_gmail, context,
 source_url, domain_id, page_id, source_job_id`; every key always present, null when unknown;
-placeholder names and phones are null). With `N8N_BATCH_SIZE=1` each request carries ONE contact
-object and no envelope, as the customer's system sent (customer-system 4.4), and that object also
-keeps the old keys `scrapersky_domain_id`, `scrapersky_page_id` and `timestamp` (UTC, ISO 8601
-with `Z`) so that workflows built for the old system keep working unchanged.
+placeholder names and phones are null), and `previous_email`: the email the workflow last
+received for the contact when it changed since, else null (n8n has no record id to update by).
+With `N8N_BATCH_SIZE=1` each request carries ONE contact object and no envelope, as the
+customer's system sent (customer-system 4.4), and that object also keeps the old keys
+`scrapersky_domain_id`, `scrapersky_page_id` and `timestamp` (UTC, ISO 8601 with `Z`) so that
+workflows built for the old system keep working unchanged.
 
 `Idempotency-Key`: a UUID derived from the batch's contact objects (never from the timestamp), so a
 batch retried after a timeout, when n8n may already have run it, carries the same key and a
@@ -109,6 +111,9 @@ def contact_object(contact: ContactPayload) -> dict[str, Any]:
         "domain_id": None if contact.domain_id is None else str(contact.domain_id),
         "page_id": None if contact.page_id is None else str(contact.page_id),
         "source_job_id": None if contact.source_job_id is None else str(contact.source_job_id),
+        # The email the workflow last received for this contact when it changed since, else
+        # null: a workflow keyed by email can find the old entry and update it.
+        "previous_email": contact.previous_email,
     }
 
 
@@ -155,7 +160,11 @@ class N8nConnector:
         self._mapped = MappedOnce(contact_object)
 
     def fingerprint(self, contact: ContactPayload) -> str:
-        return stable_hash(self._mapped.remember(contact))
+        data = self._mapped.remember(contact)
+        # What the workflow holds afterwards does not depend on the old email.
+        if data["previous_email"] is not None:
+            data = {**data, "previous_email": None}
+        return stable_hash(data)
 
     def request_body(self, objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The JSON sent for these contact objects (one bare object in single mode)."""

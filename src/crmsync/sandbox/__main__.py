@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-rate-limits", action="store_true", help="turn every vendor rate limit off"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for injected faults")
+    parser.add_argument(
+        "--custom-fields",
+        action="store_true",
+        help="start with crmsync's custom fields (as after `crmsync setup`), not a fresh account",
+    )
     # Used by SandboxServer(subprocess=True): an inherited listening socket and its config.
     parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
@@ -61,7 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             faults = parse_faults(specs)
         except ValueError as exc:
             parser.error(str(exc))
-        config = SandboxConfig(seed=args.seed, faults=faults, no_rate_limits=args.no_rate_limits)
+        config = SandboxConfig(
+            seed=args.seed,
+            faults=faults,
+            no_rate_limits=args.no_rate_limits,
+            custom_fields=args.custom_fields,
+        )
     try:
         serve(args.host, args.port, config, fd=args.fd, quiet=args.quiet)
     except KeyboardInterrupt:

@@ -2,7 +2,20 @@
 
 Endpoints: `POST /contacts` (create or, with `updateEnabled`, update), `GET|PUT
 /contacts/{identifier}`, `POST /contacts/import` (asynchronous: a process goes queued ->
-in_process -> completed and only then are the rows stored) and `GET /processes/{id}`.
+in_process -> completed and only then are the rows stored), `GET /processes/{id}`,
+`GET /contacts/attributes` and `POST /contacts/attributes/{category}/{name}`.
+
+Attributes: only those that exist in the account are kept. Like Brevo, a write with an unknown
+attribute, or a value of the wrong type for its attribute (a string for a boolean), succeeds and
+silently drops it (`createContact.attributes`, `requestContactImport` in the swagger). The account
+starts with Brevo's own FIRSTNAME, LASTNAME and SMS, plus crmsync's custom attributes when
+`SandboxConfig.custom_fields` is on. The answer to creating an attribute that exists is
+UNVERIFIED (the swagger declares only 201 and 400): a 400 `invalid_parameter` here.
+
+`PUT /contacts/{identifier}` takes an id (digits) or an email, or what `identifierType`
+(`contact_id`, `email_id`, `ext_id`, `phone_id`) says; it changes only the attributes sent, and an
+`EMAIL` attribute changes the contact's email (400 `duplicate_parameter` when another contact
+has it). An unknown identifier is 404 `document_not_found` "Contact does not exist".
 
 Auth is the `api-key` header. `/contacts*` carries `x-sib-ratelimit-*` headers on every answer and
 is limited per second and per hour (fixed windows); 429 bodies are UNVERIFIED, so we send a small
@@ -40,6 +53,19 @@ from crmsync.sandbox.config import BrevoOptions, SandboxConfig
 MAX_IMPORT_BYTES = 10 * 1024 * 1024
 # Keys of a createContact body that are request switches, not contact data.
 _CONTROL_KEYS = frozenset({"updateEnabled", "smtpBlacklistSender"})
+# Attribute categories `POST /contacts/attributes/{category}/{name}` takes (swagger enum).
+_CATEGORIES = frozenset({"normal", "transactional", "category", "calculated", "global"})
+_ATTRIBUTE_TYPES = frozenset({"text", "date", "float", "boolean", "id", "category"})
+# (name, type) of the normal attributes a new account has, and those crmsync creates.
+_DEFAULT_ATTRIBUTES = (("FIRSTNAME", "text"), ("LASTNAME", "text"), ("SMS", "text"))
+_CUSTOM_ATTRIBUTES = (
+    ("DOMAIN_ID", "text"),
+    ("PAGE_ID", "text"),
+    ("EMAIL_TYPE", "text"),
+    ("SOURCE_URL", "text"),
+    ("HAS_GMAIL", "boolean"),
+)
+_IDENTIFIER_TYPES = frozenset({"email_id", "contact_id", "ext_id", "phone_id"})
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -84,11 +110,23 @@ class BrevoFake(Vendor):
         self.ext_id_owner: dict[str, str] = {}
         self._next_process = 1
         self._next_list = 100
+        self.attributes: dict[str, dict[str, str]] = {}
+        self._load_attributes()
 
     def routes(self) -> list[BaseRoute]:
         e = self.endpoint
         return [
             Route("/contacts", e("POST /contacts", self.create_contact), methods=["POST"]),
+            Route(
+                "/contacts/attributes",
+                e("GET /contacts/attributes", self.list_attributes),
+                methods=["GET"],
+            ),
+            Route(
+                "/contacts/attributes/{category}/{name}",
+                e("POST /contacts/attributes/{category}/{name}", self.create_attribute),
+                methods=["POST"],
+            ),
             Route(
                 "/contacts/import",
                 e("POST /contacts/import", self.import_contacts),
@@ -187,6 +225,49 @@ class BrevoFake(Vendor):
         self.per_second.clear()
         self.per_hour.clear()
         self._next_process = 1
+        self._load_attributes()
+
+    def _load_attributes(self) -> None:
+        attributes = _DEFAULT_ATTRIBUTES + (_CUSTOM_ATTRIBUTES if self.config.custom_fields else ())
+        self.attributes = {
+            name: {"name": name, "category": "normal", "type": kind} for name, kind in attributes
+        }
+
+    def known_attributes(self, attributes: Any) -> dict[str, Any]:
+        """The attributes Brevo keeps: existing ones with a value of their type (others dropped)."""
+        if not isinstance(attributes, dict):
+            return {}
+        kept: dict[str, Any] = {}
+        for name, value in attributes.items():
+            spec = self.attributes.get(str(name).upper())
+            if spec is None or not _fits(spec["type"], value):
+                continue
+            kept[spec["name"]] = value
+        return kept
+
+    # --- attributes ------------------------------------------------------------------------
+
+    async def list_attributes(self, request: Request) -> Response:
+        return JSONResponse({"attributes": list(self.attributes.values())})
+
+    async def create_attribute(self, request: Request) -> Response:
+        category = request.path_params["category"]
+        name = request.path_params["name"].upper()
+        if category not in _CATEGORIES:
+            return error(400, "invalid_parameter", f"Invalid attribute category: {category}")
+        try:
+            body = await read_json(request)
+        except BadRequestBody as exc:
+            return error(400, "bad_request", exc.message)
+        kind = body.get("type", "text") if isinstance(body, dict) else None
+        if kind not in _ATTRIBUTE_TYPES:
+            return error(400, "invalid_parameter", f"Invalid attribute type: {kind!r}")
+        if not name.replace("_", "").isalnum():
+            return error(400, "invalid_parameter", f"Invalid attribute name: {name}")
+        if name in self.attributes or name == "EMAIL":
+            return error(400, "invalid_parameter", f"Attribute {name} already exists")
+        self.attributes[name] = {"name": name, "category": category, "type": kind}
+        return Response(status_code=201)
 
     # --- contacts --------------------------------------------------------------------------
 
@@ -214,6 +295,7 @@ class BrevoFake(Vendor):
                 metadata={"duplicate_identifiers": ["email"]},
             )
         fields = {k: v for k, v in body.items() if k not in _CONTROL_KEYS}
+        fields["attributes"] = self.known_attributes(body.get("attributes"))
         refused = self._check_identifiers(email, fields, updating=existing is not None)
         if refused is not None:
             return refused
@@ -223,9 +305,9 @@ class BrevoFake(Vendor):
         return Response(status_code=204)
 
     async def update_contact(self, request: Request) -> Response:
-        contact = self._find(request.path_params["identifier"])
-        if contact is None:
-            return error(404, "document_not_found", "Contact does not exist")
+        contact = self._find(request)
+        if isinstance(contact, Response):
+            return contact
         try:
             body = await read_json(request)
         except BadRequestBody as exc:
@@ -233,17 +315,44 @@ class BrevoFake(Vendor):
         if not isinstance(body, dict):
             return error(400, "bad_request", "Input must be a JSON object")
         self.stats.contacts_received += 1
-        fields = {"email": contact.email, **body}
+        sent = body.get("attributes")
+        sent = sent if isinstance(sent, dict) else {}
+        new_email = next((v for k, v in sent.items() if str(k).upper() == "EMAIL"), None)
+        if new_email is not None:
+            if not is_valid_email(new_email):
+                return error(400, "invalid_parameter", "Invalid email address")
+            owner = self.store.get(new_email)
+            if owner is not None and owner is not contact:
+                return error(
+                    400,
+                    "duplicate_parameter",
+                    "Unable to update contact, email is already associated with another Contact",
+                    metadata={"duplicate_identifiers": ["email"]},
+                )
+        # Only the attributes sent change; the others keep their values.
+        attributes = {**contact.fields.get("attributes", {}), **self.known_attributes(sent)}
+        fields = {**contact.fields, **body, "email": contact.email, "attributes": attributes}
         refused = self._check_identifiers(contact.email, fields, updating=True)
         if refused is not None:
             return refused
+        if new_email is not None and new_email.lower() != contact.email:
+            self._rename(contact, new_email)
+            fields["email"] = contact.email
         self._store(contact.email, fields)
         return Response(status_code=204)
 
+    def _rename(self, contact: StoredContact, email: str) -> None:
+        old = contact.email
+        self.store.change_email(contact, email)
+        for owners in (self.sms_owner, self.ext_id_owner):
+            for key, owner in owners.items():
+                if owner == old:
+                    owners[key] = contact.email
+
     async def get_contact(self, request: Request) -> Response:
-        contact = self._find(request.path_params["identifier"])
-        if contact is None:
-            return error(404, "document_not_found", "Contact does not exist")
+        contact = self._find(request)
+        if isinstance(contact, Response):
+            return contact
         fields = contact.fields
         return JSONResponse(
             {
@@ -259,10 +368,27 @@ class BrevoFake(Vendor):
             }
         )
 
-    def _find(self, identifier: str) -> StoredContact | None:
-        if identifier.isdigit():
-            return self.store.by_id.get(int(identifier))
-        return self.store.get(identifier)
+    def _find(self, request: Request) -> StoredContact | Response:
+        """The contact `{identifier}` names, or Brevo's 400 / 404 answer."""
+        identifier = request.path_params["identifier"]
+        kind = request.query_params.get("identifierType")
+        if kind is not None and kind not in _IDENTIFIER_TYPES:
+            return error(400, "invalid_parameter", f"Invalid identifierType: {kind}")
+        if kind is None:
+            kind = "contact_id" if identifier.isdigit() else "email_id"
+        found: StoredContact | None = None
+        if kind == "contact_id":
+            found = self.store.by_id.get(int(identifier)) if identifier.isdigit() else None
+        elif kind == "email_id":
+            found = self.store.get(identifier)
+        else:
+            owners = self.ext_id_owner if kind == "ext_id" else self.sms_owner
+            key = identifier if kind == "ext_id" else normalise_sms(identifier)
+            owner = owners.get(key) if key is not None else None
+            found = self.store.get(owner) if owner is not None else None
+        if found is None:
+            return error(404, "document_not_found", "Contact does not exist")
+        return found
 
     def _check_identifiers(
         self, email: str, fields: dict[str, Any], *, updating: bool
@@ -389,7 +515,9 @@ class BrevoFake(Vendor):
             if self._check_identifiers(email, row, updating=existing is not None) is not None:
                 process.skipped += 1
                 continue
-            fields = {**row, "listIds": process.list_ids} if process.list_ids else row
+            fields = {**row, "attributes": self.known_attributes(row.get("attributes"))}
+            if process.list_ids:
+                fields["listIds"] = process.list_ids
             self._store(email, fields)
             process.imported += 1
 
@@ -422,6 +550,15 @@ class BrevoFake(Vendor):
             }
             for p in self.processes.values()
         ]
+
+
+def _fits(kind: str, value: Any) -> bool:
+    """Whether Brevo keeps `value` for an attribute of type `kind` (else it ignores it)."""
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return value is None or isinstance(value, str | int | float)
 
 
 def _csv_rows(text: str) -> list[dict[str, Any]]:

@@ -176,6 +176,20 @@ class ContactStore:
         contact.last_pushed_at = now
         return contact, False
 
+    def change_email(self, contact: StoredContact, email: str) -> None:
+        """Give a stored contact a new email (an update by id); the caller checked it is free."""
+        key = email.lower()
+        if self.by_email.get(contact.email) is contact:
+            del self.by_email[contact.email]
+        contact.email = key
+        self.by_email[key] = contact
+
+    def delete(self, contact: StoredContact) -> None:
+        """Forget a contact (merged into another one)."""
+        if self.by_email.get(contact.email) is contact:
+            del self.by_email[contact.email]
+        self.by_id.pop(contact.id, None)
+
 
 class FixedWindow:
     """At most `limit` hits per aligned window of `seconds` (Brevo per second/hour, Mautic)."""

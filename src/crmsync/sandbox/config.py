@@ -3,7 +3,7 @@
 Two layers:
 
 - `SandboxConfig` is fixed when the app starts (credentials, the n8n webhook registry, whether
-  HubSpot starts with our custom properties, the random seed).
+  the vendors start with crmsync's custom fields, the random seed).
 - Each vendor's *options* (`BrevoOptions`, `HubSpotOptions`, ...) hold its faults, rate limits and
   behaviour switches. They start from the dataclass defaults, then `SandboxConfig.faults`, then
   `no_rate_limits`; they can be changed at run time with `PUT /_sandbox/{crm}/faults` and go back
@@ -146,8 +146,11 @@ class SandboxConfig:
 
     brevo_api_key: str = "sandbox-brevo-key"
     hubspot_access_token: str = "pat-na1-sandbox-token"
-    # Start with the scrapersky_* custom properties; False lets tests exercise a missing one.
-    hubspot_custom_properties: bool = True
+    # Start as an account where crmsync's custom fields already exist (as after `crmsync setup`):
+    # Brevo attributes DOMAIN_ID, PAGE_ID, EMAIL_TYPE, SOURCE_URL, HAS_GMAIL; HubSpot properties
+    # and Mautic contact fields scrapersky_domain_id, ... (crmsync's default names). False, the
+    # default, is a fresh account: only the vendor's own fields exist.
+    custom_fields: bool = False
     hubspot_portal_id: int = 12345678
     mautic_username: str = "sandbox"
     mautic_password: str = "sandbox-pass"

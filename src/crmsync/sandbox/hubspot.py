@@ -1,13 +1,20 @@
 """Fake of HubSpot CRM v3 contacts and contact properties (crm-apis.md section 2), at `/hubspot`.
 
 Endpoints: `POST /crm/v3/objects/contacts/batch/upsert` (the hot path: <= 100 inputs, 200 or 207),
-`POST /crm/v3/objects/contacts` (201 / 409), `GET|PATCH /crm/v3/objects/contacts/{id}`
-(`?idProperty=email` allowed), `GET|POST /crm/v3/properties/contacts` and
-`GET /crm/v3/properties/contacts/{name}`.
+`POST /crm/v3/objects/contacts/batch/update` (by record id), `POST /crm/v3/objects/contacts`
+(201 / 409), `GET|PATCH /crm/v3/objects/contacts/{id}` (`?idProperty=email` allowed),
+`GET|POST /crm/v3/properties/contacts` and `GET /crm/v3/properties/contacts/{name}`.
 
 Ids are numeric strings, property values strings, emails matched case-insensitively (stored
 lower-case, as HubSpot shows them). Every property written must exist in the registry, which
-starts with HubSpot's defaults plus (by default) our `scrapersky_*` custom properties.
+starts with HubSpot's defaults, plus our `scrapersky_*` custom properties when
+`SandboxConfig.custom_fields` is on; a request naming an unknown property is refused whole
+(400 `PROPERTY_DOESNT_EXIST`).
+
+`batch/update` answers 200, or 207 with an `OBJECT_NOT_FOUND` error whose `context.ids` lists the
+ids it does not have (the other inputs are applied). A new email that belongs to another record
+gives a `CONFLICT` error naming that input's id, "Contact already exists. Existing ID: N" (the
+single-contact 409's wording; how batch/update reports it is UNVERIFIED).
 
 Limits: a rolling 10-second window and a UTC-day counter, reported in
 `X-HubSpot-RateLimit-*` headers; a 429 names the policy (TEN_SECONDLY_ROLLING or DAILY).
@@ -138,6 +145,11 @@ class HubSpotFake(Vendor):
                 e(f"POST {objects}/batch/upsert", self.batch_upsert),
                 methods=["POST"],
             ),
+            Route(
+                f"{objects}/batch/update",
+                e(f"POST {objects}/batch/update", self.batch_update),
+                methods=["POST"],
+            ),
             Route(objects, e(f"POST {objects}", self.create_contact), methods=["POST"]),
             Route(
                 objects + "/{contact_id}",
@@ -259,7 +271,7 @@ class HubSpotFake(Vendor):
             name: _property(name, label, t, ft, "contactinformation", now, True)
             for name, label, t, ft in _DEFAULT_PROPERTIES
         }
-        if self.config.hubspot_custom_properties:
+        if self.config.custom_fields:
             for name, label, t, ft in _CUSTOM_PROPERTIES:
                 self.properties[name] = _property(name, label, t, ft, "scrapersky", now, False)
 
@@ -401,6 +413,92 @@ class HubSpotFake(Vendor):
             }
             for i in invalid
         ]
+        return JSONResponse(payload, status_code=207)
+
+    async def batch_update(self, request: Request) -> Response:
+        started = iso(self.clock())
+        try:
+            body = await read_json(request)
+        except BadRequestBody as exc:
+            return self._validation_error(f"Invalid input JSON: {exc.message}")
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        if not isinstance(inputs, list):
+            return self._validation_error("Invalid input JSON: 'inputs' must be an array")
+        self.stats.contacts_received += len(inputs)
+        if len(inputs) > MAX_BATCH:
+            return self._validation_error(
+                "The maximum number of inputs supported in a batch is 100. "
+                "Please reduce the number of items and try again"
+            )
+        unknown: list[str] = []
+        for position, item in enumerate(inputs):
+            properties = item.get("properties") if isinstance(item, dict) else None
+            if not isinstance(properties, dict) or not isinstance(item.get("id"), str):
+                return self._validation_error(
+                    f"Invalid input JSON: inputs[{position}] needs 'id' (string) and "
+                    "'properties' (object)"
+                )
+            if item.get("idProperty") not in (None, "hs_object_id"):
+                return self._bad_id_property(item["idProperty"])
+            unknown += [name for name in properties if name not in self.properties]
+        if unknown:
+            return self._unknown_properties(list(dict.fromkeys(unknown)))
+        for item in inputs:
+            email = item["properties"].get("email")
+            if email is not None and not is_valid_email(email):
+                return self._validation_error(self._invalid_email_detail(email))
+        now = iso(self.clock())
+        results: list[dict[str, Any]] = []
+        missing: list[str] = []
+        errors: list[dict[str, Any]] = []
+        for item in inputs:
+            contact = self.store.by_id.get(item["id"])
+            if contact is None:
+                missing.append(item["id"])
+                continue
+            properties = {name: _as_string(v) for name, v in item["properties"].items()}
+            email = properties.pop("email", contact.email).lower()
+            owner = self.store.get(email)
+            if owner is not None and owner is not contact:
+                errors.append(
+                    {
+                        "status": "error",
+                        "category": "CONFLICT",
+                        "message": f"Contact already exists. Existing ID: {owner.id}",
+                        "context": {"ids": [item["id"]]},
+                        "errors": [],
+                        "links": {},
+                    }
+                )
+                continue
+            if email != contact.email:
+                self.store.change_email(contact, email)
+            # Like PATCH, only the properties sent change.
+            fields = {**contact.fields, **properties, "email": contact.email}
+            self.store.upsert(contact.email, fields, now)
+            results.append(self._object(contact))
+        if missing:
+            errors.append(
+                {
+                    "status": "error",
+                    "category": "OBJECT_NOT_FOUND",
+                    "message": "Could not get some CONTACT objects, they may be deleted or not "
+                    "exist. Check that ids are valid.",
+                    "context": {"ids": missing},
+                    "errors": [],
+                    "links": {},
+                }
+            )
+        payload: dict[str, Any] = {
+            "status": "COMPLETE",
+            "results": results,
+            "startedAt": started,
+            "completedAt": iso(self.clock()),
+        }
+        if not errors:
+            return JSONResponse(payload)
+        payload["numErrors"] = len(errors)
+        payload["errors"] = errors
         return JSONResponse(payload, status_code=207)
 
     def _bad_id_property(self, id_property: Any) -> JSONResponse:

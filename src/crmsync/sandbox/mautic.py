@@ -2,7 +2,20 @@
 
 Endpoints: `POST /api/contacts/batch/new` (always HTTP 201 with per-item `statusCodes`),
 `POST /api/contacts/new` (201 new / 200 matched by email), `GET /api/contacts?search=`,
-`GET /api/contacts/{id}` and the OAuth2 client-credentials token endpoint `POST /oauth/v2/token`.
+`GET /api/contacts/{id}`, `PATCH /api/contacts/{id}/edit` (404 when the id is unknown),
+`GET /api/fields/contact`, `POST /api/fields/contact/new` and the OAuth2 client-credentials
+token endpoint `POST /oauth/v2/token`.
+
+Contact fields: a contact keeps only values of fields that exist; others are dropped silently,
+as Mautic's contact form ignores what it has no field for. The account starts with Mautic's core
+fields, plus crmsync's `scrapersky_*` fields when `SandboxConfig.custom_fields` is on. The field
+list is paged like every Mautic list (`start`, `limit`, default 30: more fields exist than one
+default page holds). A created field's alias is cleaned and cut to 25 characters, and a taken
+alias gets a number appended (`FieldModel::saveEntity`), so creating a field twice makes two.
+
+An edit whose new email belongs to another contact merges that contact into the edited one
+(`LeadApiController::preSaveEntity` runs the duplicate check on edits): one contact remains,
+with the edited contact's id.
 
 Auth: HTTP Basic with the Mautic user, or a bearer token from the token endpoint. Errors use the
 `{"errors": [{"code", "message", "details"|"type"}]}` envelope; every answer (errors included)
@@ -13,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from typing import Any
 from urllib.parse import parse_qsl
@@ -57,6 +71,60 @@ _NON_FIELD_KEYS = frozenset(
 )
 
 
+# (alias, label, type, group) of the contact fields a new Mautic install has.
+_CORE_FIELDS = (
+    ("title", "Title", "lookup", "core"),
+    ("firstname", "First Name", "text", "core"),
+    ("lastname", "Last Name", "text", "core"),
+    ("company", "Primary company", "text", "core"),
+    ("position", "Position", "text", "core"),
+    ("email", "Email", "email", "core"),
+    ("mobile", "Mobile", "tel", "core"),
+    ("phone", "Phone", "tel", "core"),
+    ("points", "Points", "number", "core"),
+    ("fax", "Fax", "tel", "core"),
+    ("address1", "Address Line 1", "text", "core"),
+    ("address2", "Address Line 2", "text", "core"),
+    ("city", "City", "text", "core"),
+    ("state", "State", "region", "core"),
+    ("zipcode", "Zip Code", "text", "core"),
+    ("country", "Country", "country", "core"),
+    ("preferred_locale", "Preferred Locale", "locale", "core"),
+    ("timezone", "Preferred Timezone", "timezone", "core"),
+    ("last_active", "Date Last Active", "datetime", "core"),
+    ("attribution_date", "Attribution Date", "datetime", "core"),
+    ("attribution", "Attribution", "number", "core"),
+    ("website", "Website", "url", "core"),
+    ("facebook", "Facebook", "text", "social"),
+    ("foursquare", "Foursquare", "text", "social"),
+    ("instagram", "Instagram", "text", "social"),
+    ("linkedin", "LinkedIn", "text", "social"),
+    ("skype", "Skype", "text", "social"),
+    ("twitter", "Twitter", "text", "social"),
+)
+_CUSTOM_FIELDS = (
+    ("scrapersky_domain_id", "ScraperSky domain ID", "text", "core"),
+    ("scrapersky_page_id", "ScraperSky page ID", "text", "core"),
+    ("scrapersky_email_type", "ScraperSky email type", "text", "core"),
+    ("scrapersky_source_url", "ScraperSky source URL", "text", "core"),
+    ("scrapersky_has_gmail", "ScraperSky has Gmail", "boolean", "core"),
+)
+_FIELD_TYPES = frozenset(
+    {"text", "textarea", "boolean", "number", "email", "tel", "url", "select", "multiselect",
+     "lookup", "date", "datetime", "time", "country", "region", "locale", "timezone", "html"}
+)  # fmt: skip
+ALIAS_MAX = 25
+DEFAULT_PAGE = 30
+
+
+def clean_alias(text: str) -> str:
+    """Mautic's `cleanAlias(alias, 'f_', 25)`: lower-case, [a-z0-9_], a digit start prefixed."""
+    alias = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    if alias[:1].isdigit():
+        alias = "f_" + alias
+    return alias[:ALIAS_MAX]
+
+
 def errors(status: int, message: str, **extra: Any) -> JSONResponse:
     entry: dict[str, Any] = {"code": status, "message": message, **extra}
     entry.setdefault("details", [])
@@ -99,6 +167,8 @@ class MauticFake(Vendor):
         self.per_hour = FixedWindow(3600.0)
         # OAuth2 access token -> expiry. Kept across resets: a client's token stays valid.
         self.tokens: dict[str, float] = {}
+        self.fields: dict[str, dict[str, Any]] = {}
+        self._load_fields()
 
     def routes(self) -> list[BaseRoute]:
         e = self.endpoint
@@ -114,6 +184,21 @@ class MauticFake(Vendor):
                 "/api/contacts/{contact_id:int}",
                 e("GET /api/contacts/{id}", self.get),
                 methods=["GET"],
+            ),
+            Route(
+                "/api/contacts/{contact_id:int}/edit",
+                e("PATCH /api/contacts/{id}/edit", self.edit),
+                methods=["PATCH"],
+            ),
+            Route(
+                "/api/fields/contact",
+                e("GET /api/fields/contact", self.list_fields),
+                methods=["GET"],
+            ),
+            Route(
+                "/api/fields/contact/new",
+                e("POST /api/fields/contact/new", self.new_field),
+                methods=["POST"],
             ),
             Route(
                 "/oauth/v2/token",
@@ -197,6 +282,74 @@ class MauticFake(Vendor):
     def reset(self, *, faults: bool) -> None:
         super().reset(faults=faults)
         self.per_hour.clear()
+        self._load_fields()
+
+    def _load_fields(self) -> None:
+        defined = _CORE_FIELDS + (_CUSTOM_FIELDS if self.config.custom_fields else ())
+        self.fields = {}
+        for alias, label, kind, group in defined:
+            self._add_field(alias, label, kind, group, {})
+
+    def _add_field(
+        self, alias: str, label: str, kind: str, group: str, properties: Any
+    ) -> dict[str, Any]:
+        field = {
+            "isPublished": True,
+            "dateAdded": iso(self.clock()),
+            "createdBy": 1,
+            "createdByUser": self.config.mautic_username,
+            "id": len(self.fields) + 1,
+            "label": label,
+            "alias": alias,
+            "type": kind,
+            "group": group,
+            "order": len(self.fields) + 1,
+            "object": "lead",
+            "defaultValue": None,
+            "isRequired": False,
+            "isPubliclyUpdatable": False,
+            "isUniqueIdentifier": alias == "email",
+            "properties": properties if isinstance(properties, dict) else [],
+        }
+        self.fields[alias] = field
+        return field
+
+    # --- fields ----------------------------------------------------------------------------
+
+    async def list_fields(self, request: Request) -> Response:
+        try:
+            start = int(request.query_params.get("start", "0"))
+            limit = int(request.query_params.get("limit", str(DEFAULT_PAGE)))
+        except ValueError:
+            return errors(400, "start and limit must be numbers")
+        every = list(self.fields.values())
+        page = every[start : start + limit] if limit > 0 else every[start:]
+        return JSONResponse({"total": len(every), "fields": page})
+
+    async def new_field(self, request: Request) -> Response:
+        try:
+            body = await read_json(request)
+        except BadRequestBody as exc:
+            return errors(400, exc.message)
+        if not isinstance(body, dict):
+            return errors(400, "Request body must be a JSON object")
+        label = body.get("label")
+        if not isinstance(label, str) or not label.strip():
+            text = "A value is required."
+            return errors(400, f"label: {text}", details={"label": [text]})
+        kind = body.get("type", "text")
+        if kind not in _FIELD_TYPES:
+            text = "The value you selected is not a valid choice."
+            return errors(400, f"type: {text}", details={"type": [text]})
+        alias = clean_alias(str(body.get("alias") or label)) or "f_field"
+        unique, number = alias, 1
+        while unique in self.fields:
+            unique = f"{alias}{number}"
+            number += 1
+        group = body.get("group")
+        group = group if isinstance(group, str) else "core"
+        field = self._add_field(unique, label, kind, group, body.get("properties"))
+        return JSONResponse({"field": field}, status_code=201)
 
     # --- OAuth2 ----------------------------------------------------------------------------
 
@@ -298,8 +451,40 @@ class MauticFake(Vendor):
                 },
             )
         assert isinstance(email, str)
-        contact, created = self.store.upsert(email, item, now)
+        contact, created = self.store.upsert(email, self._known(item), now)
         return contact, 201 if created else 200, {}
+
+    def _known(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The posted values Mautic keeps: fields that exist, and the request's own keys."""
+        return {k: v for k, v in item.items() if k in self.fields or k in _NON_FIELD_KEYS}
+
+    async def edit(self, request: Request) -> Response:
+        contact = self.store.by_id.get(request.path_params["contact_id"])
+        if contact is None:
+            return errors(404, "Item was not found.")
+        try:
+            item = await read_json(request)
+        except BadRequestBody as exc:
+            return errors(400, exc.message)
+        if not isinstance(item, dict):
+            return errors(400, "Request body must be a JSON object")
+        self.stats.contacts_received += 1
+        email = item.get("email", contact.email)
+        if not is_valid_email(email):
+            text = "A valid email is required."
+            return errors(400, f"email: {text}", details={"email": [text]})
+        assert isinstance(email, str)
+        duplicate = self.store.get(email)
+        if duplicate is not None and duplicate is not contact:
+            # Mautic merges the duplicate into the edited contact; the edit's values win.
+            self.store.delete(duplicate)
+            contact.fields = {**duplicate.fields, **contact.fields}
+        if email.lower() != contact.email:
+            self.store.change_email(contact, email)
+        # PATCH changes only the fields sent.
+        fields = {**contact.fields, **self._known(item), "email": contact.email}
+        self.store.upsert(contact.email, fields, iso(self.clock()))
+        return JSONResponse({"contact": self._entity(contact)})
 
     async def batch_new(self, request: Request) -> Response:
         try:

@@ -134,6 +134,12 @@ def describe(base_url: str, config: SandboxConfig) -> str:
             changed.append(f"  {vendor}: " + ", ".join(f"{k}={v}" for k, v in diff.items()))
     if changed:
         lines += ["Options changed from the defaults:", *changed]
+    if not config.custom_fields:
+        lines += [
+            "A fresh account: create crmsync's custom fields first with",
+            "  crmsync setup brevo; crmsync setup hubspot; crmsync setup mautic",
+            "(or start the sandbox with --custom-fields).",
+        ]
     lines += ["", "Point crmsync at it (.env):"]
     lines += [f"{key}={value}" for key, value in sandbox_env(base, config).items()]
     lines += [

@@ -105,7 +105,7 @@ _CLAIM_VALUES = {
     "last_attempt_at": _ts_param("now"),
     "updated_at": _ts_param("now"),
 }
-_STATE_COLUMNS = (s.id, s.attempts, s.external_id, s.synced_hash)
+_STATE_COLUMNS = (s.id, s.attempts, s.external_id, s.synced_hash, s.synced_email)
 
 
 def _pg_claim(due: Any) -> Any:
@@ -281,8 +281,8 @@ def _from_postgresql(row: Any) -> Claimed:
 
 def _from_sqlite(row: Any) -> Claimed:
     """A raw claim row from SQLite (UUIDs as 32 hex digits, booleans as 0/1) as a `Claimed`."""
-    (state_id, attempts, external_id, synced_hash, cid, email, name, phone, email_type,
-     gmail, context, source_url, domain, page, job) = row  # fmt: skip
+    (state_id, attempts, external_id, synced_hash, synced_email, cid, email, name, phone,
+     email_type, gmail, context, source_url, domain, page, job) = row  # fmt: skip
     payload = ContactPayload(
         uuid_from_hex(cid),
         email,
@@ -296,6 +296,7 @@ def _from_sqlite(row: Any) -> Claimed:
         _shared_id(page),
         _shared_id(job),
         external_id,
+        synced_email,
     )
     return Claimed(state_id, attempts, synced_hash, payload)
 
@@ -305,6 +306,7 @@ def _claimed(
     attempts: int,
     external_id: str | None,
     synced_hash: str | None,
+    synced_email: str | None,
     contact_id: uuid.UUID,
     *fields: Any,
 ) -> Claimed:
@@ -323,12 +325,21 @@ def _claimed(
         page,
         job,
         external_id,
+        synced_email,
     )
     return Claimed(state_id, attempts, synced_hash, payload)
 
 
 # An outcome write's values: these differ per row, the others are shared by the batch.
-_PER_ROW = ("_id", "message", "attempts", "next_attempt_at", "external_id", "synced_hash")
+_PER_ROW = (
+    "_id",
+    "message",
+    "attempts",
+    "next_attempt_at",
+    "external_id",
+    "synced_hash",
+    "synced_email",
+)
 _SHARED = ("_token", "now")
 _ROWS = JsonRows(_PER_ROW)
 _ARRAYS = ArrayRows(
@@ -339,6 +350,7 @@ _ARRAYS = ArrayRows(
         ("next_attempt_at", DateTime(timezone=True)),
         ("external_id", String()),
         ("synced_hash", String()),
+        ("synced_email", String()),
     )
 )
 Values = Callable[[str], Any]
@@ -382,6 +394,7 @@ _STATEMENTS: dict[Outcome, RowWrite] = {
             "external_id": func.coalesce(v("external_id"), s.external_id),
             "attempts": 0,
             "synced_hash": v("synced_hash"),
+            "synced_email": v("synced_email"),
             "synced_at": v("now"),
             "next_attempt_at": None,
             **NO_LEASE,
@@ -600,6 +613,7 @@ def _apply(
                     values.ts(u.next_attempt_at),
                     u.external_id,
                     u.synced_hash,
+                    u.synced_email,
                 )
             )
     shared = (token, values.ts(now))

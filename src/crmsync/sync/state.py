@@ -71,6 +71,8 @@ class RowUpdate:
     external_id: str | None = None
     synced_hash: str | None = None
     next_attempt_at: dt.datetime | None = None
+    # The email the CRM accepted (an Ok): the next push compares the contact's email with it.
+    synced_email: str | None = None
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         # Outcomes go to the SQLite writer process pickled, a batch at a time: as plain values
@@ -85,6 +87,7 @@ class RowUpdate:
             self.external_id,
             self.synced_hash,
             self.next_attempt_at,
+            self.synced_email,
         )
 
 
@@ -98,6 +101,7 @@ def _row_update(
     external_id: str | None,
     synced_hash: str | None,
     next_attempt_at: dt.datetime | None,
+    synced_email: str | None,
 ) -> RowUpdate:
     return RowUpdate(
         state_id,
@@ -109,6 +113,7 @@ def _row_update(
         external_id,
         synced_hash,
         next_attempt_at,
+        synced_email,
     )
 
 
@@ -135,6 +140,7 @@ def apply_result(
             http_status=result.http_status,
             external_id=result.external_id,
             synced_hash=fingerprint,
+            synced_email=row.payload.email,
         )
     if isinstance(result, Fail):
         return RowUpdate(

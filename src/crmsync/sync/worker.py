@@ -50,6 +50,7 @@ from crmsync.enums import Crm
 from crmsync.settings import CrmSettings, Settings
 from crmsync.sync import control, events, heartbeat, queue
 from crmsync.sync.backoff import Backoff
+from crmsync.sync.fields import FieldGate, Pause, Wait
 from crmsync.sync.state import (
     Claimed,
     Outcome,
@@ -117,6 +118,8 @@ class CrmRunner:
         # Every running lane, whether it holds a batch or is claiming the next one.
         self.lanes: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.max_instances)
+        # The CRM's custom fields are checked before its first batch and after each pause.
+        self.fields = FieldGate(connector)
         self._control = control.Control(crm)
         self._control_read = -CONTROL_TTL
         self._counts: Counter[str] = Counter()
@@ -145,6 +148,10 @@ class CrmRunner:
         pause = await self._pause_left(now)
         if pause is not None:
             return pause
+        if self.fields.pending:
+            wait = await self._check_fields()
+            if wait is not None:
+                return wait
         await self._slots.acquire()
         if self.worker.stopping.is_set():
             self._slots.release()
@@ -227,10 +234,25 @@ class CrmRunner:
             self._control_read = time.monotonic()
         ctl = self._control
         if ctl.manual_pause:
+            self.fields.forget()
             return self.settings.interval_seconds
         if ctl.paused_until is not None and ctl.paused_until > now:
+            if ctl.pause_kind != control.PauseKind.rate_limit:
+                self.fields.forget()
             left = (ctl.paused_until - now).total_seconds()
             return min(left, self.settings.interval_seconds)
+        return None
+
+    async def _check_fields(self) -> float | None:
+        """Check the CRM's fields; None when it may sync, else how long to wait (see fields.py)."""
+        verdict = await self.fields.check()
+        if isinstance(verdict, Pause):
+            until = self.worker.clock() + dt.timedelta(seconds=self.settings.auth_retry_seconds)
+            await self._pause(verdict.kind, until, verdict.reason)
+            return self.settings.interval_seconds
+        if isinstance(verdict, Wait):
+            log.warning("%s: %s", self.crm.value, verdict.reason)
+            return verdict.seconds or self.settings.interval_seconds
         return None
 
     # -- one batch -----------------------------------------------------------------------------
