@@ -1,0 +1,146 @@
+"""What the demo runs with: its options, the sandbox's faults, and crmsync's settings for it.
+
+The demo's `Settings` are built here, in code, from the sandbox's own credentials and URLs
+(`sandbox_env`, the lines `crmsync sandbox` prints). They never come from the environment or a
+`.env` file: a `DATABASE_URL` or a real vendor key there must not lead the demo to production
+data or a real CRM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from crmsync.enums import CRM_NAMES
+from crmsync.sandbox import SandboxConfig, sandbox_env
+from crmsync.settings import (
+    BrevoSettings,
+    HubSpotSettings,
+    MauticSettings,
+    N8nSettings,
+    Settings,
+)
+
+DEFAULT_DB = Path("crmsync-demo.db")
+# One contact in this many gets an email the vendors refuse (a few of the 500).
+INVALID_EVERY = 97
+# Any list id works in the sandbox; Brevo's imports need one.
+SANDBOX_BREVO_LIST_ID = 2
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    sandbox_port: int = 8900
+    db: Path = DEFAULT_DB
+    contacts: int = 500
+
+    @property
+    def db_path(self) -> Path:
+        return self.db.expanduser().resolve()
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.db_path}"
+
+    @property
+    def state_dir(self) -> Path:
+        """The demo's JWT secret lives next to its database, apart from the service's."""
+        return self.db_path.parent / ".crmsync-demo"
+
+    @property
+    def api_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def sandbox_config() -> SandboxConfig:
+    """The vendors as they are: rate limits on, and a small share of what goes wrong.
+
+    HubSpot, Mautic and n8n answer about one request in twenty with a 5xx; Brevo answers one
+    429 (a used-up second). Brevo gets no 5xx because a failed import falls back to single
+    upserts at Brevo's 10 per second, which would stretch the demo far past its first seconds.
+    The contacts with invalid emails are refused by the vendors that check emails.
+    """
+    flaky = {"error_rate": 0.05}
+    return SandboxConfig(
+        seed=None,
+        faults={"brevo": {"burst_429": 1}, "hubspot": flaky, "mautic": flaky, "n8n": flaky},
+    )
+
+
+class _CodeOnly(BaseSettings):
+    """Settings from the values given in code only: no environment variable, no `.env`."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+class _DemoSettings(_CodeOnly, Settings):
+    pass
+
+
+class _DemoBrevo(_CodeOnly, BrevoSettings):
+    pass
+
+
+class _DemoHubSpot(_CodeOnly, HubSpotSettings):
+    pass
+
+
+class _DemoMautic(_CodeOnly, MauticSettings):
+    pass
+
+
+class _DemoN8n(_CodeOnly, N8nSettings):
+    pass
+
+
+def demo_settings(options: DemoOptions, sandbox_url: str, config: SandboxConfig) -> Settings:
+    """crmsync's settings for the demo: its own SQLite file, every CRM on the sandbox."""
+    per_crm: dict[str, dict[str, Any]] = {crm: {} for crm in CRM_NAMES}
+    # `BREVO_API_KEY` -> brevo.api_key: the same lines `crmsync sandbox` prints for a .env.
+    for key, value in sandbox_env(sandbox_url, config).items():
+        crm, _, name = key.lower().partition("_")
+        per_crm[crm][name] = value
+    for values in per_crm.values():
+        values.update(
+            # Small batches, so that progress shows; the idle poll picks retries up promptly.
+            sync_scheduler_batch_size=50,
+            sync_scheduler_interval_seconds=0.5,
+            # A 5xx is retried after a second or two, not the production five minutes.
+            sync_retry_delay_seconds=1,
+        )
+    # Brevo pushes one batch at a time (its default): imports of 100 rows, each done in about
+    # half a second by the sandbox, as by Brevo for small files.
+    per_crm["brevo"].update(
+        sync_scheduler_batch_size=100,
+        list_id=SANDBOX_BREVO_LIST_ID,
+        import_threshold=25,
+        import_poll_seconds=0.25,
+    )
+    return _DemoSettings(
+        database_url=options.database_url,
+        CRMSYNC_STATE_DIR=options.state_dir,
+        # The worker's warnings (a 5xx, a 429) show; its routine INFO lines would drown the
+        # progress lines.
+        CRMSYNC_LOG_LEVEL="WARNING",
+        # A Ctrl-C must end the demo within seconds; batches still in flight are short.
+        CRMSYNC_SHUTDOWN_GRACE_SECONDS=2,
+        brevo=_DemoBrevo(**per_crm["brevo"]),
+        hubspot=_DemoHubSpot(**per_crm["hubspot"]),
+        mautic=_DemoMautic(**per_crm["mautic"]),
+        n8n=_DemoN8n(**per_crm["n8n"]),
+    )
