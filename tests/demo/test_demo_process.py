@@ -61,10 +61,10 @@ class Demo:
     api: str
     sandbox: str
     started: float
-    seen_children: set[int] = field(default_factory=set)
+    seen_children: dict[int, str] = field(default_factory=dict)  # pid -> command line
 
     @classmethod
-    def start(cls, tmp_path: Path, run: str, env: dict[str, str]) -> Demo:
+    def start(cls, tmp_path: Path, run: str, env: dict[str, str], *args: str) -> Demo:
         port, sandbox_port = _free_port(), _free_port()
         out = tmp_path / f"{run}.out"
         with out.open("wb") as sink:
@@ -76,6 +76,7 @@ class Demo:
                     str(port),
                     "--sandbox-port",
                     str(sandbox_port),
+                    *args,
                 ],
                 cwd=tmp_path,
                 env=env,
@@ -130,7 +131,11 @@ class Demo:
         return result
 
     def note_children(self) -> None:
-        self.seen_children |= _descendants(self.proc.pid)
+        for pid in _descendants(self.proc.pid) - set(self.seen_children):
+            self.seen_children[pid] = _cmdline(pid)
+
+    def had_writer(self) -> bool:
+        return any("crmsync.writer_process" in line for line in self.seen_children.values())
 
     def stop(self, sig: signal.Signals, *, group: bool) -> float:
         """Send `sig` (to the whole group, as a terminal's Ctrl-C does); seconds until exit."""
@@ -185,8 +190,8 @@ def _cmdline(pid: int) -> str:
 
 def _assert_nothing_left(demo: Demo) -> None:
     alive = [
-        (pid, _cmdline(pid))
-        for pid in demo.seen_children
+        (pid, line)
+        for pid, line in demo.seen_children.items()
         if (stat := _stat(pid)) is not None and stat[0] != "Z"
     ]
     assert not alive, f"processes left behind: {alive}"
@@ -239,7 +244,7 @@ def test_demo_syncs_every_crm_restarts_without_seeding_twice_and_leaves_nothing(
             assert needle in text, text
         assert "Queue drained" in text and "/login" not in text  # no dashboard yet, no link
 
-        assert any("crmsync.writer_process" in _cmdline(p) for p in demo.seen_children)
+        assert demo.had_writer()  # the check below is not vacuous
         stopped = demo.stop(signal.SIGINT, group=True)
         assert demo.proc.returncode == 0, demo.output()
         assert stopped < STOP_SECONDS, f"stopped {stopped:.1f} s after Ctrl-C"
@@ -268,3 +273,28 @@ def test_demo_syncs_every_crm_restarts_without_seeding_twice_and_leaves_nothing(
         _assert_nothing_left(again)
     finally:
         again.kill()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_in_the_middle_of_a_sync_stops_everything_within_5_s(tmp_path: Path) -> None:
+    demo = Demo.start(tmp_path, "busy", _trap_env(tmp_path), "--contacts", "2000")
+    try:
+        demo.wait_ready()
+        deadline = time.monotonic() + 60
+        while True:
+            summary = demo.summary()
+            demo.note_children()
+            complete = sum(counts["Complete"] for counts in summary["crms"].values())
+            if complete and _waiting(summary):
+                break  # some rows pushed, others still queued or in flight
+            assert _waiting(summary), f"drained before it could be interrupted: {summary}"
+            assert time.monotonic() < deadline, summary
+            time.sleep(0.05)
+        stopped = demo.stop(signal.SIGTERM, group=False)
+        assert demo.proc.returncode == 0, demo.output()
+        assert stopped < STOP_SECONDS, f"stopped {stopped:.1f} s after SIGTERM"
+        assert demo.had_writer()  # the check below is not vacuous
+        _assert_nothing_left(demo)
+    finally:
+        demo.kill()
+    assert "Generated 2000 contacts" in demo.output()
