@@ -129,7 +129,7 @@ def demo_settings(options: DemoOptions, sandbox_url: str, config: SandboxConfig)
         sync_scheduler_batch_size=100,
         list_id=SANDBOX_BREVO_LIST_ID,
         import_threshold=25,
-        import_poll_seconds=0.25,
+        import_poll_seconds=0.1,
     )
     return _DemoSettings(
         database_url=options.database_url,

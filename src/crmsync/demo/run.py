@@ -282,15 +282,19 @@ async def _watch(
     out(f"Queue drained {took:.1f} s after the selection: {complete} Complete, {errors} Error.")
     stats = await asyncio.to_thread(sandbox.stats)
     faults = {kind: sum(stats[crm.value][kind] for crm in Crm) for kind in ("5xx", "429")}
-    if any(faults.values()):
+    answered = [f"{_requests(n)} with a {kind}" for kind, n in faults.items() if n]
+    if answered:
         out(
-            f"  The sandbox answered {faults['5xx']} request(s) with a 5xx and {faults['429']} "
-            "with a 429; crmsync waited and retried them.",
+            f"  The sandbox answered {' and '.join(answered)}; crmsync waited and retried.",
             highlight=False,
         )
     if errors:
+        out("  The contacts in Error have emails the vendors refused; to list them:")
         out(
-            "  The contacts in Error have emails the vendors refused: "
-            f'curl -H "Authorization: Bearer $TOKEN" {url}/api/v3/crm/status/failed',
+            f'    curl -H "Authorization: Bearer $TOKEN" {url}/api/v3/crm/status/failed',
             highlight=False,
         )
+
+
+def _requests(count: int) -> str:
+    return f"{count} request" if count == 1 else f"{count} requests"
