@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI
 from rich.console import Console
 from rich.logging import RichHandler
+from sqlalchemy.exc import DBAPIError
 
 from crmsync import __version__, auth, db, logs
 from crmsync.api.app import create_app
@@ -137,10 +138,24 @@ async def _run(
     console: Console,
     gate: _SignalGate,
 ) -> None:
-    secret, _ = auth.ensure_secret(settings)
+    try:
+        options.db_path.parent.mkdir(parents=True, exist_ok=True)
+        secret, _ = auth.ensure_secret(settings)
+    except OSError as exc:
+        raise DemoError(
+            f"cannot use {options.db_path.parent} for the demo's files ({exc.strerror}): "
+            "choose another place with --db"
+        ) from None
     engine = db.create_engine(settings.database_url)
     try:
-        await upgrade(engine)
+        try:
+            await upgrade(engine)
+        except DBAPIError as exc:
+            first = (str(exc.orig) or type(exc.orig).__name__).splitlines()[0]
+            raise DemoError(
+                f"{options.db_path} cannot be used as the demo's database ({first}): "
+                "delete it, or choose another file with --db"
+            ) from None
         app = create_app(settings, secret, engine=engine)
         embed_worker(app)
         started = _seed_on_startup(app, options.contacts)
