@@ -337,3 +337,21 @@ def test_a_file_that_is_not_a_database_is_refused_with_one_line(tmp_path: Path) 
     assert "notes.db cannot be used as the demo's database" in result.stderr
     assert "--db" in result.stderr and "Traceback" not in result.stderr
     assert (tmp_path / "notes.db").read_text() == "not a database"
+
+
+def test_ctrl_c_while_it_starts_stops_it_cleanly(tmp_path: Path) -> None:
+    demo = Demo.start(tmp_path, "early", _trap_env(tmp_path))
+    try:
+        deadline = time.monotonic() + 60
+        while not demo.had_writer():  # the worker is starting: the API does not answer yet
+            assert demo.proc.poll() is None, demo.output()
+            assert time.monotonic() < deadline, demo.output()
+            demo.note_children()
+            time.sleep(0.01)
+        stopped = demo.stop(signal.SIGINT, group=True)
+        assert demo.proc.returncode in (0, 130), demo.output()
+        assert stopped < STOP_SECONDS, f"stopped {stopped:.1f} s after Ctrl-C"
+        assert "Traceback" not in demo.output(), demo.output()
+        _assert_nothing_left(demo)
+    finally:
+        demo.kill()

@@ -137,8 +137,10 @@ def demo_settings(options: DemoOptions, sandbox_url: str, config: SandboxConfig)
         # The worker's warnings (a 5xx, a 429) show; its routine INFO lines would drown the
         # progress lines.
         CRMSYNC_LOG_LEVEL="WARNING",
-        # A Ctrl-C must end the demo within seconds; batches still in flight are short.
+        # A Ctrl-C must end the demo within seconds; batches still in flight are short. One cut
+        # short stays leased: after a restart it is pushed again within half a minute, not two.
         CRMSYNC_SHUTDOWN_GRACE_SECONDS=2,
+        CRMSYNC_LEASE_SECONDS=30,
         brevo=_DemoBrevo(**per_crm["brevo"]),
         hubspot=_DemoHubSpot(**per_crm["hubspot"]),
         mautic=_DemoMautic(**per_crm["mautic"]),

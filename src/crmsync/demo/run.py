@@ -7,7 +7,7 @@ contacts (first start only) and each CRM's segment; then the banner and the prog
 Stopping: uvicorn turns SIGINT and SIGTERM into a graceful shutdown (the worker hands its leases
 back within `CRMSYNC_SHUTDOWN_GRACE_SECONDS`), then the sandbox stops. The SQLite writer child
 exits when its socket closes, so no process is left behind. Afterwards uvicorn raises the signal
-again with the handler it found; `_signals` makes that handler note it instead of killing the
+again with the handler it found; `_SignalGate` makes that handler note it instead of killing the
 process before the sandbox and the database are closed.
 """
 
@@ -158,7 +158,6 @@ async def _run(
             ) from None
         app = create_app(settings, secret, engine=engine)
         embed_worker(app)
-        started = _seed_on_startup(app, options.contacts)
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -167,11 +166,11 @@ async def _run(
             # Requests still open at a Ctrl-C get this long; the worker has its own grace.
             timeout_graceful_shutdown=2,
         )
-        server = _Server(config)
+        server = _Server(config, gate)
+        started = _seed_on_startup(app, options.contacts, server)
         serving = asyncio.create_task(server.serve(sockets=[api_socket]), name="api")
-        gate.serving = True
         await _wait_started(server, serving)
-        if server.started:
+        if server.started and not server.should_exit:
             _print_banner(console, options, sandbox, secret, app, started)
             ops = OpsService(engine, settings)
             watch = asyncio.create_task(_watch(console, ops, sandbox, started, options.api_url))
@@ -197,12 +196,14 @@ class _Started:
     at: float = 0.0
 
 
-def _seed_on_startup(app: FastAPI, count: int) -> _Started:
+def _seed_on_startup(app: FastAPI, count: int, server: uvicorn.Server) -> _Started:
     """Seed and select in the app's startup, after the embedded worker started (so that the
-    selection wakes it at once)."""
+    selection wakes it at once); not when a Ctrl-C came during the start."""
     started = _Started()
 
     async def hook(app: FastAPI) -> None:
+        if server.should_exit:
+            return
         service = app.state.contacts
         started.seeded = await seed.seed_contacts(service, count)
         started.queued = await seed.select_segments(service)
@@ -213,11 +214,19 @@ def _seed_on_startup(app: FastAPI, count: int) -> _Started:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server with an event for "accepting connections" (it has only a flag)."""
+    """uvicorn's server with an event for "accepting connections" (it has only a flag), that
+    tells the gate when its own signal handlers are in place."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, gate: _SignalGate) -> None:
         super().__init__(config)
         self.ready = asyncio.Event()
+        self.gate = gate
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            self.gate.serving = True
+            yield
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
