@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from rich.console import Console
 
 from crmsync.auth import verify_token
-from crmsync.demo.config import DemoOptions
+from crmsync.demo.options import DemoOptions
 from crmsync.demo.run import DASHBOARD_PATH, _print_banner, _Started
 from crmsync.demo.seed import Seeded
 from crmsync.enums import Crm

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from crmsync.demo.config import DemoOptions, demo_settings, sandbox_config
+from crmsync.demo.config import demo_settings, sandbox_config
+from crmsync.demo.options import DemoOptions
 from crmsync.enums import Crm
 from crmsync.sandbox import sandbox_env
 from crmsync.settings import Settings

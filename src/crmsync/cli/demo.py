@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from crmsync.cli.app import app
-from crmsync.demo.config import DEFAULT_DB, DemoOptions
+from crmsync.demo.options import DEFAULT_DB, DemoOptions
 
 
 @app.command()

@@ -8,12 +8,11 @@ data or a real CRM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from crmsync.demo.options import DemoOptions
 from crmsync.enums import CRM_NAMES
 from crmsync.sandbox import SandboxConfig, sandbox_env
 from crmsync.settings import (
@@ -24,38 +23,10 @@ from crmsync.settings import (
     Settings,
 )
 
-DEFAULT_DB = Path("crmsync-demo.db")
 # One contact in this many gets an email the vendors refuse (a few of the 500).
 INVALID_EVERY = 97
 # Any list id works in the sandbox; Brevo's imports need one.
 SANDBOX_BREVO_LIST_ID = 2
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    sandbox_port: int = 8900
-    db: Path = DEFAULT_DB
-    contacts: int = 500
-
-    @property
-    def db_path(self) -> Path:
-        return self.db.expanduser().resolve()
-
-    @property
-    def database_url(self) -> str:
-        return f"sqlite+aiosqlite:///{self.db_path}"
-
-    @property
-    def state_dir(self) -> Path:
-        """The demo's JWT secret lives next to its database, apart from the service's."""
-        return self.db_path.parent / ".crmsync-demo"
-
-    @property
-    def api_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
 
 
 def sandbox_config() -> SandboxConfig:

@@ -33,7 +33,8 @@ from sqlalchemy.exc import DBAPIError
 from crmsync import __version__, auth, db, logs
 from crmsync.api.app import create_app
 from crmsync.demo import seed
-from crmsync.demo.config import DemoOptions, demo_settings, sandbox_config
+from crmsync.demo.config import demo_settings, sandbox_config
+from crmsync.demo.options import DemoOptions
 from crmsync.demo.progress import ProgressLines, drained, progress_of
 from crmsync.enums import Crm
 from crmsync.migrate import upgrade
