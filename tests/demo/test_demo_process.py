@@ -301,6 +301,18 @@ def test_sigterm_in_the_middle_of_a_sync_stops_everything_within_5_s(tmp_path: P
     assert "Generated 2000 contacts" in demo.output()
 
 
+def _refused(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`crmsync demo ARGS` that is expected to stop at once."""
+    return subprocess.run(
+        [*CLI, "demo", *args],
+        cwd=tmp_path,
+        env=_trap_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize("option", ["--port", "--sandbox-port"])
 def test_a_port_in_use_stops_the_demo_with_one_line(tmp_path: Path, option: str) -> None:
     with socket.socket() as taken:
@@ -308,14 +320,7 @@ def test_a_port_in_use_stops_the_demo_with_one_line(tmp_path: Path, option: str)
         taken.listen()
         port = str(taken.getsockname()[1])
         other = "--sandbox-port" if option == "--port" else "--port"
-        result = subprocess.run(
-            [*CLI, "demo", option, port, other, str(_free_port())],
-            cwd=tmp_path,
-            env=_trap_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = _refused(tmp_path, option, port, other, str(_free_port()))
     assert result.returncode == 1, result.stderr
     assert f"127.0.0.1:{port}" in result.stderr and option in result.stderr
     assert "Traceback" not in result.stderr
@@ -325,14 +330,7 @@ def test_a_port_in_use_stops_the_demo_with_one_line(tmp_path: Path, option: str)
 def test_a_file_that_is_not_a_database_is_refused_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "notes.db").write_text("not a database")
     ports = ["--port", str(_free_port()), "--sandbox-port", str(_free_port())]
-    result = subprocess.run(
-        [*CLI, "demo", "--db", "notes.db", *ports],
-        cwd=tmp_path,
-        env=_trap_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _refused(tmp_path, "--db", "notes.db", *ports)
     assert result.returncode == 1, result.stderr
     assert "notes.db cannot be used as the demo's database" in result.stderr
     assert "--db" in result.stderr and "Traceback" not in result.stderr
