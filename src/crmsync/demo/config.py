@@ -94,10 +94,10 @@ def demo_settings(options: DemoOptions, sandbox_url: str, config: SandboxConfig)
             # A 5xx is retried after a second or two, not the production five minutes.
             sync_retry_delay_seconds=1,
         )
-    # Brevo pushes one batch at a time (its default): imports of 100 rows, each done in about
-    # half a second by the sandbox, as by Brevo for small files.
+    # Brevo pushes one batch at a time (its default), each an import that the sandbox, like
+    # Brevo, completes after a while (half a second): imports of 250 rows keep the wait short.
     per_crm["brevo"].update(
-        sync_scheduler_batch_size=100,
+        sync_scheduler_batch_size=250,
         list_id=SANDBOX_BREVO_LIST_ID,
         import_threshold=25,
         import_poll_seconds=0.1,
