@@ -1,4 +1,4 @@
-"""What the demo runs with: its options, the sandbox's faults, and crmsync's settings for it.
+"""What the demo runs with: the sandbox's faults, and crmsync's settings for that sandbox.
 
 The demo's `Settings` are built here, in code, from the sandbox's own credentials and URLs
 (`sandbox_env`, the lines `crmsync sandbox` prints). They never come from the environment or a
