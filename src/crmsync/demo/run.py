@@ -43,8 +43,6 @@ from crmsync.runtime import embed_worker
 from crmsync.sandbox import SandboxServer
 from crmsync.settings import Settings
 
-log = logging.getLogger(__name__)
-
 POLL_SECONDS = 0.25
 TOKEN_HOURS = 12
 # The dashboard's sign-in page; the demo links to it only once the app serves it.
@@ -119,7 +117,7 @@ class _SignalGate:
     def handler(self, signum: int, frame: FrameType | None) -> None:
         if not self.serving:
             raise KeyboardInterrupt
-        log.debug("signal %d after the shutdown", signum)
+        # Serving: uvicorn's own handler took it; this is its echo after the shutdown.
 
     @contextmanager
     def installed(self) -> Iterator[None]:
