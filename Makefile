@@ -1,4 +1,4 @@
-# crmsync: `make run` starts the demo service, `make test` runs every check.
+# crmsync: `make run` starts the live demo (`crmsync demo`), `make test` runs every check.
 # Works on a fresh machine with only Python 3.11+, pip and make.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -22,8 +22,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(VENV)/.installed $@
 
+# The API, a worker and the four sandbox CRMs, with generated contacts: see README.md.
 run: $(VENV)/.installed
-	$(BIN)/crmsync serve --host $(HOST) --port $(PORT) --print-token
+	$(BIN)/crmsync demo --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests $(wildcard bench)

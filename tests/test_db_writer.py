@@ -24,7 +24,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
 from crmsync import db
-from crmsync.writer_process import WriterDied
+from crmsync.writer_process import WriterDied, WriterProcess
 
 _CALLER = contextvars.ContextVar("caller", default="none")
 
@@ -151,6 +151,26 @@ async def test_a_writer_process_runs_writes_in_order_and_errors_come_back(tmp_pa
         assert where_pid == os.getpid() and thread.startswith("crmsync-sqlite-writer")
     finally:
         await db.stop_writer(engine)
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_a_ctrl_c_while_the_writer_process_starts_does_not_kill_it(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A Ctrl-C reaches the whole process group, the child too, maybe while it still imports:
+    it must ignore the signal from its first instruction, not only once it can say so."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        await db.write(engine, _create)
+        writer = WriterProcess(f"sqlite:///{tmp_path / 's.db'}")
+        try:
+            os.kill(writer.pid, sig)  # at once: the child is still starting its interpreter
+            pid, _ = await asyncio.wait_for(writer.run(_where), 30)
+            assert pid == writer.pid
+        finally:
+            await writer.stop()
+    finally:
         await engine.dispose()
 
 

@@ -12,7 +12,8 @@ result or its exception. Context variables do not travel.
 
 Lifetimes: the child exits when its socket closes: when the parent stops it or dies, even by
 SIGKILL. It ignores SIGINT and SIGTERM, which a terminal or a service manager also sends to the
-children, so that the parent's graceful shutdown can still hand its leases back through it. If
+children, so that the parent's graceful shutdown can still hand its leases back through it; from
+its first instruction (it starts with them blocked), so a Ctrl-C while it imports is dropped too. If
 the child dies, the writes waiting for it fail with `WriterDied` (each is one transaction:
 committed or not; the lease rules cover a commit whose answer was lost) and the next write
 starts a new child, unless that one died before its first answer: then `db` writes from its
@@ -40,6 +41,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!Q")
+# What a terminal or a service manager sends to every process; see `_serve`.
+_IGNORED = {signal.SIGINT, signal.SIGTERM}
 # How long a stop waits for the child to finish its current transaction (busy timeout: 30 s).
 STOP_WAIT_SECONDS = 40.0
 
@@ -56,11 +59,17 @@ class WriterProcess:
         ours, theirs = socket.socketpair()
         # A plain child (`python -m crmsync.writer_process FD`), not multiprocessing: never a
         # fork of a process running threads, no helper processes, a name `ps` shows.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-        )
+        # The child starts with SIGINT and SIGTERM blocked (a signal mask survives exec) and
+        # ignores them before it unblocks them: a Ctrl-C while it still imports is dropped.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _IGNORED)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         ours.setblocking(False)
         self._socket = ours
@@ -212,8 +221,9 @@ class _Frames:
 
 def _serve(sock: socket.socket) -> None:
     """The child's loop: read a write, run it in one transaction, answer; until EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in _IGNORED:
+        signal.signal(sig, signal.SIG_IGN)  # a signal that came while blocked is dropped now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _IGNORED)
     stream = sock.makefile("rb")
     setup = _read_frame(stream)
     if setup is None:

@@ -22,6 +22,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+# The generator lives in the product (the demo seeds with it); re-exported for the tests.
+from crmsync.demo.contacts import PLACEHOLDERS as PLACEHOLDERS
+from crmsync.demo.contacts import realistic_contacts as realistic_contacts
 from crmsync.settings import Settings
 from crmsync.tables import contacts, crm_sync_state, sync_events, workers
 from tests.conftest import SECRET
@@ -30,87 +33,6 @@ CRMS = ("brevo", "hubspot", "mautic", "n8n")
 SELECT_ALL = "/api/v3/contacts/crm/select/filtered"
 # Environment a test must not inherit: it would point the workers somewhere else.
 _FOREIGN_ENV = ("BREVO", "HUBSPOT", "MAUTIC", "N8N", "JWT", "DATABASE", "CRMSYNC_", "SMTP")
-# Placeholder values the scraper writes; no connector may send them as data.
-PLACEHOLDERS = ("Contact at", "Phone not found", "No name", "N/A")
-
-_FIRST = ["Jane", "Ahmed", "Léa", "Björn", "Chen", "Priya", "Tom", "Zoë", "Olu", "María"]
-_LAST = ["Smith", "Dubois", "Müller", "O'Connor", "Nakamura", "Okafor", "Rossi", "Kowalski"]
-_COMPANIES = ["acme", "globex", "initech", "umbrella", "hooli", "vandelay", "wonka", "stark"]
-_TLDS = ["com", "co.uk", "de", "io", "fr"]
-_PAGES = ["contact", "team", "about-us", "impressum", None]
-_NAMESPACE = uuid.UUID("0d6c3a4e-3f0e-4d8a-9a43-5b1f2a9e7c10")
-
-
-def realistic_contacts(count: int) -> list[dict[str, Any]]:
-    """`count` contacts as the customer's scraper produces them, each with a unique email.
-
-    Names include placeholders ("Contact at x.com", "No name"), missing ones and non-ASCII ones;
-    phones include "Phone not found", "N/A", a local number many contacts share, and unique
-    international numbers (unique, because Brevo refuses an SMS number already on another
-    contact); email types, gmail flags, domain and page ids vary, some are missing.
-    """
-    rows = []
-    for i in range(count):
-        company = _COMPANIES[i % len(_COMPANIES)]
-        domain = f"{company}{i % 150}.{_TLDS[i % len(_TLDS)]}"
-        first, last = _FIRST[i % len(_FIRST)], _LAST[(i // 7) % len(_LAST)]
-        page = _PAGES[i % len(_PAGES)]
-        kind = i % 6
-        email_type: str | None
-        if kind == 0:
-            email, email_type, gmail = f"info.{i}@{domain}", "SERVICE", False
-        elif kind == 1:
-            local = f"{first}.{last}".lower().encode("ascii", "ignore").decode().replace("'", "")
-            email, email_type, gmail = f"{local}{i}@{domain}", "CORPORATE", False
-        elif kind == 2:
-            email, email_type, gmail = f"{company}.lead{i}@gmail.com", "FREE", True
-        elif kind == 3:
-            email, email_type, gmail = f"Sales.Team.{i}@{domain.upper()}", "CORPORATE", False
-        elif kind == 4:
-            email, email_type, gmail = f"hello+{i}@{domain}", "SERVICE", False
-        else:
-            email, email_type, gmail = f"x_{i}@{domain}", None if i % 12 == 5 else "UNKNOWN", None
-        rows.append(
-            {
-                "email": email,
-                "name": _name(i, domain, first, last),
-                "phone_number": _phone(i),
-                "email_type": email_type,
-                "has_gmail": gmail,
-                "context": f"Found on the {page} page of {domain}" if page else None,
-                "source_url": f"https://www.{domain}/{page}" if page else f"https://{domain}",
-                "domain_id": str(uuid.uuid5(_NAMESPACE, domain)) if i % 9 else None,
-                "page_id": str(uuid.uuid5(_NAMESPACE, f"{domain}/{page}")) if page else None,
-                "source_job_id": str(uuid.uuid5(_NAMESPACE, f"job{i // 500}")),
-            }
-        )
-    return rows
-
-
-def _name(i: int, domain: str, first: str, last: str) -> str | None:
-    return {
-        0: f"Contact at {domain}",
-        1: None,
-        2: "José Ñúñez-García",
-        3: first,
-        4: "Mary Ann O'Neil",
-        5: f"  {first}   {last} ",
-        6: "No name",
-    }.get(i % 10, f"{first} {last}")
-
-
-def _phone(i: int) -> str | None:
-    digits = f"{i:08d}"
-    pairs = " ".join(digits[n : n + 2] for n in range(0, 8, 2))
-    return {
-        0: "Phone not found",
-        1: None,
-        2: "01 42 68 53 00",  # local form (no country code): shared by many, never sent as SMS
-        3: f"+33 1 {pairs}",
-        4: f"+49 30 {digits}",
-        5: f"0049 30 {i:07d}",
-        6: "N/A",
-    }.get(i % 8, f"+33 6.{pairs.replace(' ', '.')}")
 
 
 async def create_contacts(client: httpx.AsyncClient, rows: list[dict[str, Any]]) -> None:

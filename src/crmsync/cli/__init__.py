@@ -11,10 +11,10 @@ import sys
 from crmsync.cli.app import app
 
 # Importing a command module registers its commands; --help lists them in this order.
-from crmsync.cli import service, contacts, vendors, setup, ops  # isort: skip
+from crmsync.cli import demo, service, contacts, vendors, setup, ops  # isort: skip
 
 __all__ = ["app", "main"]
-_COMMANDS = (service, contacts, vendors, setup, ops)
+_COMMANDS = (demo, service, contacts, vendors, setup, ops)
 
 
 def main() -> None:

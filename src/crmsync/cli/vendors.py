@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -36,10 +37,27 @@ def sandbox(
             "fresh account, like a new vendor account).",
         ),
     ] = False,
+    write_env: Annotated[
+        Path | None,
+        typer.Option(
+            "--write-env",
+            metavar="FILE",
+            help="Also write the settings that point crmsync here into this .env file: other "
+            "lines are kept; a setting it has with another value is replaced only with --force.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --write-env: replace settings it already has.")
+    ] = False,
 ) -> None:
-    """Run local fakes of Brevo, HubSpot, Mautic and n8n (for tests, demos and benchmarks)."""
-    from crmsync.sandbox import SandboxConfig, parse_faults
+    """Run local fakes of Brevo, HubSpot, Mautic and n8n (for tests, demos and benchmarks).
+
+    Example: crmsync sandbox --write-env .env   (then, in another terminal: crmsync serve)
+    """
+    from crmsync.sandbox import SandboxConfig, parse_faults, sandbox_env
     from crmsync.sandbox import serve as serve_sandbox
+    from crmsync.sandbox.envfile import EnvConflict
+    from crmsync.sandbox.envfile import write_env as write_env_file
 
     try:
         config = SandboxConfig(
@@ -50,6 +68,15 @@ def sandbox(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--faults") from None
+    if write_env is not None:
+        values = sandbox_env(f"http://{host}:{port}", config)
+        try:
+            written = write_env_file(write_env, values, force=force)
+        except EnvConflict as exc:
+            raise common.fail(str(exc), 1) from None
+        except OSError as exc:
+            raise common.fail(f"cannot write {write_env}: {exc.strerror}", 1) from None
+        typer.echo(written.describe(write_env), err=True)
     logs.configure("text", "WARNING")
     serve_sandbox(host, port, config)
 
