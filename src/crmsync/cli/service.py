@@ -56,11 +56,25 @@ def serve(
         bool, typer.Option("--worker/--no-worker", help="Run a sync worker in this process.")
     ] = True,
     crm: CrmOption = None,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            "--migrate/--no-migrate",
+            help="Upgrade the database schema first (default). With --no-migrate, refuse an "
+            "outdated schema instead: for deployments that run `crmsync db upgrade` as a step.",
+        ),
+    ] = True,
 ) -> None:
-    """Run the HTTP API and a sync worker (upgrading the database schema first)."""
+    """Run the HTTP API and a sync worker (upgrading the database schema first).
+
+    Example, the API alone in front of separate workers:
+
+        crmsync serve --host 0.0.0.0 --no-worker --no-migrate
+    """
     import uvicorn
 
     from crmsync.api.app import create_app
+    from crmsync.runtime import SchemaOutdated, check_schema
 
     settings = common.load_settings()
     secret, created = auth.ensure_secret(settings)
@@ -69,7 +83,22 @@ def serve(
             f"JWT_SECRET_KEY is not set: generated a random secret in {created} (mode 0600)",
             err=True,
         )
-    asyncio.run(upgrade_schema(settings))
+    if migrate:
+        asyncio.run(upgrade_schema(settings))
+    else:
+
+        async def _check() -> None:
+            engine = db.create_engine(settings.database_url)
+            try:
+                await check_schema(engine)
+            finally:
+                await engine.dispose()
+
+        try:
+            asyncio.run(_check())
+        except SchemaOutdated as exc:
+            typer.echo(f"crmsync serve: {exc}", err=True)
+            raise typer.Exit(2) from None
     url = f"http://{host}:{port}"
     typer.echo(f"crmsync {__version__} on {url}  (API docs: {url}/docs)", err=True)
     if print_token:
