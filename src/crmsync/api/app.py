@@ -32,7 +32,7 @@ def create_app(
     `app.state.startup_hooks` / `shutdown_hooks` run in the lifespan (the embedded worker).
     """
     own_engine = engine is None
-    engine = engine or db.create_engine(settings.database_url)
+    engine = engine or db.engine_for(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

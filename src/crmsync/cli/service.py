@@ -88,7 +88,7 @@ def serve(
     else:
 
         async def _check() -> None:
-            engine = db.create_engine(settings.database_url)
+            engine = db.engine_for(settings)
             try:
                 await check_schema(engine)
             finally:
@@ -145,7 +145,7 @@ def worker_command(
     address = None if health_port is None else (health_host, health_port)
 
     async def _run() -> None:
-        engine = db.create_engine(settings.database_url)
+        engine = db.engine_for(settings)
         try:
             await run_worker(settings, engine, crms, address)
         finally:
