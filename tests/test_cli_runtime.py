@@ -130,3 +130,10 @@ def test_hubspot_ensure_properties_against_the_sandbox(tmp_path: Path) -> None:
         assert wrong.returncode == 1 and "refused" in wrong.stderr and "nope" not in wrong.stderr
     missing = run(["hubspot", "ensure-properties"], tmp_path)
     assert missing.returncode == 2 and "HUBSPOT_ACCESS_TOKEN" in missing.stderr
+
+
+def test_serve_no_migrate_refuses_an_outdated_schema(tmp_path: Path) -> None:
+    result = run(["serve", "--no-migrate", "--port", str(_free_port())], tmp_path)
+    assert result.returncode == 2
+    assert "the database schema is at nothing" in result.stderr
+    assert "run `crmsync db upgrade` first" in result.stderr and "Traceback" not in result.stderr

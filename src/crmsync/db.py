@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event
@@ -30,6 +30,9 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from crmsync.writer_process import WriterDied, WriterProcess
+
+if TYPE_CHECKING:
+    from crmsync.settings import Settings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -64,7 +67,22 @@ def is_sqlite_file(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite" and _is_file(engine.url)
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def engine_for(settings: Settings, **kwargs: Any) -> AsyncEngine:
+    """The engine a crmsync process (API or worker) uses for `settings`.
+
+    On PostgreSQL a transaction left idle for half a lease is ended by the server, which drops
+    its row locks: a worker whose host lost the network in the middle of a transaction would
+    otherwise keep its rows locked, unreachable by `SKIP LOCKED` claims, until TCP gives up on
+    it (hours), long after its lease ran out.
+    """
+    return create_engine(
+        settings.database_url, idle_transaction_seconds=settings.lease_seconds / 2, **kwargs
+    )
+
+
+def create_engine(
+    url: str, *, idle_transaction_seconds: float | None = None, **kwargs: Any
+) -> AsyncEngine:
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         if _is_file(parsed):
@@ -77,6 +95,11 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_pre_ping", True)
+    if idle_transaction_seconds is not None:
+        server_settings = {
+            "idle_in_transaction_session_timeout": str(int(idle_transaction_seconds * 1000))
+        }
+        kwargs.setdefault("connect_args", {}).setdefault("server_settings", server_settings)
     return create_async_engine(parsed, **kwargs)
 
 

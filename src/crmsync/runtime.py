@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from crmsync import alerts
 from crmsync.enums import Crm
 from crmsync.migrate import current_revision, head_revision
+from crmsync.ops import probes
 from crmsync.settings import Settings
 from crmsync.sync.worker import Hooks, Worker
 
@@ -97,11 +98,25 @@ def embed_worker(app: FastAPI, crms: Sequence[Crm] | None = None) -> None:
     app.state.shutdown_hooks.append(stop)
 
 
-async def run_worker(settings: Settings, engine: AsyncEngine, crms: Sequence[Crm] | None) -> None:
-    """`crmsync worker`: run until SIGTERM or SIGINT, then shut down gracefully."""
+async def run_worker(
+    settings: Settings,
+    engine: AsyncEngine,
+    crms: Sequence[Crm] | None,
+    health_address: tuple[str, int] | None = None,
+) -> None:
+    """`crmsync worker`: run until SIGTERM or SIGINT, then shut down gracefully.
+
+    With `health_address`, serve `/healthz`, `/readyz` and `/metrics` there while it runs.
+    """
     await check_schema(engine)
     async with worker_hooks(settings, engine) as hooks:
         worker = Worker(engine, settings, crms, hooks=hooks)
+        probe = None
+        if health_address is not None:
+            app = probes.worker_probe_app(engine, worker.not_ready)
+            probe = probes.ProbeServer(app, *health_address)
+            await probe.start()
+            log.info("health probes on http://%s:%s/readyz", *probe.address)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
@@ -110,3 +125,5 @@ async def run_worker(settings: Settings, engine: AsyncEngine, crms: Sequence[Crm
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if probe is not None:
+                await probe.stop()

@@ -7,12 +7,13 @@ its prefix, so scheduling and retry knobs never leak from one CRM to another.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from crmsync.enums import Crm
 
@@ -207,6 +208,11 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", validation_alias="CRMSYNC_LOG_LEVEL")
     metrics_public: bool = Field(default=False, validation_alias="CRMSYNC_METRICS_PUBLIC")
+    # Browser origins allowed to call the API (the customer's front end on another host).
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="CRMSYNC_CORS_ORIGINS"
+    )
+    access_log: bool = Field(default=False, validation_alias="CRMSYNC_ACCESS_LOG")
 
     alert_webhook_url: str | None = Field(
         default=None, validation_alias="CRMSYNC_ALERT_WEBHOOK_URL"
@@ -234,6 +240,24 @@ class Settings(BaseSettings):
     hubspot: HubSpotSettings = Field(default_factory=HubSpotSettings)
     mautic: MauticSettings = Field(default_factory=MauticSettings)
     n8n: N8nSettings = Field(default_factory=N8nSettings)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(
+                    f"CRMSYNC_CORS_ORIGINS: {origin!r} is not an origin like "
+                    "https://app.example.com (scheme and host, no path)"
+                )
+        return value
 
     @field_validator("jwt_secret_key", "alert_webhook_url", "alert_email_to", mode="before")
     @classmethod

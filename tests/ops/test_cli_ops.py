@@ -1,5 +1,5 @@
 """The operator commands: status, retry, reset, pause/resume (pause and resume with a worker are
-in test_health.py), their errors and exit codes, and `worker --metrics-port`."""
+in test_health.py), their errors and exit codes, and `worker --health-port`."""
 
 from __future__ import annotations
 
@@ -183,7 +183,8 @@ def test_ops_commands_refuse_a_database_without_the_schema(tmp_path: Path) -> No
     assert "crmsync db upgrade" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_worker_serves_its_counters_on_metrics_port(tmp_path: Path) -> None:
+@pytest.mark.parametrize("option", ["--health-port", "--metrics-port"])
+def test_worker_serves_probes_and_its_counters(tmp_path: Path, option: str) -> None:
     asyncio.run(migrate_schema(f"sqlite+aiosqlite:///{tmp_path / 'crmsync.db'}"))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -194,24 +195,43 @@ def test_worker_serves_its_counters_on_metrics_port(tmp_path: Path) -> None:
         "HUBSPOT_API_BASE_URL": "http://127.0.0.1:9",
     }
     proc = subprocess.Popen(
-        [*CLI, "worker", "--crm", "hubspot", "--metrics-port", str(port)],
+        [*CLI, "worker", "--crm", "hubspot", option, str(port)],
         cwd=tmp_path,
         env=env,
         stderr=subprocess.PIPE,
         text=True,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
+        deadline = time.monotonic() + 30
+        while True:  # until the worker has registered and says it is ready
             try:
-                response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
-                break
+                ready = httpx.get(f"{base}/readyz", timeout=1)
+                if ready.status_code == 200:
+                    break
             except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            raise AssertionError("the worker's metrics port did not come up")
+                pass
+            assert time.monotonic() < deadline, "the worker never became ready"
+            time.sleep(0.05)
+        assert ready.json()["status"] == "ready"
+        assert httpx.get(f"{base}/healthz").json()["status"] == "ok"
+        response = httpx.get(f"{base}/metrics", timeout=1)
         assert response.status_code == 200
         for name in ("crmsync_pushes", "crmsync_batches_in_flight", "crmsync_lease_lost"):
             assert f"# HELP {name}" in response.text
     finally:
         proc.terminate()
-        proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+def test_worker_with_a_taken_health_port_says_so(tmp_path: Path) -> None:
+    asyncio.run(migrate_schema(f"sqlite+aiosqlite:///{tmp_path / 'crmsync.db'}"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(["worker", "--crm", "hubspot", "--health-port", str(port)], tmp_path)
+    assert result.returncode == 1
+    assert f"cannot serve probes on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

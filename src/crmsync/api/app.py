@@ -7,10 +7,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync import __version__, db
 from crmsync.api import contacts, crm, errors, health
+from crmsync.api.access_log import AccessLog
 from crmsync.clock import Clock, utcnow
 from crmsync.contacts.service import ContactService
 from crmsync.settings import Settings
@@ -30,7 +32,7 @@ def create_app(
     `app.state.startup_hooks` / `shutdown_hooks` run in the lifespan (the embedded worker).
     """
     own_engine = engine is None
-    engine = engine or db.create_engine(settings.database_url)
+    engine = engine or db.engine_for(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +63,17 @@ def create_app(
     app.include_router(contacts.router)
     app.include_router(crm.router)
 
+    if settings.cors_origins:
+        # Bearer tokens, not cookies, authorise API calls from another origin.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Total-Count", "X-Request-ID"],
+            max_age=600,
+        )
+
     @app.middleware("http")
     async def _no_store(
         request: Request, call_next: Callable[[Request], Awaitable[Any]]
@@ -70,4 +83,6 @@ def create_app(
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    # Outermost: the access line times and ids everything, CORS answers included.
+    app.add_middleware(AccessLog, enabled=settings.access_log)
     return app

@@ -1,4 +1,7 @@
-"""`/healthz`: liveness and database reachability, without authentication."""
+"""Probes without authentication: `/healthz` (liveness) and `/readyz` (readiness).
+
+What each one checks, and why liveness never reads the database, is in `crmsync.ops.probes`.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +9,22 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import __version__
+from crmsync.ops import probes
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-async def healthz(request: Request) -> JSONResponse:
-    """200 when the service can reach its database, 503 when it cannot."""
-    engine: AsyncEngine = request.app.state.engine
-    body: dict[str, Any] = {"status": "ok", "version": __version__, "database": "ok"}
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except Exception:
-        body.update(status="error", database="unreachable")
-        return JSONResponse(body, status_code=503)
-    return JSONResponse(body)
+async def healthz() -> dict[str, Any]:
+    """Liveness: 200 while the process runs. Never touches the database."""
+    return probes.liveness()
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "Not ready: the body's `reason` says why"}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: 200 when the database answers and is migrated, 503 with the reason otherwise."""
+    return probes.readiness_response(await probes.database_not_ready(request.app.state.engine))

@@ -71,7 +71,7 @@ def load_settings() -> Settings:
 
 
 async def upgrade_schema(settings: Settings) -> None:
-    engine = db.create_engine(settings.database_url)
+    engine = db.engine_for(settings)
     try:
         await upgrade(engine)
     finally:
@@ -119,7 +119,7 @@ def run_ops(settings: Settings, action: Callable[[OpsService], Awaitable[T]]) ->
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
     async def _run() -> T:
-        engine = db.create_engine(settings.database_url)
+        engine = db.engine_for(settings)
         try:
             await check_schema(engine)
             return await action(OpsService(engine, settings))

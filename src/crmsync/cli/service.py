@@ -56,11 +56,25 @@ def serve(
         bool, typer.Option("--worker/--no-worker", help="Run a sync worker in this process.")
     ] = True,
     crm: CrmOption = None,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            "--migrate/--no-migrate",
+            help="Upgrade the database schema first (default). With --no-migrate, refuse an "
+            "outdated schema instead: for deployments that run `crmsync db upgrade` as a step.",
+        ),
+    ] = True,
 ) -> None:
-    """Run the HTTP API and a sync worker (upgrading the database schema first)."""
+    """Run the HTTP API and a sync worker (upgrading the database schema first).
+
+    Example, the API alone in front of separate workers:
+
+        crmsync serve --host 0.0.0.0 --no-worker --no-migrate
+    """
     import uvicorn
 
     from crmsync.api.app import create_app
+    from crmsync.runtime import SchemaOutdated, check_schema
 
     settings = common.load_settings()
     secret, created = auth.ensure_secret(settings)
@@ -69,7 +83,22 @@ def serve(
             f"JWT_SECRET_KEY is not set: generated a random secret in {created} (mode 0600)",
             err=True,
         )
-    asyncio.run(upgrade_schema(settings))
+    if migrate:
+        asyncio.run(upgrade_schema(settings))
+    else:
+
+        async def _check() -> None:
+            engine = db.engine_for(settings)
+            try:
+                await check_schema(engine)
+            finally:
+                await engine.dispose()
+
+        try:
+            asyncio.run(_check())
+        except SchemaOutdated as exc:
+            typer.echo(f"crmsync serve: {exc}", err=True)
+            raise typer.Exit(2) from None
     url = f"http://{host}:{port}"
     typer.echo(f"crmsync {__version__} on {url}  (API docs: {url}/docs)", err=True)
     if print_token:
@@ -87,32 +116,38 @@ def serve(
 @app.command("worker")
 def worker_command(
     crm: CrmOption = None,
-    metrics_port: Annotated[
+    health_port: Annotated[
         int | None,
         typer.Option(
-            help="Serve this worker's Prometheus counters at http://HOST:PORT/metrics.",
+            "--health-port",
+            "--metrics-port",
+            help="Serve /healthz, /readyz and this worker's Prometheus counters (/metrics) "
+            "at http://HOST:PORT (--metrics-port is the older name).",
             min=1,
             max=65535,
         ),
     ] = None,
-    metrics_host: Annotated[str, typer.Option(help="Interface for --metrics-port.")] = "127.0.0.1",
+    health_host: Annotated[
+        str, typer.Option("--health-host", "--metrics-host", help="Interface for --health-port.")
+    ] = "127.0.0.1",
 ) -> None:
-    """Run a sync worker (no HTTP) until SIGTERM/SIGINT. Run several, on several hosts."""
+    """Run a sync worker (no HTTP API) until SIGTERM/SIGINT. Run several, on several hosts.
+
+    Example, with probes for systemd or Kubernetes:
+
+        crmsync worker --health-port 9101   # GET :9101/readyz, :9101/metrics
+    """
+    from crmsync.ops.probes import ProbeServerError
     from crmsync.runtime import SchemaOutdated, run_worker
 
     settings = common.load_settings()
     crms = parse_crm_names(crm)
-    if metrics_port is not None:
-        # Pushes, vendor latency, 429s and lease losses are counted in the worker's own process;
-        # the queue gauges come from the API's /metrics (they are read from the database).
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr=metrics_host)
+    address = None if health_port is None else (health_host, health_port)
 
     async def _run() -> None:
-        engine = db.create_engine(settings.database_url)
+        engine = db.engine_for(settings)
         try:
-            await run_worker(settings, engine, crms)
+            await run_worker(settings, engine, crms, address)
         finally:
             await engine.dispose()
 
@@ -121,3 +156,6 @@ def worker_command(
     except SchemaOutdated as exc:
         typer.echo(f"crmsync worker: {exc}", err=True)
         raise typer.Exit(2) from None
+    except ProbeServerError as exc:
+        typer.echo(f"crmsync worker: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -500,6 +500,8 @@ class Worker:
         self.id = heartbeat.worker_id(uuid.uuid4().hex[:6])
         self.stopping = asyncio.Event()
         self.rows_done = 0
+        # time.monotonic() of the last heartbeat written (registration counts): readiness.
+        self.beat_at: float | None = None
         self.runners: dict[Crm, CrmRunner] = {}
         self.disabled: dict[Crm, str] = {}
         self._own_connectors: list[Connector] = []
@@ -528,6 +530,21 @@ class Worker:
         if not self.stopping.is_set():
             await self.wakeup.wait(crm, seconds)
 
+    def not_ready(self) -> str | None:
+        """Why this worker cannot do its work now (readiness), or None."""
+        if self.stopping.is_set():
+            return "the worker is stopping"
+        if self.beat_at is None:
+            return "the worker has not registered yet"
+        period = heartbeat.period(self.settings.lease_seconds)
+        age = time.monotonic() - self.beat_at
+        if age > heartbeat.MISSED_BEATS * period:
+            return (
+                f"the worker's last heartbeat was {age:.0f} s ago (one is due every {period:g} s):"
+                " it cannot write to the database"
+            )
+        return None
+
     def stop(self) -> None:
         """Stop claiming (in-flight batches finish in `run`'s shutdown)."""
         self.stopping.set()
@@ -542,6 +559,7 @@ class Worker:
         now = self.clock()
         async with self.engine.begin() as conn:
             await heartbeat.register(conn, self.id, list(self.runners), now)
+        self.beat_at = time.monotonic()
         if self.runners and self.settings.sqlite_writer_process:
             await db.start_writer(self.engine)
         log.info(
@@ -628,6 +646,7 @@ class Worker:
                 tokens = [t for r in self.runners.values() for t in r.in_flight]
                 until = now + dt.timedelta(seconds=self.settings.lease_seconds)
                 await queue.renew(self.engine, tokens, until)
+                self.beat_at = time.monotonic()
                 metrics.HEARTBEAT.set(time.time())
             except Exception:
                 log.exception("heartbeat failed")
