@@ -227,7 +227,7 @@ def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
     async def _go() -> T:
-        engine = db.create_engine(settings.database_url)
+        engine = db.engine_for(settings)
         try:
             await check_schema(engine)
             return await work(engine)

@@ -146,7 +146,7 @@ async def _check_database(settings: Settings) -> Finding:
     from crmsync.connectors.check import Finding
     from crmsync.runtime import SchemaOutdated, check_schema
 
-    engine = db.create_engine(settings.database_url)
+    engine = db.engine_for(settings)
     where = engine.url.render_as_string(hide_password=True)
     try:
         await check_schema(engine)

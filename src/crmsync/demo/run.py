@@ -145,7 +145,7 @@ async def _run(
             f"cannot use {options.db_path.parent} for the demo's files ({exc.strerror}): "
             "choose another place with --db"
         ) from None
-    engine = db.create_engine(settings.database_url)
+    engine = db.engine_for(settings)
     try:
         try:
             await upgrade(engine)

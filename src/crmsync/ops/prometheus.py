@@ -1,7 +1,7 @@
 """The `/metrics` exposition: this process's counters plus gauges read from the database.
 
 Counters and histograms (`crmsync.metrics`) live in the process whose worker updates them: the
-API process's embedded worker, or a `crmsync worker --metrics-port` process. The queue gauges
+API process's embedded worker, or a `crmsync worker --health-port` process. The queue gauges
 below are computed from the database at scrape time (a fresh `Snapshot` per scrape, in a
 per-scrape registry), so every API instance reports the same cluster-wide values.
 
