@@ -321,16 +321,10 @@ class CrmRunner:
             await self._pause(kind, until, exc.message)
             outcome = Outcome.auth_failed if isinstance(exc, AuthFailed) else Outcome.misconfigured
             return self._partial(rows, fingerprints, exc, outcome, until, exc.message)
-        except Transient as exc:
-            return [
-                retry_or_give_up(row, exc.message, exc.http_status, self.policy, now)
-                for row in rows
-            ]
         except ConnectorError as exc:
-            return [
-                retry_or_give_up(row, exc.message, exc.http_status, self.policy, now)
-                for row in rows
-            ]
+            # Transient or another batch-wide failure: rows the vendor answered before it keep
+            # their answer (an accepted row is Complete, with its vendor id); the others retry.
+            return self._after_failure(rows, fingerprints, exc, now)
         except Exception as exc:
             log.exception("%s: connector failed unexpectedly", self.crm.value)
             reason = f"internal error in the {self.crm.value} connector: {type(exc).__name__}"
@@ -338,6 +332,18 @@ class CrmRunner:
         return [
             apply_result(row, result, fingerprint, self.policy, now)
             for row, result, fingerprint in zip(rows, results, fingerprints, strict=True)
+        ]
+
+    def _after_failure(
+        self, rows: list[Claimed], fingerprints: list[str], exc: ConnectorError, now: dt.datetime
+    ) -> list[RowUpdate]:
+        """A batch-wide failure: answered rows keep their result; the others spend an attempt."""
+        partial: list[RowResult | None] = exc.partial or [None] * len(rows)
+        return [
+            retry_or_give_up(row, exc.message, exc.http_status, self.policy, now)
+            if result is None
+            else apply_result(row, result, fingerprint, self.policy, now)
+            for row, fingerprint, result in zip(rows, fingerprints, partial, strict=True)
         ]
 
     def _partial(
