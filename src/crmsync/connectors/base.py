@@ -7,8 +7,8 @@ row. It is the only place that looks at HTTP status codes: the sync engine above
 Contract for `push(batch)`:
 - returns exactly one `RowResult` per input row, in input order;
 - every write is an idempotent upsert keyed by email, because the engine is at-least-once;
-- raises `RateLimited`, `AuthFailed`, `Misconfigured` or `Transient` when the whole batch failed
-  for a reason that is not the rows' fault (nothing in the batch is then considered attempted);
+- raises `RateLimited`, `AuthFailed`, `Misconfigured` or `Transient` (`Unreachable` when no
+  connection could be made) when the whole batch failed for a reason that is not the rows' fault;
   a connector that fans out may hit that reason after some rows were answered: it then sets the
   exception's `partial` (see `ConnectorError`) so that no vendor answer is lost;
 - never lets a secret (API key, token, password) into a message, a log line or an exception.
@@ -130,6 +130,14 @@ class Misconfigured(ConnectorError):
 
 class Transient(ConnectorError):
     """The whole batch failed for a passing reason (timeout, 5xx on a batch call): back off."""
+
+
+class Unreachable(Transient):
+    """No connection could be made (refused, DNS failure, connect timeout): the request was never
+    sent, so the vendor cannot have acted on it and no attempt is spent (see `never_sent`).
+
+    A read timeout or a dropped connection is not this: the vendor may have applied the write.
+    """
 
 
 @runtime_checkable
