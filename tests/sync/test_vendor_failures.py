@@ -156,4 +156,6 @@ async def test_n8n_single_mode_keeps_the_deliveries_made_before_a_refused_connec
     # they would have ended in Error had their answers been dropped.
     assert len(complete) == 2
     assert all(r.external_id for r in complete)
-    assert all(r.sync_status != "Complete" for r in rows.values() if r not in complete)
+    # The other two were never sent (no connection): back in the queue, no attempt spent.
+    others = [r for r in rows.values() if r not in complete]
+    assert all(r.sync_status == "Queued" and r.attempts == 0 for r in others)
