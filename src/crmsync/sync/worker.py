@@ -84,12 +84,16 @@ WATCH_SECONDS = 0.25
 # Called with (crm, applied row updates) after each batch is recorded; alerting hooks in here.
 BatchListener = Callable[[Crm, Sequence[RowUpdate]], Awaitable[None]]
 PauseListener = Callable[[Crm, control.PauseKind, str], Awaitable[None]]
+# Called by every worker when its view of the CRM's outage breaker changes: True once it sees an
+# outage (on_pause comes only from the worker that opened it), False once it sees it end.
+OutageListener = Callable[[Crm, bool], Awaitable[None]]
 
 
 @dataclass
 class Hooks:
     on_batch: list[BatchListener] = field(default_factory=list)
     on_pause: list[PauseListener] = field(default_factory=list)
+    on_outage: list[OutageListener] = field(default_factory=list)
 
 
 class CrmRunner:
@@ -115,6 +119,8 @@ class CrmRunner:
         self.requests_sent = 0
         # Probes that had failed in this outage when this worker took the current one.
         self._failed_probes = 0
+        # The start of the outage this worker last told its `on_outage` listeners about.
+        self._outage_seen: dt.datetime | None = None
         self.policy = RetryPolicy(
             crm_settings.sync_max_retries,
             Backoff(
@@ -283,6 +289,7 @@ class CrmRunner:
             async with self.worker.read_engine.connect() as conn:
                 self._control = (await control.load(conn))[self.crm]
             self._control_read = time.monotonic()
+            await self._note_outage()
         ctl = self._control
         if ctl.manual_pause:
             return self.settings.interval_seconds
@@ -502,6 +509,7 @@ class CrmRunner:
             outage_since=self._control.outage_since or (now if failure.opened else None),
             next_probe_at=failure.next_probe_at or self._control.next_probe_at,
         )
+        await self._note_outage()
         if failure.opened:
             self._control = replace(self._control, outage_reason=reason, outage_probes=0)
             self._control_read = time.monotonic()
@@ -517,6 +525,14 @@ class CrmRunner:
             for listener in self.worker.hooks.on_pause:
                 await _quietly(listener(self.crm, control.PauseKind.outage, reason))
         return failure.next_probe_at
+
+    async def _note_outage(self) -> None:
+        """Tell the `on_outage` listeners when this worker sees an outage begin or end."""
+        since = self._control.outage_since
+        if since != self._outage_seen:
+            self._outage_seen = since
+            for listener in self.worker.hooks.on_outage:
+                await _quietly(listener(self.crm, since is not None))
 
     async def _vendor_answered(self, probe: bool) -> None:
         """The vendor answered a batch: an outage ends, a run of failures starts again."""
@@ -537,6 +553,7 @@ class CrmRunner:
                 probe_owner=None,
             )
             self._control_read = time.monotonic()
+            await self._note_outage()
         elif self._control.outage_failures > 0:
             async with self.worker.engine.begin() as conn:
                 await outage.reset_failures(conn, self.crm, now)
