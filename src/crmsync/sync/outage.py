@@ -86,6 +86,7 @@ class Failure:
 
     failures: int  # batches in a row that failed, this one included
     opened: bool  # this batch opened the breaker
+    since: dt.datetime | None  # when the outage began, while the CRM is in one
     next_probe_at: dt.datetime | None  # set while the CRM is in an outage
 
 
@@ -102,9 +103,9 @@ async def record_failure(
     ).returning(c.outage_failures, c.outage_since, c.next_probe_at)
     failures, since, next_probe = (await conn.execute(stmt)).one()
     if since is not None:
-        return Failure(failures, False, next_probe)
+        return Failure(failures, False, since, next_probe)
     if failures < policy.threshold:
-        return Failure(failures, False, None)
+        return Failure(failures, False, None, None)
     next_probe = now + policy.interval(0)
     opened = await conn.execute(
         update(crm_control)
@@ -118,7 +119,7 @@ async def record_failure(
             updated_at=now,
         )
     )
-    return Failure(failures, opened.rowcount == 1, next_probe)
+    return Failure(failures, opened.rowcount == 1, now, next_probe)
 
 
 async def reset_failures(conn: AsyncConnection, crm: Crm, now: dt.datetime) -> None:

@@ -506,8 +506,8 @@ class CrmRunner:
         self._control = replace(
             self._control,
             outage_failures=failure.failures,
-            outage_since=self._control.outage_since or (now if failure.opened else None),
-            next_probe_at=failure.next_probe_at or self._control.next_probe_at,
+            outage_since=failure.since,
+            next_probe_at=failure.next_probe_at,
         )
         await self._note_outage()
         if failure.opened:
