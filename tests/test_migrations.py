@@ -35,7 +35,7 @@ async def _roundtrip(url: str) -> None:
     engine = db.create_engine(url)
     try:
         await upgrade(engine)
-        assert await current_revision(engine) == "0007"
+        assert await current_revision(engine) == "0008"
         async with engine.connect() as conn:
             tables, indexes = await conn.run_sync(_tables_and_indexes)
         assert {"contacts", "crm_sync_state", "sync_events", "crm_control", "workers"} <= tables
@@ -64,7 +64,7 @@ async def _roundtrip(url: str) -> None:
             await conn.run_sync(_down)
         assert await current_revision(engine) is None
         await upgrade(engine)  # and back up on the emptied database
-        assert await current_revision(engine) == "0007"
+        assert await current_revision(engine) == "0008"
     finally:
         await engine.dispose()
 
@@ -226,3 +226,51 @@ async def test_sqlite_synced_email_filled_where_certain(tmp_path: Path) -> None:
 async def test_postgres_synced_email_filled_where_certain() -> None:
     async with _scratch_postgres() as url:
         await _synced_email_filled_where_certain(url)
+
+
+async def _control_rows_survive_0008(url: str) -> None:
+    """0008 adds the outage and budget columns to a populated `crm_control` and removes them."""
+    engine = db.create_engine(url)
+    try:
+        await upgrade(engine, "0007")
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "INSERT INTO crm_control (crm, manual_pause, pause_kind, updated_at) "
+                "VALUES ('hubspot', true, 'auth', '2026-12-05 10:00:00')"
+            )
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            row = (
+                await conn.exec_driver_sql(
+                    "SELECT manual_pause, pause_kind, outage_failures, outage_since, "
+                    "outage_probes, budget_used FROM crm_control"
+                )
+            ).one()
+        assert tuple(row) == (True, "auth", 0, None, 0, 0)
+
+        def _down(connection: Connection) -> None:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = connection
+            command.downgrade(cfg, "0007")
+
+        async with engine.begin() as conn:
+            await conn.run_sync(_down)
+            columns = {c["name"] for c in await conn.run_sync(_control_columns)}
+            kept = (await conn.exec_driver_sql("SELECT crm, pause_kind FROM crm_control")).one()
+        assert "outage_since" not in columns and "budget_used" not in columns
+        assert tuple(kept) == ("hubspot", "auth")
+    finally:
+        await engine.dispose()
+
+
+def _control_columns(conn: Connection) -> list[dict[str, object]]:
+    return list(inspect(conn).get_columns("crm_control"))  # type: ignore[arg-type]
+
+
+async def test_sqlite_control_rows_survive_0008(tmp_path: Path) -> None:
+    await _control_rows_survive_0008(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+
+
+async def test_postgres_control_rows_survive_0008() -> None:
+    async with _scratch_postgres() as url:
+        await _control_rows_survive_0008(url)

@@ -47,6 +47,7 @@ def build_hooks(
     if alerter is not None:
         hooks.on_batch.append(alerter.on_batch)
         hooks.on_pause.append(alerter.on_pause)
+        hooks.on_outage.append(alerter.on_outage)
     return hooks
 
 

@@ -11,8 +11,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from crmsync.enums import Crm
@@ -54,6 +55,16 @@ class CrmSettings(BaseSettings):
     auth_retry_seconds: float = Field(default=300, gt=0)
     # Requests per second our limiter allows; 0 turns pacing off.
     rate_limit_per_second: float = Field(default=0, ge=0)
+    # Vendor outage (circuit breaker): after this many batches in a row failed on the vendor's
+    # side (5xx, timeouts, no connection), the CRM pauses and one probe batch tests recovery,
+    # first after OUTAGE_PROBE_SECONDS, then at doubling intervals up to the maximum.
+    outage_failure_threshold: int = Field(default=5, ge=1)
+    outage_probe_seconds: float = Field(default=30, gt=0)
+    outage_max_probe_seconds: float = Field(default=600, gt=0)
+    # Requests crmsync may send per vendor day (unset: no budget); the day starts at midnight in
+    # DAILY_REQUEST_TIME_ZONE (HubSpot: the account's time zone, in its account settings).
+    daily_request_limit: int | None = Field(default=None, ge=1)
+    daily_request_time_zone: str = "UTC"
 
     @field_validator(
         "sync_scheduler_interval_seconds",
@@ -62,11 +73,39 @@ class CrmSettings(BaseSettings):
         "sync_scheduler_max_instances",
         "sync_retry_delay_minutes",
         "sync_retry_delay_seconds",
+        "daily_request_limit",
         mode="before",
     )
     @classmethod
     def _optional_numbers(cls, value: Any) -> Any:
         return _blank_to_none(value)
+
+    @field_validator("daily_request_time_zone")
+    @classmethod
+    def _known_time_zone(cls, value: str) -> str:
+        name = value.strip() or "UTC"
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not a time zone name: use an IANA name such as "
+                "America/New_York or Europe/Paris (or UTC)"
+            ) from None
+        return name
+
+    @model_validator(mode="after")
+    def _probe_interval_order(self) -> CrmSettings:
+        if self.outage_max_probe_seconds < self.outage_probe_seconds:
+            raise ValueError(
+                "OUTAGE_MAX_PROBE_SECONDS must be at least OUTAGE_PROBE_SECONDS "
+                f"({self.outage_max_probe_seconds:g} < {self.outage_probe_seconds:g})"
+            )
+        return self
+
+    @property
+    def time_zone(self) -> ZoneInfo:
+        """The zone whose midnight starts the vendor's day (for the daily request budget)."""
+        return ZoneInfo(self.daily_request_time_zone)
 
     @property
     def interval_seconds(self) -> float:

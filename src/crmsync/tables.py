@@ -5,7 +5,8 @@
   selection and its queue entry are one commit (a transactional outbox, no dual write). A contact
   with no row for a CRM is "New" there.
 - `sync_events`: append-only history of every attempt, pruned by age.
-- `crm_control`: per-CRM pauses (rate limit, auth, configuration, operator) every worker sees.
+- `crm_control`: per-CRM pauses (rate limit, auth, configuration, operator, daily budget), the
+  vendor outage breaker and the daily request count, which every worker sees.
 - `workers`: heartbeats of running workers, for health.
 - `contact_count_deltas`, `state_count_deltas` (PostgreSQL only): exact row counts as sums of
   per-statement deltas written by triggers (migration 0003; `crmsync.counts` reads them).
@@ -211,6 +212,16 @@ crm_control = Table(
     Column("pause_kind", String(16)),
     Column("pause_reason", Text),
     Column("updated_at", UTCDateTime, nullable=False),
+    # The vendor outage circuit breaker (sync/outage.py; migration 0008).
+    Column("outage_failures", Integer, nullable=False, server_default="0"),
+    Column("outage_since", UTCDateTime),
+    Column("outage_reason", Text),
+    Column("outage_probes", Integer, nullable=False, server_default="0"),
+    Column("next_probe_at", UTCDateTime),
+    Column("probe_owner", String(128)),
+    # Requests sent in the vendor's current day (sync/budget.py; migration 0008).
+    Column("budget_day", String(10)),
+    Column("budget_used", Integer, nullable=False, server_default="0"),
 )
 
 workers = Table(

@@ -187,6 +187,10 @@ async def test_error_rate_alerts_when_crossing_above_not_on_every_batch(
     await settle(alerter)
     assert receiver.requests == 0  # 10 of 50: 20 %
     await alerter.on_batch(HUB, rows(Outcome.retry, 5, "HTTP 503 from HubSpot"))
+    await settle(alerter)
+    assert receiver.requests == 0  # held for the gather: an outage may be opening
+    clock.advance(10)
+    alerter.tick()
     [text] = await receiver.wait_for(1)
     assert text.splitlines()[0] == (
         "[crmsync] hubspot: error rate 27% over the last 15 min (threshold 25%)"
@@ -198,8 +202,10 @@ async def test_error_rate_alerts_when_crossing_above_not_on_every_batch(
         await alerter.on_batch(HUB, rows(Outcome.retry, 10))
     await settle(alerter)
     assert receiver.requests == 1
-    clock.advance(300)  # 600 s after the alert, still above: one reminder
+    clock.advance(290)  # 600 s after the alert, still above: one reminder
     await alerter.on_batch(HUB, rows(Outcome.retry, 10))
+    clock.advance(10)
+    alerter.tick()
     texts = await receiver.wait_for(2)
     assert "Still: in the last 15 minutes, 75 of 115 rows" in texts[1]
     clock.advance(16 * 60)
@@ -347,3 +353,32 @@ def test_secrets_come_from_every_secret_setting() -> None:
 def test_no_channel_means_no_alerter() -> None:
     assert from_settings(Settings(_env_file=None)) is None
     assert from_settings(make_settings("not a url")) is None
+
+
+async def test_an_outage_is_one_alert_not_an_error_rate_and_its_all_clear(
+    alerts: AlerterFactory, receiver: Receiver, clock: FrozenClock
+) -> None:
+    alerter = alerts(alert_error_rate=0.2)
+    await alerter.start()
+    # The batches that open the breaker fail first: the error rate crosses at once...
+    await alerter.on_batch(HUB, rows(Outcome.retry, 100, "HubSpot answered 503"))
+    clock.advance(2)
+    # ...and the outage follows within seconds: its alert is the only one.
+    await alerter.on_pause(HUB, PauseKind.outage, "HubSpot answered 503: unavailable")
+    [text] = await receiver.wait_for(1)
+    assert text.splitlines()[0] == "[crmsync] hubspot paused: vendor outage"
+    assert "Last failure: HubSpot answered 503: unavailable" in text
+    assert "HUBSPOT_OUTAGE_PROBE_SECONDS" in text
+    clock.advance(60)
+    alerter.tick()
+    # Batches pushed before the outage began may still be recorded: not judged now.
+    await alerter.on_batch(HUB, rows(Outcome.retry, 50, "HubSpot answered 503"))
+    clock.advance(60)
+    alerter.tick()
+    await alerter.on_outage(HUB, False)
+    # After recovery the rows go through: no "back to normal" for a rate never announced.
+    await alerter.on_batch(HUB, rows(Outcome.ok, 100))
+    clock.advance(60)
+    alerter.tick()
+    await settle(alerter)
+    assert receiver.texts == [text]

@@ -22,6 +22,7 @@ from crmsync.connectors.base import (
     Ok,
     RateLimited,
     Retry,
+    Unreachable,
     stable_hash,
 )
 from crmsync.connectors.hubspot import SPLIT_BUDGET, HubSpotConnector, ensure_properties
@@ -616,7 +617,7 @@ async def test_403_is_auth_failed_naming_the_scopes() -> None:
     assert "crm.objects.contacts.write" in caught.value.message
 
 
-@pytest.mark.parametrize("status", [423, 477, 500, 502, 503, 504, 521, 522, 523, 524])
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 521, 522, 523, 524])
 async def test_transient_statuses_retry_every_row(status: int) -> None:
     vendor = Vendor(lambda r: hubspot_error(status, "try later", category="INTERNAL_ERROR"))
 
@@ -627,8 +628,48 @@ async def test_transient_statuses_retry_every_row(status: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "exc", [httpx.ReadTimeout("timed out"), httpx.ConnectError("refused"), httpx.ReadError("reset")]
+    ("status", "headers", "wait"),
+    [
+        (423, {}, 2.0),  # locks last 2 s: wait at least that
+        (423, {"Retry-After": "5"}, 5.0),
+        (477, {"Retry-After": "43200"}, 43200.0),  # a migration: up to a day
+        (477, {"Retry-After": "200000"}, 86400.0),  # more than a day is not taken literally
+        (477, {}, 3600.0),
+    ],
 )
+async def test_locked_and_migration_pause_like_a_rate_limit(
+    status: int, headers: dict[str, str], wait: float
+) -> None:
+    vendor = Vendor(
+        lambda r: httpx.Response(
+            status, json={"status": "error", "message": "try later"}, headers=headers
+        )
+    )
+
+    with pytest.raises(RateLimited) as caught:
+        await connector(vendor).push([contact(1), contact(2)])
+
+    assert caught.value.retry_after == wait
+    assert caught.value.http_status == status
+    assert f"HubSpot answered {status}" in caught.value.message
+    assert caught.value.partial is None  # nothing answered: no attempt is spent
+
+
+async def test_a_lock_after_some_chunks_were_answered_keeps_their_answers() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if emails(request)[0] == "person1@example.com":
+            return upserted(request)
+        return httpx.Response(423, json={"status": "error", "message": "locked"})
+
+    batch = [contact(n) for n in range(1, 151)]  # two requests: 100 and 50 inputs
+    with pytest.raises(RateLimited) as caught:
+        await connector(Vendor(answer)).push(batch)
+    assert caught.value.partial is not None
+    assert all(isinstance(r, Ok) for r in caught.value.partial[:100])
+    assert caught.value.partial[100:] == [None] * 50
+
+
+@pytest.mark.parametrize("exc", [httpx.ReadTimeout("timed out"), httpx.ReadError("reset")])
 async def test_transport_errors_retry_every_row(exc: Exception) -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         raise exc
@@ -638,6 +679,16 @@ async def test_transport_errors_retry_every_row(exc: Exception) -> None:
     assert results[0] == results[1]
     assert isinstance(results[0], Retry)
     assert type(exc).__name__ in results[0].reason
+
+
+@pytest.mark.parametrize("exc", [httpx.ConnectError("refused"), httpx.ConnectTimeout("slow")])
+async def test_a_request_never_sent_is_unreachable(exc: Exception) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    with pytest.raises(Unreachable) as caught:
+        await connector(Vendor(answer)).push([contact(1), contact(2)])
+    assert type(exc).__name__ in caught.value.message
 
 
 async def test_404_means_a_wrong_base_url() -> None:

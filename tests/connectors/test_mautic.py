@@ -22,6 +22,7 @@ from crmsync.connectors.base import (
     Ok,
     RateLimited,
     Retry,
+    Unreachable,
     stable_hash,
 )
 from crmsync.connectors.mautic import MauticConnector
@@ -478,7 +479,7 @@ async def test_server_errors_retry_every_row(status: int) -> None:
     assert len(vendor.requests) == 1
 
 
-@pytest.mark.parametrize("exc", [httpx.ReadTimeout("slow"), httpx.ConnectError("refused")])
+@pytest.mark.parametrize("exc", [httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("cut")])
 async def test_transport_errors_retry_every_row(exc: Exception) -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         raise exc
@@ -486,6 +487,14 @@ async def test_transport_errors_retry_every_row(exc: Exception) -> None:
     results = await connector(Vendor(answer)).push([contact(1)])
     assert isinstance(results[0], Retry)
     assert type(exc).__name__ in results[0].reason
+
+
+async def test_a_request_never_sent_is_unreachable() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    with pytest.raises(Unreachable, match="ConnectError"):
+        await connector(Vendor(answer)).push([contact(1)])
 
 
 @pytest.mark.parametrize(

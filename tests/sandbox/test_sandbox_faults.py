@@ -215,3 +215,44 @@ def test_seed_makes_faults_repeatable() -> None:
     assert statuses(3) == first
     assert {200} < set(first)  # a mix of successes and errors
     assert statuses(4) != first
+
+
+@pytest.mark.parametrize("crm", list(CALLS))
+def test_an_outage_fails_every_request_until_switched_off(
+    sb: SandboxServer, http: httpx.Client, crm: str
+) -> None:
+    sb.set_faults(crm, outage="5xx")
+    refused = [call(http, crm) for _ in range(5)]
+    assert {r.status_code for r in refused} == {503}
+    assert sb.contacts(crm) == []
+    sb.set_faults(crm, outage="drop")
+    # The connection is cut mid-answer: httpx sees it as one or the other, by timing.
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        call(http, crm)
+    assert sb.contacts(crm) == []
+    assert sb.stats()[crm]["dropped"] == 1
+    sb.set_faults(crm, outage="off")
+    assert call(http, crm).status_code < 300
+    with pytest.raises(ValueError, match="outage"):
+        sb.set_faults(crm, outage="sometimes")
+
+
+def test_the_request_log_records_every_request_with_its_status() -> None:
+    with (
+        SandboxServer(SandboxConfig(request_log=True, no_rate_limits=True)) as server,
+        httpx.Client(base_url=server.url, timeout=10) as http,
+    ):
+        before = time.time()
+        assert call(http, "hubspot").status_code == 200
+        server.set_faults("hubspot", outage="5xx")
+        assert call(http, "hubspot").status_code == 503
+        log = server.requests("hubspot")
+        assert [(r["endpoint"], r["status"]) for r in log] == [
+            ("POST /crm/v3/objects/contacts/batch/upsert", 200),
+            ("POST /crm/v3/objects/contacts/batch/upsert", 503),
+        ]
+        assert all(before <= r["at"] <= time.time() for r in log)
+        server.reset()
+        assert server.requests("hubspot") == []
+    with SandboxServer(SandboxConfig()) as server:
+        assert server.control.get("/hubspot/requests").status_code == 400

@@ -1,16 +1,24 @@
 """The alerter: the worker's listeners on one side, the delivery outboxes on the other.
 
 `on_batch` and `on_pause` run inline in the sync (awaited by the worker after each batch), so
-they only update in-memory counters and queue text; they never touch the network. A ticker task
-sends a digest that became due while no batch came by. Lifecycle: `start()` in a running loop,
-`aclose()` after the worker stopped (it sends what is still collected, with a short timeout);
-or `async with alerter:`.
+they only update in-memory counters and queue text; they never touch the network.
+
+A vendor outage is one incident and gets one alert: an error-rate alert is held for
+`rules.GATHER_SECONDS` (the failing batches that open the outage breaker come within seconds)
+and dropped if the CRM's outage is seen meanwhile (by this process's workers; the alert itself
+comes from the worker that opened the breaker, in whatever process); the failures the outage
+explains leave the error-rate window, so its recovery announces no rate "back to normal" either.
+
+A ticker task sends a digest (or held alert) that became due while no batch came by. Lifecycle:
+`start()` in a running loop, `aclose()` after the worker stopped (it sends what is still
+collected, with a short timeout); or `async with alerter:`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import socket
 from collections.abc import Mapping, Sequence
@@ -64,6 +72,11 @@ class Alerter:
         self.digest = rules.ErrorDigest(min_interval)
         self.rate = rules.ErrorRateWatch(error_rate, min_interval)
         self.pauses = rules.Dedup(min_interval)
+        self.gather = dt.timedelta(seconds=min(rules.GATHER_SECONDS, min_interval))
+        # Error-rate alerts waiting out the gather, by CRM: (due, alert).
+        self._held: dict[Crm, tuple[dt.datetime, messages.Alert]] = {}
+        # CRMs a worker of this process sees in an outage: their failures are not judged.
+        self._outages: set[Crm] = set()
         self._ticker: asyncio.Task[None] | None = None
 
     # -- the worker's listeners (inline in the sync: memory only) --------------------------------
@@ -71,30 +84,48 @@ class Alerter:
     async def on_batch(self, crm: Crm, updates: Sequence[RowUpdate]) -> None:
         now = self.clock()
         self.digest.add(crm, updates, now)
-        change = self.rate.add(crm, updates, now)
+        change = None if crm in self._outages else self.rate.add(crm, updates, now)
         if change is not None:
             if change.above:
                 alert = messages.rate_alert(
                     change.reading, change.again, self.min_interval, self.source, now
                 )
-            else:
-                alert = messages.rate_ok_alert(change.reading, self.source, now)
-            self.emit(alert)
+                self._held[crm] = (now + self.gather, alert)
+            elif self._held.pop(crm, None) is None:  # an alert never sent needs no all-clear
+                self.emit(messages.rate_ok_alert(change.reading, self.source, now))
         self.tick()
 
     async def on_pause(self, crm: Crm, kind: PauseKind, reason: str) -> None:
         if kind is PauseKind.rate_limit:
             return  # routine: the worker waits and goes on by itself
         now = self.clock()
+        if kind is PauseKind.outage:
+            await self.on_outage(crm, True)
         if self.pauses.allow((crm, kind, reason), now):
             retry = self._retry_seconds.get(crm, 300.0)
             self.emit(messages.pause_alert(crm, kind.value, reason, retry, self.source, now))
 
+    async def on_outage(self, crm: Crm, down: bool) -> None:
+        """A worker saw the CRM's outage begin (`down`) or end. The outage alert explains the
+        failures around it: a held error-rate alert is dropped, failures are not judged while
+        it lasts, and the rate starts afresh on both sides of it."""
+        if down:
+            self._outages.add(crm)
+            self._held.pop(crm, None)
+        else:
+            self._outages.discard(crm)
+        self.rate.forget(crm)
+
     # -- sending ---------------------------------------------------------------------------------
 
     def tick(self, force: bool = False) -> None:
-        """Queue the error digest if it is due (or whatever is collected, with `force`)."""
-        digest = self.digest.take(self.clock(), force)
+        """Queue the error digest and held error-rate alerts that are due (all, with `force`)."""
+        now = self.clock()
+        for crm, (due, alert) in list(self._held.items()):
+            if force or due <= now:
+                del self._held[crm]
+                self.emit(alert)
+        digest = self.digest.take(now, force)
         if digest is not None:
             self.emit(messages.digest_alert(digest, self.min_interval, self.source))
 

@@ -151,6 +151,10 @@ def pause_alert(
     crm: Crm, kind: str, reason: str, retry_seconds: float, source: str, now: dt.datetime
 ) -> Alert:
     name = crm.value
+    if kind == "outage":
+        return _outage_alert(crm, reason, source, now)
+    if kind == "budget":
+        return _budget_alert(crm, reason, source, now)
     if kind == "auth":
         subject = f"[crmsync] {name} paused: authentication failed"
         what = f"{name} refused crmsync's credentials, so crmsync stopped pushing to {name}."
@@ -182,6 +186,44 @@ def pause_alert(
         _footer(source, now),
     ]
     return Alert(Kind.paused, subject, "\n".join(lines))
+
+
+def _outage_alert(crm: Crm, reason: str, source: str, now: dt.datetime) -> Alert:
+    name = crm.value
+    lines = [
+        f"{name} failed every request of several batches in a row, so crmsync paused it.",
+        f"Contacts selected for {name} wait in Queued; no attempts are spent while it is down.",
+        "",
+        f"Last failure: {clip(reason, 500)}",
+        "",
+        f"crmsync tests recovery itself: one worker sends one contact to {name}, first after "
+        f"{name.upper()}_OUTAGE_PROBE_SECONDS, then at doubling intervals up to "
+        f"{name.upper()}_OUTAGE_MAX_PROBE_SECONDS. When it goes through, syncing resumes.",
+        "",
+        "What to do:",
+        f"  - Check {name}'s status page, and the network from crmsync's host to it.",
+        "  - The next probe time: GET /api/v3/crm/health or `crmsync status`.",
+        "",
+        _footer(source, now),
+    ]
+    return Alert(Kind.paused, f"[crmsync] {name} paused: vendor outage", "\n".join(lines))
+
+
+def _budget_alert(crm: Crm, reason: str, source: str, now: dt.datetime) -> Alert:
+    name = crm.value
+    lines = [
+        f"crmsync paused {name}: {clip(reason, 500)}.",
+        f"Contacts selected for {name} wait in Queued; no attempts are spent while paused.",
+        "",
+        "What to do:",
+        "  - Nothing, if the budget is right: syncing goes on when the vendor's day resets.",
+        f"  - Otherwise raise {name.upper()}_DAILY_REQUEST_LIMIT and restart the workers.",
+        "",
+        _footer(source, now),
+    ]
+    return Alert(
+        Kind.paused, f"[crmsync] {name} paused: daily request budget used", "\n".join(lines)
+    )
 
 
 def rate_alert(

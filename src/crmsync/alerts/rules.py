@@ -225,6 +225,10 @@ class ErrorRateWatch:
             return RateChange(reading, above=False)
         return None
 
+    def forget(self, crm: Crm) -> None:
+        """Start the CRM's window afresh (its failures are explained by another alert)."""
+        self._crms.pop(crm, None)
+
     def _expire(self, state: _CrmRate, now: dt.datetime) -> None:
         """Drop buckets that ended before the window's start."""
         start = now.timestamp() - self.window_minutes * 60

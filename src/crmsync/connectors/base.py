@@ -10,8 +10,8 @@ Contract for `push(batch)`:
   for a contact whose email changed since the vendor last accepted it (`previous_email`) and
   whose vendor id is known, an update of that record by its id (falling back to the upsert by
   email when the vendor no longer has the id), so the person stays one record;
-- raises `RateLimited`, `AuthFailed`, `Misconfigured` or `Transient` when the whole batch failed
-  for a reason that is not the rows' fault (nothing in the batch is then considered attempted);
+- raises `RateLimited`, `AuthFailed`, `Misconfigured` or `Transient` (`Unreachable` when no
+  connection could be made) when the whole batch failed for a reason that is not the rows' fault;
   a connector that fans out may hit that reason after some rows were answered: it then sets the
   exception's `partial` (see `ConnectorError`) so that no vendor answer is lost;
 - never lets a secret (API key, token, password) into a message, a log line or an exception.
@@ -146,6 +146,14 @@ class Misconfigured(ConnectorError):
 
 class Transient(ConnectorError):
     """The whole batch failed for a passing reason (timeout, 5xx on a batch call): back off."""
+
+
+class Unreachable(Transient):
+    """No connection could be made (refused, DNS failure, connect timeout): the request was never
+    sent, so the vendor cannot have acted on it and no attempt is spent (see `never_sent`).
+
+    A read timeout or a dropped connection is not this: the vendor may have applied the write.
+    """
 
 
 @runtime_checkable

@@ -55,7 +55,7 @@ requests already in flight finish and keep their answers. The push then raises t
 `partial` set (base.py): answered rows carry their result, the rest are None, meaning "not
 attempted" — so a rate limit never spends an attempt and never loses a vendor answer (e.g. the
 numeric id of a 201). When no row was answered, `partial` stays None. A connection that could not
-be opened raises `Transient`: the request never reached Brevo.
+be opened raises `Unreachable` (a `Transient`): the request never reached Brevo.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ from crmsync.connectors.base import (
     RateLimited,
     Retry,
     RowResult,
-    Transient,
+    Unreachable,
     make_client,
     stable_hash,
 )
@@ -408,7 +408,7 @@ class BrevoConnector:
                 response = await self._request("POST", "/contacts", body)
         except httpx.HTTPError as exc:
             if never_sent(exc):
-                push.stop(Transient(f"Brevo unreachable: {self._safe(describe(exc))}"))
+                push.stop(Unreachable(f"Brevo unreachable: {self._safe(describe(exc))}"))
                 return None
             return Retry(f"Brevo request failed: {self._safe(describe(exc))}")
         error = self._account_error(response)
@@ -443,7 +443,7 @@ class BrevoConnector:
                 response = await self._request("PUT", path, update)
         except httpx.HTTPError as exc:
             if never_sent(exc):
-                push.stop(Transient(f"Brevo unreachable: {self._safe(describe(exc))}"))
+                push.stop(Unreachable(f"Brevo unreachable: {self._safe(describe(exc))}"))
                 return None
             return Retry(f"Brevo request failed: {self._safe(describe(exc))}")
         status = response.status_code

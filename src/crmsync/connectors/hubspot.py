@@ -18,10 +18,13 @@ How answers become row results:
   message. At most `SPLIT_BUDGET` extra requests per 100 inputs; rows left then get `Retry`.
 - 429: `RateLimited` (see `_rate_limited`); the limiter's saved-up tokens are drained.
 - 401 / 403: `AuthFailed`. 404 / 405: `Misconfigured` (wrong base URL).
-- 423, 477, 5xx, timeouts, connection errors: `Retry` for the request's rows. This connector never
-  raises `Transient`: a push is several requests, and per-row results keep the answers of the
-  ones that succeeded. The engine bounds `Retry` by attempts, so a request that always fails
-  (a row HubSpot chokes on) cannot loop forever.
+- 423 (locked; HubSpot says wait at least 2 s) and 477 (migration in progress, `Retry-After` up to
+  a day): `RateLimited` for that wait, so the CRM pauses like after a 429 and no attempt is spent.
+- 5xx, timeouts, dropped connections: `Retry` for the request's rows. This connector raises
+  `Transient` only as `Unreachable`, when no connection could be made (nothing was sent): a push
+  is several requests, and per-row results keep the answers of the ones that succeeded. The
+  engine bounds `Retry` by attempts, so a request that always fails (a row HubSpot chokes on)
+  cannot loop forever.
 - A batch-wide error after some requests were answered is raised with `partial` set.
 """
 
@@ -47,13 +50,21 @@ from crmsync.connectors.base import (
     RateLimited,
     Retry,
     RowResult,
+    Unreachable,
     make_client,
     stable_hash,
     truncate,
 )
 from crmsync.connectors.fields import set_up
 from crmsync.connectors.fields.hubspot import HubSpotFields
-from crmsync.connectors.httputil import body_text, describe, json_body, redact, seconds_header
+from crmsync.connectors.httputil import (
+    body_text,
+    describe,
+    json_body,
+    never_sent,
+    redact,
+    seconds_header,
+)
 from crmsync.connectors.mapping import clean_phone, split_name
 from crmsync.connectors.ratelimit import RateLimiter
 from crmsync.connectors.upsert import (
@@ -87,7 +98,10 @@ DAILY_RECHECK_SECONDS = 3600.0
 ENSURE_PROPERTIES = 'run "crmsync setup hubspot"'
 SCOPES = "crm.objects.contacts.read and crm.objects.contacts.write"
 
-_RETRY_STATUSES = frozenset({423, 477})
+# 423 Locked: "locks last 2 s, wait at least 2 s" (crm-apis.md 2.4).
+LOCKED_WAIT_SECONDS = 2.0
+# 477 Migration in Progress comes with Retry-After (up to a day); without one, look again hourly.
+MIGRATION_WAIT_SECONDS = 3600.0
 _NARROW_STATUSES = frozenset({400, 409, 413, 422})
 # A 207 error in one of these categories is HubSpot's trouble, not the row's.
 _RETRY_CATEGORIES = frozenset({"RATE_LIMITS", "RATE_LIMIT", "LOCKED", "INTERNAL_ERROR", "TIMEOUT"})
@@ -204,6 +218,8 @@ class HubSpotConnector:
             raise Misconfigured(f"HUBSPOT_API_BASE_URL is not an http(s) URL: {exc}") from None
         except httpx.HTTPError as exc:
             reason = self._redact(f"HubSpot request failed: {describe(exc)}")
+            if never_sent(exc):
+                raise Unreachable(reason) from None
             logger.warning("%s (%d contacts will be retried)", reason, len(keys))
             run.set(keys, Retry(reason))
             return
@@ -249,7 +265,9 @@ class HubSpotConnector:
                 f"({self._base})",
                 status,
             )
-        elif status in _RETRY_STATUSES or status >= 500:
+        elif status in (423, 477):
+            raise self._on_hold(response)
+        elif status >= 500:
             run.set(keys, Retry(f"HubSpot answered {status}: {self._message(response)}", status))
         elif 400 <= status < 500:
             message = self._message(response)
@@ -467,6 +485,21 @@ class HubSpotConnector:
             )
         logger.warning(message)
         return RateLimited(wait, message)
+
+    def _on_hold(self, response: httpx.Response) -> RateLimited:
+        """423 (a lock while syncing fast) or 477 (account migration): wait, spend no attempt."""
+        status = response.status_code
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        retry_after = response.headers.get("Retry-After")
+        if status == 423:
+            wait = seconds_header(retry_after, LOCKED_WAIT_SECONDS, now)
+            what = "HubSpot answered 423 Locked"
+        else:
+            wait = seconds_header(retry_after, MIGRATION_WAIT_SECONDS, now)
+            what = "HubSpot answered 477: the account's data is being migrated"
+        message = f"{what} ({self._message(response)}); waiting {wait:g} s"
+        logger.warning(message)
+        return RateLimited(wait, message, status)
 
     def _missing_reason(self, names: list[str]) -> str:
         settings = {name: field for field, name in self._properties.items()}

@@ -19,8 +19,9 @@ How answers become row results:
 - A batch over the server's limit (HTTP 500 or 400 whose message speaks of a limit or maximum,
   or 413) is re-sent in smaller parts, recursively and within `SPLIT_BUDGET` extra requests, and
   later pushes use the smaller size (`max_batch` follows it).
-- Other 5xx, timeouts and connection errors -> `Retry` for the request's rows, as in the HubSpot
-  connector: this connector never raises `Transient`.
+- Other 5xx, timeouts and dropped connections -> `Retry` for the request's rows, as in the
+  HubSpot connector: this connector raises `Transient` only as `Unreachable`, when no connection
+  could be made (nothing was sent).
 
 Email changes: a contact whose email changed since Mautic took it (`previous_email`) and whose
 Mautic id is known is edited with `PATCH /api/contacts/{id}/edit` (the flat contact, new email
@@ -53,12 +54,20 @@ from crmsync.connectors.base import (
     Retry,
     RowResult,
     Transient,
+    Unreachable,
     make_client,
     stable_hash,
     truncate,
 )
 from crmsync.connectors.fields.mautic import MauticFields
-from crmsync.connectors.httputil import body_text, describe, json_body, redact, seconds_header
+from crmsync.connectors.httputil import (
+    body_text,
+    describe,
+    json_body,
+    never_sent,
+    redact,
+    seconds_header,
+)
 from crmsync.connectors.mapping import clean_phone, split_name
 from crmsync.connectors.ratelimit import RateLimiter
 from crmsync.connectors.upsert import (
@@ -209,6 +218,8 @@ class MauticConnector:
         run.check()
         try:
             authorization = await self._authorization()
+        except Unreachable:
+            raise
         except Transient as exc:
             logger.warning("%s (%d contacts will be retried)", exc.message, len(keys))
             run.set(keys, Retry(exc.message, exc.http_status))
@@ -228,6 +239,8 @@ class MauticConnector:
             raise Misconfigured(f"MAUTIC_BASE_URL is not an http(s) URL: {exc}") from None
         except httpx.HTTPError as exc:
             reason = self._redact(f"Mautic request failed: {describe(exc)}")
+            if never_sent(exc):
+                raise Unreachable(reason) from None
             logger.warning("%s (%d contacts will be retried)", reason, len(keys))
             run.set(keys, Retry(reason))
             return
@@ -490,7 +503,8 @@ class _OAuth2:
                 self._url, data=form, headers={"Accept": "application/json"}
             )
         except httpx.HTTPError as exc:
-            raise Transient(self._scrub(f"Mautic token request failed: {describe(exc)}")) from None
+            reason = self._scrub(f"Mautic token request failed: {describe(exc)}")
+            raise (Unreachable if never_sent(exc) else Transient)(reason) from None
         status = response.status_code
         body = json_body(response)
         token = body.get("access_token") if isinstance(body, dict) else None

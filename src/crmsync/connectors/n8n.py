@@ -29,7 +29,7 @@ Answers (n8n has no per-row results, so every row of a batch gets the same one):
 - 408, 5xx (incl. 500 "Error in workflow" and Cloudflare's 524), a read timeout or a dropped
   connection → `Retry` for every row: n8n may have started a run, and a workflow error may be
   caused by the data, so attempts are spent and bounded.
-- A connection that could not be opened → `Transient`: the request never reached n8n.
+- A connection that could not be opened → `Unreachable`: the request never reached n8n.
 - Any other 4xx → `Fail` for every row, with n8n's text.
 If a batch-wide error hits the second half of a split batch, the first half's answers travel in the
 exception's `partial` (base.py).
@@ -58,7 +58,7 @@ from crmsync.connectors.base import (
     RateLimited,
     Retry,
     RowResult,
-    Transient,
+    Unreachable,
     make_client,
     stable_hash,
 )
@@ -242,7 +242,7 @@ class N8nConnector:
             )
         except httpx.HTTPError as exc:
             if never_sent(exc):
-                raise Transient(f"n8n unreachable: {self._safe(describe(exc))}") from None
+                raise Unreachable(f"n8n unreachable: {self._safe(describe(exc))}") from None
             for i in indexes:
                 results[i] = Retry(f"n8n request failed: {self._safe(describe(exc))}")
             return

@@ -3,9 +3,11 @@
 Per CRM (`crms.<crm>.status`):
 
 - `disabled`: not configured (neither here nor on any live worker) and no row is due for it.
-- `down`: it cannot sync what it should. Paused after an auth or configuration failure; or rows
-  are due and no live worker serves it (for an unconfigured CRM: rows are due at all).
-- `degraded`: paused by an operator; or its error rate over the last hour is above
+- `down`: it cannot sync what it should. Paused after an auth or configuration failure; or the
+  vendor is in an outage (the reason and the next probe time are shown); or rows are due and no
+  live worker serves it (for an unconfigured CRM: rows are due at all).
+- `degraded`: paused by an operator; or paused because the daily request budget is used (until
+  the vendor's day resets); or its error rate over the last hour is above
   `CRMSYNC_ALERT_ERROR_RATE`; or its lag (age of the oldest due row) is above `max_lag_seconds`;
   or it is configured but no live worker serves it (nothing due yet).
 - `ok` otherwise. A rate-limit pause alone is routine pacing, not a problem; if the vendor's
@@ -31,14 +33,17 @@ from crmsync.enums import Crm
 from crmsync.ops.schemas import (
     CrmHealth,
     CrmStatus,
+    DailyRequests,
     Health,
     HealthStatus,
+    Outage,
     ServingWorker,
     WorkerRead,
 )
 from crmsync.ops.snapshot import ERROR_WINDOW, THROUGHPUT_WINDOW, Snapshot
 from crmsync.settings import Settings
-from crmsync.sync.control import PauseKind
+from crmsync.sync import budget
+from crmsync.sync.control import Control, PauseKind
 
 DEFAULT_MAX_LAG_SECONDS = 900.0
 BLOCKING_PAUSES = (PauseKind.auth.value, PauseKind.configuration.value)
@@ -116,6 +121,15 @@ def _crm_health(snap: Snapshot, settings: Settings, crm: Crm, max_lag: float) ->
                 f"paused until {_at(ctl.paused_until)} ({ctl.pause_kind} failure: "
                 f"{ctl.pause_reason}); fix it, then `crmsync resume --crm {crm.value}`"
             )
+        if ctl.in_outage:
+            down.append(
+                f"vendor outage since {_at(ctl.outage_since)} ({ctl.outage_reason}); no attempts "
+                f"are spent; next probe at {_at(ctl.next_probe_at)}"
+            )
+        if timed and ctl.pause_kind == PauseKind.budget.value:
+            degraded.append(
+                f"paused until {_at(ctl.paused_until)}: {ctl.pause_reason or 'daily budget used'}"
+            )
         if due and not serving:
             down.append(f"{due} row(s) are due and no live worker serves it")
         elif not serving:
@@ -148,6 +162,8 @@ def _crm_health(snap: Snapshot, settings: Settings, crm: Crm, max_lag: float) ->
         paused_until=ctl.paused_until if timed else None,
         pause_kind=ctl.pause_kind if timed else None,
         pause_reason=ctl.pause_reason if timed else None,
+        outage=_outage(ctl),
+        daily_requests=_daily_requests(ctl, settings, crm, now),
         workers=[
             ServingWorker(id=w.id, hostname=w.hostname, last_cycle_at=w.last_cycle_at)
             for w in serving
@@ -159,6 +175,35 @@ def _crm_health(snap: Snapshot, settings: Settings, crm: Crm, max_lag: float) ->
         failures=failures,
         error_rate=round(error_rate, 4),
         throughput_per_minute=round(throughput, 3),
+    )
+
+
+def _outage(ctl: Control) -> Outage | None:
+    if ctl.outage_since is None:
+        return None
+    return Outage(
+        since=ctl.outage_since,
+        reason=ctl.outage_reason,
+        failed_probes=ctl.outage_probes,
+        next_probe_at=ctl.next_probe_at,
+    )
+
+
+def _daily_requests(
+    ctl: Control, settings: Settings, crm: Crm, now: dt.datetime
+) -> DailyRequests | None:
+    """The budget as this process's settings define it (the API host shares the workers' .env)."""
+    crm_settings = settings.crm(crm)
+    limit = crm_settings.daily_request_limit
+    if limit is None:
+        return None
+    zone = crm_settings.time_zone
+    _, resets_at = budget.vendor_day(now, zone)
+    return DailyRequests(
+        limit=limit,
+        used=budget.used_today(ctl, now, zone),
+        time_zone=crm_settings.daily_request_time_zone,
+        resets_at=resets_at,
     )
 
 

@@ -77,7 +77,8 @@ class SnapshotCollector(Collector):
         )
         paused = GaugeMetricFamily(
             "crmsync_crm_paused",
-            "1 while the CRM is paused, by reason (manual, rate_limit, auth, configuration)",
+            "1 while the CRM is paused, by reason (manual, rate_limit, auth, configuration, "
+            "budget, outage)",
             labels=["crm", "reason"],
         )
         for crm in Crm:
@@ -92,7 +93,12 @@ class SnapshotCollector(Collector):
             ctl = snap.controls[crm]
             timed = ctl.paused_until is not None and ctl.paused_until > snap.now
             for reason in PAUSE_REASONS:
-                on = ctl.manual_pause if reason == "manual" else timed and ctl.pause_kind == reason
+                if reason == "manual":
+                    on = ctl.manual_pause
+                elif reason == PauseKind.outage.value:
+                    on = ctl.in_outage
+                else:
+                    on = timed and ctl.pause_kind == reason
                 paused.add_metric([crm.value, reason], 1 if on else 0)
         yield from (total, depth, due, lag, alive, enabled, paused)
 

@@ -63,4 +63,6 @@ def _paused(crm: CrmHealth) -> str:
     kinds = ["manual"] if crm.manual_pause else []
     if crm.pause_kind:
         kinds.append(crm.pause_kind)
+    if crm.outage is not None:
+        kinds.append("outage")
     return ",".join(kinds) or "-"

@@ -41,6 +41,22 @@ class ServingWorker(BaseModel):
     last_cycle_at: dt.datetime | None
 
 
+class Outage(BaseModel):
+    since: dt.datetime
+    reason: str | None = Field(description="The vendor's last failure")
+    failed_probes: int
+    next_probe_at: dt.datetime | None = Field(
+        description="When one worker sends the next probe (one contact) to test recovery"
+    )
+
+
+class DailyRequests(BaseModel):
+    limit: int
+    used: int = Field(description="Requests sent in the vendor's current day")
+    time_zone: str = Field(description="Where the vendor's day starts at midnight")
+    resets_at: dt.datetime
+
+
 class CrmHealth(BaseModel):
     status: CrmStatus
     reasons: list[str]
@@ -49,8 +65,16 @@ class CrmHealth(BaseModel):
     paused: bool
     manual_pause: bool
     paused_until: dt.datetime | None
-    pause_kind: str | None = Field(description="rate_limit, auth or configuration (timed pauses)")
+    pause_kind: str | None = Field(
+        description="rate_limit, auth, configuration or budget (timed pauses)"
+    )
     pause_reason: str | None
+    outage: Outage | None = Field(
+        description="Set while the vendor is in an outage: crmsync pauses and probes it"
+    )
+    daily_requests: DailyRequests | None = Field(
+        description="The daily request budget, when {CRM}_DAILY_REQUEST_LIMIT is set"
+    )
     workers: list[ServingWorker] = Field(description="Live workers serving this CRM")
     queue: dict[str, int] = Field(description="Contacts per sync status (as in the summary)")
     due: int = Field(description="Rows a worker would claim now")

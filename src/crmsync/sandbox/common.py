@@ -318,12 +318,31 @@ class VendorStats:
             self.client_4xx += 1
 
 
+@dataclass(frozen=True, slots=True)
+class LoggedRequest:
+    """One request as the request log holds it (`SandboxConfig.request_log`)."""
+
+    at: float  # Unix time, s, when it arrived
+    endpoint: str  # the `by_endpoint` label
+    status: int  # 0: the connection was dropped
+    sender: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "endpoint": self.endpoint,
+            "status": self.status,
+            "sender": self.sender,
+        }
+
+
 class Vendor:
     """Base of the four fakes: state, the fault/limit pipeline and the inspection hooks.
 
     Subclasses set `name`, build their routes, and implement `authenticate`, `error_response`
     and `check_limits`. `endpoint(...)` wraps a handler with, in this order:
-    latency -> timeout -> random 5xx -> authentication -> burst_429 -> rate limits -> handler.
+    outage -> latency -> timeout -> random 5xx -> authentication -> burst_429 -> rate limits ->
+    handler.
     Faults come before authentication because in production they happen in front of the app
     (load balancer, overloaded worker); rate limits come after it because vendors count them
     per account or app.
@@ -345,6 +364,7 @@ class Vendor:
         self.options = config.initial_options(self.name)
         if config.push_log:
             store.pushes = []
+        self.requests: list[LoggedRequest] | None = [] if config.request_log else None
 
     # --- hooks for subclasses -------------------------------------------------------------
 
@@ -378,6 +398,8 @@ class Vendor:
         """Forget contacts, stats and limiter windows; with `faults`, restore start options."""
         self.store.clear()
         self.stats = VendorStats()
+        if self.requests is not None:
+            self.requests = []
         if faults:
             self.options = self.config.initial_options(self.name)
 
@@ -413,6 +435,7 @@ class Vendor:
         """Wrap `handler` with stats, faults, auth and limits. `label` keys `by_endpoint`."""
 
         async def run(request: Request) -> Response:
+            arrived = time.time()
             if self.store.pushes is not None:
                 _sender.set(request.headers.get(SENDER_HEADER, ""))
             stats = self.stats
@@ -435,6 +458,9 @@ class Vendor:
                 stats.in_flight -= 1
                 if status:
                     stats.count_status(status)
+                if self.requests is not None:
+                    sender = request.headers.get(SENDER_HEADER, "")
+                    self.requests.append(LoggedRequest(arrived, label, status, sender))
 
         return run
 
@@ -442,6 +468,12 @@ class Vendor:
         self, request: Request, handler: Handler, auth: bool, limited: bool
     ) -> Response:
         options = self.options
+        if options.outage != "off":
+            # In front of the vendor's app (load balancer, DNS, a dead data centre): nothing is
+            # authenticated, counted against a limit or stored.
+            if options.outage == "drop":
+                return DropConnection()
+            return self._with_limit_headers(self.error_response(503), limited)
         if options.latency_ms:
             await asyncio.sleep(options.latency_ms / 1000)
         if options.timeout_rate and self.rng.random() < options.timeout_rate:

@@ -42,6 +42,13 @@ def _opt(default: Any, help: str, **meta: Any) -> Any:
 class FaultOptions:
     """Faults every vendor fake can inject (see `common.Vendor.dispatch` for the order)."""
 
+    # A vendor outage, switched on and off at run time: every request fails before it reaches
+    # the vendor's app ("5xx": answered 503; "drop": the connection is cut before an answer).
+    outage: str = _opt(
+        "off",
+        "vendor outage: every request answered 503 (5xx) or its connection dropped (drop)",
+        choices=("off", "5xx", "drop"),
+    )
     error_rate: float = _opt(0.0, "share of requests answered 500/502/503", **_RATE)
     latency_ms: float = _opt(0.0, "added delay before every answer", **_NON_NEGATIVE)
     timeout_rate: float = _opt(0.0, "share of requests that hang for timeout_ms", **_RATE)
@@ -143,6 +150,9 @@ class SandboxConfig:
     # Log every accepted contact write with its time and sender (`GET /_sandbox/{crm}/pushes`).
     # Off by default: the log grows with every write.
     push_log: bool = False
+    # Log every request a vendor receives, with its time, endpoint, status and sender
+    # (`GET /_sandbox/{crm}/requests`). Off by default: the log grows with every request.
+    request_log: bool = False
 
     brevo_api_key: str = "sandbox-brevo-key"
     hubspot_access_token: str = "pat-na1-sandbox-token"

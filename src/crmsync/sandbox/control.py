@@ -10,7 +10,11 @@
 - `GET /_sandbox/{crm}/pushes`: with `SandboxConfig(push_log=True)`, every accepted contact write
   in order: `{"email", "at" (Unix time, s), "sender" (the `X-Crmsync-Worker` header or "")}`;
   400 when the push log is off.
-- `GET /_sandbox/{crm}/faults`: the vendor's current fault/limit options.
+- `GET /_sandbox/{crm}/requests`: with `SandboxConfig(request_log=True)`, every request the
+  vendor received, in order: `{"at" (Unix time, s), "endpoint", "status" (0: dropped),
+  "sender"}`; 400 when the request log is off.
+- `GET /_sandbox/{crm}/faults`: the vendor's current fault/limit options (`outage` switches a
+  vendor outage on and off: `"5xx"`, `"drop"` or `"off"`).
 - `PUT /_sandbox/{crm}/faults`: merge a JSON object into them; 400 `{"error": ...}` naming an
   unknown key or a bad value (nothing is applied then).
 - `GET /_sandbox/brevo/processes`: Brevo import processes and their row counts.
@@ -86,6 +90,14 @@ def control_routes(sandbox: Sandbox) -> list[BaseRoute]:
             return _problem(400, "the push log is off: start the sandbox with push_log=True")
         return JSONResponse([{"email": e, "at": at, "sender": who} for e, at, who in log])
 
+    async def requests(request: Request) -> Response:
+        vendor = vendor_of(request)
+        if vendor is None:
+            return unknown(request)
+        if vendor.requests is None:
+            return _problem(400, "the request log is off: start the sandbox with request_log=True")
+        return JSONResponse([logged.as_json() for logged in vendor.requests])
+
     async def get_faults(request: Request) -> Response:
         vendor = vendor_of(request)
         return unknown(request) if vendor is None else JSONResponse(vendor.opts)
@@ -123,6 +135,7 @@ def control_routes(sandbox: Sandbox) -> list[BaseRoute]:
         Route("/{crm}/reset", reset_one, methods=["POST"]),
         Route("/{crm}/contacts", contacts, methods=["GET"]),
         Route("/{crm}/pushes", pushes, methods=["GET"]),
+        Route("/{crm}/requests", requests, methods=["GET"]),
         Route("/{crm}/faults", get_faults, methods=["GET"]),
         Route("/{crm}/faults", put_faults, methods=["PUT"]),
     ]

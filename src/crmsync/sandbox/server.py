@@ -411,6 +411,13 @@ class SandboxServer:
         result: list[dict[str, Any]] = self.control.get(f"/{crm}/pushes").raise_for_status().json()
         return result
 
+    def requests(self, crm: str) -> list[dict[str, Any]]:
+        """Every request the vendor received (needs `SandboxConfig(request_log=True)`)."""
+        result: list[dict[str, Any]] = (
+            self.control.get(f"/{crm}/requests").raise_for_status().json()
+        )
+        return result
+
     def faults(self, crm: str) -> dict[str, Any]:
         result: dict[str, Any] = self.control.get(f"/{crm}/faults").raise_for_status().json()
         return result

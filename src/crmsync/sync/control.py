@@ -1,8 +1,10 @@
 """Per-CRM pauses that every worker on every host sees (rows in `crm_control`).
 
 Two independent switches: an operator's manual pause (`crmsync pause`/`resume`), and a timed pause
-a worker sets after a rate limit, an auth failure or a configuration failure. A timed pause only
-ever moves later, so one worker's short wait cannot cut another's long one short.
+a worker sets after a rate limit, an auth failure, a configuration failure or when the daily
+request budget is used up. A timed pause only ever moves later, so one worker's short wait cannot
+cut another's long one short. The same row holds the vendor outage breaker (`outage.py`) and the
+day's request count (`budget.py`); `load` reads all of it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ class PauseKind(StrEnum):
     rate_limit = "rate_limit"
     auth = "auth"
     configuration = "configuration"
+    # The daily request budget is used up: paused until the vendor's day resets.
+    budget = "budget"
+    # The vendor is down (the outage breaker is open). Not a timed pause: see `outage.py`.
+    outage = "outage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +40,23 @@ class Control:
     paused_until: dt.datetime | None = None
     pause_kind: str | None = None
     pause_reason: str | None = None
+    # The outage breaker: open while `outage_since` is set (see `outage.py`).
+    outage_failures: int = 0
+    outage_since: dt.datetime | None = None
+    outage_reason: str | None = None
+    outage_probes: int = 0
+    next_probe_at: dt.datetime | None = None
+    probe_owner: str | None = None
+    # Requests sent in the vendor's day `budget_day` (see `budget.py`).
+    budget_day: str | None = None
+    budget_used: int = 0
 
     def paused_at(self, now: dt.datetime) -> bool:
         return self.manual_pause or (self.paused_until is not None and self.paused_until > now)
+
+    @property
+    def in_outage(self) -> bool:
+        return self.outage_since is not None
 
 
 async def load(conn: AsyncConnection) -> dict[Crm, Control]:
@@ -45,7 +65,19 @@ async def load(conn: AsyncConnection) -> dict[Crm, Control]:
         if row.crm in Crm.__members__:
             crm = Crm(row.crm)
             found[crm] = Control(
-                crm, row.manual_pause, row.paused_until, row.pause_kind, row.pause_reason
+                crm,
+                row.manual_pause,
+                row.paused_until,
+                row.pause_kind,
+                row.pause_reason,
+                row.outage_failures,
+                row.outage_since,
+                row.outage_reason,
+                row.outage_probes,
+                row.next_probe_at,
+                row.probe_owner,
+                row.budget_day,
+                row.budget_used,
             )
     return found
 

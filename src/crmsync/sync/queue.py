@@ -425,7 +425,13 @@ _STATEMENTS: dict[Outcome, RowWrite] = {
         }
     ),
 }
-for _kind in (Outcome.rate_limited, Outcome.auth_failed, Outcome.misconfigured, Outcome.released):
+for _kind in (
+    Outcome.rate_limited,
+    Outcome.auth_failed,
+    Outcome.misconfigured,
+    Outcome.released,
+    Outcome.unavailable,
+):
     _STATEMENTS[_kind] = _STATEMENTS[Outcome.retry]
 
 _EVENT_PER_ROW = ("contact_id", "outcome", "http_status", "message", "attempt")

@@ -5,6 +5,7 @@ New --select--> Selected --claim--> Processing --ok--> Complete
                    ^                    |  |--retry, attempts left--> Queued (after a backoff)
                    |                    |  |--fail, or retries used up--> Error
                    |                    |--rate limited / auth / config--> Queued (no attempt)
+   |                    |--vendor outage, or never sent--> Queued (no attempt)
    unselect: Selected/Queued/Error/Complete/Processing --> New
    contact edited while Complete or Processing --> Selected (re-sync)
    operator retry or re-select: Error --> Selected (attempts reset)
@@ -42,6 +43,8 @@ class Outcome(StrEnum):
     auth_failed = "auth_failed"  # released; the CRM is paused
     misconfigured = "misconfigured"  # released; the CRM is paused
     released = "released"  # handed back unattempted (shutdown)
+    # handed back unattempted: the vendor is in an outage, or the request was never sent
+    unavailable = "unavailable"
 
 
 # `Claimed` and `RowUpdate` are built once per synced row (RowUpdate twice: again in the SQLite

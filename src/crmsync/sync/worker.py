@@ -10,6 +10,10 @@ transaction of their own were slower). When nothing is due the loop sleeps
 `{CRM}_SYNC_SCHEDULER_INTERVAL_SECONDS`, or less if a selection wakes it (same process: an
 event; other processes: PostgreSQL NOTIFY).
 
+While the vendor is down (`outage.py`) a CRM claims nothing but the probe: one contact, sent by
+the one worker that took the probe. With `{CRM}_DAILY_REQUEST_LIMIT` set, the requests each
+connector sends are counted (`budget.py`) and the CRM pauses when the day's budget is used.
+
 Beside the loops: a heartbeat (worker row, lease renewal for slow batches), event pruning, and
 on PostgreSQL a LISTEN connection. On stop, no new claims; in-flight batches get
 `CRMSYNC_SHUTDOWN_GRACE_SECONDS` to finish, then are cancelled and their rows handed back.
@@ -28,7 +32,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -41,14 +45,16 @@ from crmsync.connectors.base import (
     ConnectorError,
     Misconfigured,
     RateLimited,
+    Retry,
     RowResult,
     Transient,
+    Unreachable,
     make_client,
 )
 from crmsync.connectors.registry import create_connector
 from crmsync.enums import Crm
 from crmsync.settings import CrmSettings, Settings
-from crmsync.sync import control, events, heartbeat, queue
+from crmsync.sync import budget, control, events, heartbeat, outage, queue
 from crmsync.sync.backoff import Backoff
 from crmsync.sync.fields import FieldGate, Pause, Wait
 from crmsync.sync.state import (
@@ -79,12 +85,16 @@ WATCH_SECONDS = 0.25
 # Called with (crm, applied row updates) after each batch is recorded; alerting hooks in here.
 BatchListener = Callable[[Crm, Sequence[RowUpdate]], Awaitable[None]]
 PauseListener = Callable[[Crm, control.PauseKind, str], Awaitable[None]]
+# Called by every worker when its view of the CRM's outage breaker changes: True once it sees an
+# outage (on_pause comes only from the worker that opened it), False once it sees it end.
+OutageListener = Callable[[Crm, bool], Awaitable[None]]
 
 
 @dataclass
 class Hooks:
     on_batch: list[BatchListener] = field(default_factory=list)
     on_pause: list[PauseListener] = field(default_factory=list)
+    on_outage: list[OutageListener] = field(default_factory=list)
 
 
 class CrmRunner:
@@ -105,6 +115,13 @@ class CrmRunner:
         self.max_instances = (
             crm_settings.sync_scheduler_max_instances or connector.default_concurrency
         )
+        self.outage = outage.Policy.of(crm_settings)
+        # Requests the connector sent that are not yet added to the day's count (budget.py).
+        self.requests_sent = 0
+        # Probes that had failed in this outage when this worker took the current one.
+        self._failed_probes = 0
+        # The start of the outage this worker last told its `on_outage` listeners about.
+        self._outage_seen: dt.datetime | None = None
         self.policy = RetryPolicy(
             crm_settings.sync_max_retries,
             Backoff(
@@ -147,6 +164,8 @@ class CrmRunner:
         now = self.worker.clock()
         pause = await self._pause_left(now)
         if pause is not None:
+            if pause == 0 and self._control.in_outage:
+                return await self._probe()
             return pause
         if self.fields.pending:
             wait = await self._check_fields()
@@ -177,13 +196,19 @@ class CrmRunner:
         # A short batch means the queue is drained for now: rest until woken or polled.
         return 0 if len(batch) >= self.batch_size else self.settings.interval_seconds
 
-    async def _claim(self) -> tuple[list[Claimed], str]:
+    async def _claim(self, size: int | None = None) -> tuple[list[Claimed], str]:
         """Take the next batch under a new lease token (the lease starts now)."""
         now = self.worker.clock()
         token = uuid.uuid4().hex
         lease_until = now + dt.timedelta(seconds=self.worker.settings.lease_seconds)
         batch = await queue.claim(
-            self.worker.engine, self.crm, self.batch_size, self.worker.id, token, now, lease_until
+            self.worker.engine,
+            self.crm,
+            size or self.batch_size,
+            self.worker.id,
+            token,
+            now,
+            lease_until,
         )
         self.last_cycle_at = now
         return batch, token
@@ -195,11 +220,46 @@ class CrmRunner:
             await self._process(batch, token)
         return len(batch)
 
-    async def _lane(self, batch: list[Claimed], token: str) -> None:
+    async def _probe(self) -> float:
+        """The CRM is in an outage and its probe is due: take it (one worker in all wins) and
+        send one contact in a lane of its own. How long to idle afterwards."""
+        now = self.worker.clock()
+        lease_until = now + dt.timedelta(seconds=self.worker.settings.lease_seconds)
+        async with self.worker.engine.begin() as conn:
+            failed = await outage.take_probe(conn, self.crm, self.worker.id, now, lease_until)
+        self._control_read = -CONTROL_TTL  # see the probe's new time (ours or another's)
+        if failed is None:
+            return 0  # another worker took it
+        await self._slots.acquire()
+        try:
+            batch, token = await self._claim(size=1)
+        except BaseException:
+            self._slots.release()
+            raise
+        if not batch:
+            self._slots.release()
+            async with self.worker.engine.begin() as conn:
+                await outage.give_back_probe(conn, self.crm, self.worker.id, self.worker.clock())
+            return self.settings.interval_seconds
+        log.info(
+            "%s: probing whether the vendor is back (probe %d of this outage)",
+            self.crm.value,
+            failed + 1,
+        )
+        self._failed_probes = failed
+        lane = asyncio.create_task(
+            self._lane(batch, token, probe=True), name=f"{self.crm.value}:probe"
+        )
+        self.lanes.add(lane)
+        lane.add_done_callback(self._lane_done)
+        return 0
+
+    async def _lane(self, batch: list[Claimed], token: str, *, probe: bool = False) -> None:
         """Push and record `batch`; while batches come full, claim the next one and go on.
 
         The lane holds its slot throughout. It ends at a short batch (the queue is drained for
-        now: the loop rests), when the worker stops, or when the CRM is paused.
+        now: the loop rests), when the worker stops, or when the CRM is paused. A `probe` lane's
+        first batch is the outage probe.
         """
         lane = asyncio.current_task()
         assert lane is not None
@@ -208,7 +268,8 @@ class CrmRunner:
             metrics.IN_FLIGHT.labels(self.crm.value).inc()
             try:
                 full = len(batch) >= self.batch_size
-                batch, next_token = await self._process(batch, token, claim_next=full)
+                batch, next_token = await self._process(batch, token, claim_next=full, probe=probe)
+                probe = False
             finally:
                 self.in_flight.pop(token, None)
                 metrics.IN_FLIGHT.labels(self.crm.value).dec()
@@ -227,11 +288,15 @@ class CrmRunner:
         self._slots.release()
 
     async def _pause_left(self, now: dt.datetime) -> float | None:
-        """Seconds to wait while the CRM is paused (manual or timed), else None."""
+        """Seconds to wait while the CRM is paused (manual, timed or in an outage), else None.
+
+        In an outage whose probe is due: 0 (the loop then tries to take the probe).
+        """
         if time.monotonic() - self._control_read >= CONTROL_TTL:
             async with self.worker.read_engine.connect() as conn:
                 self._control = (await control.load(conn))[self.crm]
             self._control_read = time.monotonic()
+            await self._note_outage()
         ctl = self._control
         if ctl.manual_pause:
             self.fields.forget()
@@ -241,6 +306,15 @@ class CrmRunner:
                 self.fields.forget()
             left = (ctl.paused_until - now).total_seconds()
             return min(left, self.settings.interval_seconds)
+        if ctl.in_outage:
+            due = ctl.next_probe_at or now
+            return min(max(0.0, (due - now).total_seconds()), self.settings.interval_seconds)
+        limit = self.settings.daily_request_limit
+        if limit is not None:
+            used = budget.used_today(ctl, now, self.settings.time_zone)
+            if used >= limit:
+                await self._budget_used_up(used, now)
+                return await self._pause_left(now)
         return None
 
     async def _check_fields(self) -> float | None:
@@ -258,7 +332,7 @@ class CrmRunner:
     # -- one batch -----------------------------------------------------------------------------
 
     async def _process(
-        self, batch: list[Claimed], token: str, *, claim_next: bool = False
+        self, batch: list[Claimed], token: str, *, claim_next: bool = False, probe: bool = False
     ) -> tuple[list[Claimed], str]:
         """Push `batch` and record its outcome.
 
@@ -280,7 +354,13 @@ class CrmRunner:
                 to_push.append(row)
                 fingerprints.append(fingerprint)
         if to_push:
-            updates += await self._push(to_push, fingerprints)
+            updates += await self._push(to_push, fingerprints, probe=probe)
+        elif probe:
+            # Nothing needed sending (unchanged): no evidence; the probe is due again.
+            async with self.worker.engine.begin() as conn:
+                await outage.give_back_probe(conn, self.crm, self.worker.id, self.worker.clock())
+        if self.requests_sent:
+            await self._count_requests()
         duration = time.perf_counter() - t0
         metrics.VENDOR_LATENCY.labels(self.crm.value).observe(duration)
         timing = queue.Timing(self.worker.id, started, int(duration * 1000))
@@ -322,18 +402,24 @@ class CrmRunner:
                 await _quietly(listener(self.crm, applied))
         return following
 
-    async def _push(self, rows: list[Claimed], fingerprints: list[str]) -> list[RowUpdate]:
+    async def _push(
+        self, rows: list[Claimed], fingerprints: list[str], *, probe: bool = False
+    ) -> list[RowUpdate]:
         now = self.worker.clock()
         try:
             results = await self.connector.push([row.payload for row in rows])
             if len(results) != len(rows):
-                raise Transient(f"connector returned {len(results)} results for {len(rows)} rows")
+                raise ConnectorError(
+                    f"connector returned {len(results)} results for {len(rows)} rows"
+                )
         except RateLimited as exc:
+            await self._vendor_answered(probe)
             metrics.RATE_LIMITED.labels(self.crm.value).inc()
             until = now + dt.timedelta(seconds=exc.retry_after)
             await self._pause(control.PauseKind.rate_limit, until, exc.message)
             return self._partial(rows, fingerprints, exc, Outcome.rate_limited, until, None)
         except (AuthFailed, Misconfigured) as exc:
+            await self._vendor_answered(probe)
             kind = (
                 control.PauseKind.auth
                 if isinstance(exc, AuthFailed)
@@ -343,24 +429,187 @@ class CrmRunner:
             await self._pause(kind, until, exc.message)
             outcome = Outcome.auth_failed if isinstance(exc, AuthFailed) else Outcome.misconfigured
             return self._partial(rows, fingerprints, exc, outcome, until, exc.message)
-        except Transient as exc:
-            return [
-                retry_or_give_up(row, exc.message, exc.http_status, self.policy, now)
-                for row in rows
-            ]
         except ConnectorError as exc:
-            return [
-                retry_or_give_up(row, exc.message, exc.http_status, self.policy, now)
-                for row in rows
-            ]
+            # Transient or another batch-wide failure: rows the vendor answered before it keep
+            # their answer (an accepted row is Complete, with its vendor id); the others retry.
+            partial: list[RowResult | None] = exc.partial or [None] * len(rows)
+            down = outage.vendor_down(partial)
+            if isinstance(exc, Transient) and down is None:
+                down = True  # a timeout or no connection before any answer
+            held = await self._judge(down, exc.message, probe)
+            if held is None and isinstance(exc, Unreachable):
+                # Never sent, so never attempted: back soon, no attempt spent.
+                held = now + self.outage.interval(0)
+            return self._after_failure(rows, fingerprints, partial, exc, held, now)
         except Exception as exc:
             log.exception("%s: connector failed unexpectedly", self.crm.value)
+            if probe:
+                await self._judge(None, "", probe)
             reason = f"internal error in the {self.crm.value} connector: {type(exc).__name__}"
             return [retry_or_give_up(row, reason, None, self.policy, now) for row in rows]
+        down = outage.vendor_down(results)
+        if down:
+            reason = next(r.reason for r in results if isinstance(r, Retry))
+            held = await self._judge(down, reason, probe)
+            if held is not None:
+                return self._after_failure(rows, fingerprints, results, None, held, now)
+        else:
+            await self._judge(down, "", probe)
         return [
             apply_result(row, result, fingerprint, self.policy, now)
             for row, result, fingerprint in zip(rows, results, fingerprints, strict=True)
         ]
+
+    def _after_failure(
+        self,
+        rows: list[Claimed],
+        fingerprints: list[str],
+        results: Sequence[RowResult | None],
+        exc: ConnectorError | None,
+        held: dt.datetime | None,
+        now: dt.datetime,
+    ) -> list[RowUpdate]:
+        """A batch that failed as a whole (`exc`) or on the vendor's side: rows the vendor
+        answered keep their answer. The others spend an attempt, unless they are `held`: the
+        CRM is in an outage or the request was never sent. Those go back unattempted, due again
+        at `held`.
+        """
+        out = []
+        for row, fingerprint, result in zip(rows, fingerprints, results, strict=True):
+            if held is not None and (result is None or outage.vendor_failure(result)):
+                # A row's own vendor failure (a Retry) says more than the batch's exception.
+                cause = result if isinstance(result, Retry) else exc
+                assert cause is not None
+                reason = cause.reason if isinstance(cause, Retry) else cause.message
+                out.append(release(row, Outcome.unavailable, held, reason, cause.http_status))
+            elif result is None:
+                assert exc is not None
+                out.append(retry_or_give_up(row, exc.message, exc.http_status, self.policy, now))
+            else:
+                out.append(apply_result(row, result, fingerprint, self.policy, now))
+        return out
+
+    async def _judge(self, down: bool | None, reason: str, probe: bool) -> dt.datetime | None:
+        """Feed one batch's verdict to the outage breaker.
+
+        `down`: True when the vendor failed the batch, False when it answered, None when there
+        is no evidence. Returns when the batch's failed rows are due again if the CRM is (now)
+        in an outage (they spend no attempt then), else None.
+        """
+        if down is None:
+            if probe:  # no evidence either way: the probe is due again, for any worker
+                async with self.worker.engine.begin() as conn:
+                    await outage.give_back_probe(
+                        conn, self.crm, self.worker.id, self.worker.clock()
+                    )
+            return None
+        if not down:
+            await self._vendor_answered(probe)
+            return None
+        now = self.worker.clock()
+        if probe:
+            async with self.worker.engine.begin() as conn:
+                until = await outage.probe_failed(
+                    conn, self.crm, self.worker.id, self._failed_probes, reason, now, self.outage
+                )
+            log.warning(
+                "%s: still down (%s); next probe at %s",
+                self.crm.value,
+                reason,
+                until.isoformat(timespec="seconds"),
+            )
+            self._control = replace(
+                self._control, next_probe_at=until, outage_probes=self._failed_probes + 1
+            )
+            self._control_read = time.monotonic()
+            return until
+        async with self.worker.engine.begin() as conn:
+            failure = await outage.record_failure(conn, self.crm, reason, now, self.outage)
+        self._control = replace(
+            self._control,
+            outage_failures=failure.failures,
+            outage_since=failure.since,
+            next_probe_at=failure.next_probe_at,
+        )
+        await self._note_outage()
+        if failure.opened:
+            self._control = replace(self._control, outage_reason=reason, outage_probes=0)
+            self._control_read = time.monotonic()
+            assert failure.next_probe_at is not None
+            log.warning(
+                "%s: vendor outage: %d batches in a row failed (last: %s); paused, first probe "
+                "at %s",
+                self.crm.value,
+                failure.failures,
+                reason,
+                failure.next_probe_at.isoformat(timespec="seconds"),
+            )
+            for listener in self.worker.hooks.on_pause:
+                await _quietly(listener(self.crm, control.PauseKind.outage, reason))
+        return failure.next_probe_at
+
+    async def _note_outage(self) -> None:
+        """Tell the `on_outage` listeners when this worker sees an outage begin or end."""
+        since = self._control.outage_since
+        if since != self._outage_seen:
+            self._outage_seen = since
+            for listener in self.worker.hooks.on_outage:
+                await _quietly(listener(self.crm, since is not None))
+
+    async def _vendor_answered(self, probe: bool) -> None:
+        """The vendor answered a batch: an outage ends, a run of failures starts again."""
+        now = self.worker.clock()
+        if probe or self._control.in_outage:
+            async with self.worker.engine.begin() as conn:
+                ended = await outage.close(conn, self.crm, now)
+            if ended:
+                log.warning("%s: the vendor answers again; the outage is over", self.crm.value)
+                self.worker.wakeup.notify([self.crm])  # the loop rests while probing
+            self._control = replace(
+                self._control,
+                outage_failures=0,
+                outage_since=None,
+                outage_reason=None,
+                outage_probes=0,
+                next_probe_at=None,
+                probe_owner=None,
+            )
+            self._control_read = time.monotonic()
+            await self._note_outage()
+        elif self._control.outage_failures > 0:
+            async with self.worker.engine.begin() as conn:
+                await outage.reset_failures(conn, self.crm, now)
+            self._control = replace(self._control, outage_failures=0)
+
+    def count_request(self) -> None:
+        """One HTTP request sent to the vendor (called by the client's request hook)."""
+        self.requests_sent += 1
+
+    async def _count_requests(self) -> None:
+        """Add the requests sent since the last batch to the day's count (with a budget set)."""
+        limit = self.settings.daily_request_limit
+        sent, self.requests_sent = self.requests_sent, 0
+        if limit is None:
+            return
+        now = self.worker.clock()
+        zone = self.settings.time_zone
+        async with self.worker.engine.begin() as conn:
+            used = await budget.spend(conn, self.crm, sent, now, zone)
+        day, _ = budget.vendor_day(now, zone)
+        self._control = replace(self._control, budget_day=day, budget_used=used)
+        if used >= limit:
+            await self._budget_used_up(used, now)
+
+    async def _budget_used_up(self, used: int, now: dt.datetime) -> None:
+        limit = self.settings.daily_request_limit
+        zone = self.settings.daily_request_time_zone
+        _, reset = budget.vendor_day(now, self.settings.time_zone)
+        reason = (
+            f"the daily request budget is used: {used} of {limit} requests "
+            f"({self.crm.value.upper()}_DAILY_REQUEST_LIMIT); syncing goes on when the day "
+            f"resets at midnight {zone}"
+        )
+        await self._pause(control.PauseKind.budget, reset, reason)
 
     def _partial(
         self,
@@ -388,7 +637,9 @@ class CrmRunner:
         )
         async with self.worker.engine.begin() as conn:
             await control.pause_until(conn, self.crm, until, kind, reason, self.worker.clock())
-        self._control = control.Control(self.crm, False, until, kind.value, reason)
+        self._control = replace(
+            self._control, paused_until=until, pause_kind=kind.value, pause_reason=reason
+        )
         self._control_read = time.monotonic()
         for listener in self.worker.hooks.on_pause:
             await _quietly(listener(self.crm, kind, reason))
@@ -465,6 +716,13 @@ class _Tuning:
 _tuning = _Tuning()
 
 
+def _counter(runner: CrmRunner) -> Callable[[httpx.Request], Awaitable[None]]:
+    async def count(request: httpx.Request) -> None:
+        runner.count_request()
+
+    return count
+
+
 async def _quietly(awaitable: Awaitable[None]) -> None:
     """Run a listener; its failure is logged and never disturbs the sync."""
     try:
@@ -523,7 +781,11 @@ class Worker:
                 connector = create_connector(crm, settings, client)
                 self._own_connectors.append(connector)
                 self._own_clients.append(client)
-            self.runners[crm] = CrmRunner(self, crm, connector, settings.crm(crm))
+            runner = CrmRunner(self, crm, connector, settings.crm(crm))
+            self.runners[crm] = runner
+            if connector in self._own_connectors and settings.crm(crm).daily_request_limit:
+                # Count every request the connector sends, for the daily budget (budget.py).
+                self._own_clients[-1].event_hooks["request"].append(_counter(runner))
 
     async def idle(self, crm: Crm, seconds: float) -> None:
         """Sleep until woken for `crm`, stopped, or `seconds` pass."""
