@@ -172,6 +172,7 @@ async def test_hosts_survive_a_cut_link_and_a_rolling_restart(
     config = SandboxConfig(
         no_rate_limits=True,
         push_log=True,
+        custom_fields=True,
         faults={vendor: {"latency_ms": 30} for vendor in VENDORS},
     )
     hub = await asyncio.to_thread(Hub, lab, config, tmp_path / "sandbox.log")
