@@ -17,7 +17,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from crmsync.connectors.base import AuthFailed, Connector, ConnectorError, RateLimited
+from crmsync.connectors.base import (
+    AuthFailed,
+    Connector,
+    ConnectorError,
+    RateLimited,
+    Transient,
+)
 from crmsync.connectors.fields import HasFields, missing_fields, missing_reason
 from crmsync.sync.control import PauseKind
 
@@ -34,10 +40,16 @@ class Pause:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """The check could not run (vendor down, rate limited): try again in `seconds`."""
+    """The check could not run (vendor down, rate limited): try again in `seconds`.
+
+    `vendor_down` when the vendor failed the read (5xx, timeout, no connection): the worker
+    counts it toward the outage breaker like a failed batch, so an outage that starts before a
+    CRM's first batch still opens the breaker instead of being checked for ever.
+    """
 
     seconds: float | None  # None: the CRM's poll interval
     reason: str
+    vendor_down: bool = False
 
 
 class FieldGate:
@@ -68,7 +80,8 @@ class FieldGate:
             # A wrong URL would fail every push the same way: pause rather than hammer it.
             if exc.http_status in (404, 405):
                 return Pause(PauseKind.configuration, exc.message)
-            return Wait(None, f"could not check the fields: {exc.message}")
+            vendor_down = isinstance(exc, Transient) or (exc.http_status or 0) >= 500
+            return Wait(None, exc.message, vendor_down)
         if missing:
             return Pause(PauseKind.configuration, missing_reason(api.crm, missing))
         self.pending = False

@@ -325,7 +325,9 @@ class CrmRunner:
             await self._pause(verdict.kind, until, verdict.reason)
             return self.settings.interval_seconds
         if isinstance(verdict, Wait):
-            log.warning("%s: %s", self.crm.value, verdict.reason)
+            log.warning("%s: could not check the fields: %s", self.crm.value, verdict.reason)
+            if verdict.vendor_down:
+                await self._judge(True, verdict.reason, probe=False)
             return verdict.seconds or self.settings.interval_seconds
         return None
 
