@@ -44,3 +44,30 @@ def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Undo migrations down to `revision` (a revision id, or "base": an empty database)."""
+
+    def _downgrade(connection: Connection) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(_downgrade)
+
+
+def revisions() -> list[tuple[str, str]]:
+    """Every migration, oldest first: (revision id, the first sentence of its description)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    found = [(rev.revision, _first_sentence(rev.doc or "")) for rev in script.walk_revisions()]
+    return list(reversed(found))
+
+
+def _first_sentence(doc: str) -> str:
+    text = " ".join(doc.split())
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]

@@ -11,10 +11,11 @@ import sys
 from crmsync.cli.app import app
 
 # Importing a command module registers its commands; --help lists them in this order.
-from crmsync.cli import service, vendors, ops  # isort: skip
+from crmsync.cli import service, vendors, selection, failures, ops  # isort: skip
+from crmsync.cli import configuration, database  # isort: skip
 
 __all__ = ["app", "main"]
-_COMMANDS = (service, vendors, ops)
+_COMMANDS = (service, vendors, selection, failures, ops, configuration, database)
 
 
 def main() -> None:

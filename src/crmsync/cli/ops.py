@@ -20,7 +20,7 @@ from crmsync.cli.common import (
 from crmsync.enums import SyncStatus
 
 
-@app.command()
+@app.command(rich_help_panel="Operate")
 def status(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print health and summary as JSON.")
@@ -28,16 +28,37 @@ def status(
     max_lag_seconds: Annotated[
         float, typer.Option(min=0.001, help="Lag above which a CRM counts as degraded.")
     ] = 900.0,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Refresh the tables in place until Ctrl-C.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, metavar="SECONDS", help="With --watch: refresh period.")
+    ] = 2.0,
 ) -> None:
     """Show each CRM: configured, paused, workers, due rows, lag, error rate, status counts.
 
-    Exits 1 when the database cannot be read (the status is then down).
+    Exits 1 when the database cannot be read (the status is then down). With --watch the
+    tables are refreshed in place (a database that stops answering shows as down) until
+    Ctrl-C, which exits 0.
+
+    \b
+    Examples:
+      crmsync status
+      crmsync status --watch --interval 5
+      crmsync status --json | jq '.health.status'
     """
     from rich.console import Console
 
     from crmsync.ops.render import render_status
 
+    if watch and as_json:
+        raise fail("--watch shows the tables; for JSON, poll `crmsync status --json`", 2)
     settings = common.load_settings()
+    if watch:
+        from crmsync.cli import watch as watching
+
+        watching.run(settings, max_lag_seconds, interval)
+        return
     health, summary = run_ops(settings, lambda ops: ops.overview(max_lag_seconds))
     if as_json:
         out = {
@@ -51,7 +72,7 @@ def status(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(rich_help_panel="Operate")
 def retry(
     crm: OpsCrm,
     all_failed: Annotated[
@@ -80,7 +101,7 @@ def retry(
         typer.echo(f"{target.value}: requeued {count} contact(s){note}")
 
 
-@app.command()
+@app.command(rich_help_panel="Operate")
 def reset(
     crm: OpsCrm,
     from_: Annotated[
@@ -130,7 +151,7 @@ def reset(
     typer.echo(f"{target.value}: reset {done} row(s) to {goal.value}")
 
 
-@app.command()
+@app.command(rich_help_panel="Operate")
 def pause(crm: OpsCrm) -> None:
     """Pause a CRM for every worker (until `crmsync resume`). Batches in flight finish."""
     target = one_crm(crm)
@@ -142,7 +163,7 @@ def pause(crm: OpsCrm) -> None:
     )
 
 
-@app.command()
+@app.command(rich_help_panel="Operate")
 def resume(crm: OpsCrm) -> None:
     """Resume a CRM; also lifts an auth or configuration pause so it is retried at once."""
     target = one_crm(crm)

@@ -11,10 +11,10 @@ import typer
 from crmsync import __version__, auth, db
 from crmsync.cli import common
 from crmsync.cli.app import app, db_app
-from crmsync.cli.common import CrmOption, parse_crm_names, upgrade_schema
+from crmsync.cli.common import CrmOption, exit_codes, fail, parse_crm_names, upgrade_schema
 
 
-@app.command()
+@app.command(rich_help_panel="Set up")
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
@@ -22,30 +22,47 @@ def version() -> None:
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Create or upgrade the schema of DATABASE_URL to the latest version."""
+    """Create or upgrade the schema of DATABASE_URL to the latest version.
+
+    Example: DATABASE_URL=postgresql://crmsync:secret@db/crmsync crmsync db upgrade
+    """
     settings = common.load_settings()
-    asyncio.run(upgrade_schema(settings))
+    with exit_codes(settings):
+        asyncio.run(upgrade_schema(settings))
     typer.echo("database schema is up to date", err=True)
 
 
-@app.command()
+@app.command(rich_help_panel="Set up")
 def token(
     sub: Annotated[str, typer.Option(help="Subject (user name) put in the token.")] = "crmsync",
     ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 30m, 1h, 7d.")] = "1h",
 ) -> None:
-    """Print a bearer token (only the token, on stdout) signed with the service's secret."""
+    """Print a bearer token (only the token, on stdout) signed with the service's secret.
+
+    The secret is JWT_SECRET_KEY, or the one `crmsync serve` generated in
+    CRMSYNC_STATE_DIR/secret; without either this exits 1 (a token signed with a secret the
+    service does not know would be refused).
+
+    Example: TOKEN=$(crmsync token --ttl 8h)
+    """
     settings = common.load_settings()
     try:
         lifetime = auth.parse_ttl(ttl)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--ttl") from None
-    secret, created = auth.ensure_secret(settings)
-    if created is not None:
-        typer.echo(f"generated a JWT secret in {created} (mode 0600)", err=True)
+    secret = auth.load_secret(settings)
+    if secret is None:
+        where = auth.secret_path(settings).absolute()
+        raise fail(
+            f"no JWT secret: JWT_SECRET_KEY is not set and {where} does not exist. "
+            "Start `crmsync serve` once (it creates that file), or set JWT_SECRET_KEY to the "
+            "secret the service uses",
+            1,
+        )
     typer.echo(auth.mint_token(secret, sub, lifetime))
 
 
-@app.command()
+@app.command(rich_help_panel="Run")
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
@@ -69,7 +86,8 @@ def serve(
             f"JWT_SECRET_KEY is not set: generated a random secret in {created} (mode 0600)",
             err=True,
         )
-    asyncio.run(upgrade_schema(settings))
+    with exit_codes(settings):
+        asyncio.run(upgrade_schema(settings))
     url = f"http://{host}:{port}"
     typer.echo(f"crmsync {__version__} on {url}  (API docs: {url}/docs)", err=True)
     if print_token:
@@ -84,7 +102,7 @@ def serve(
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
 
 
-@app.command("worker")
+@app.command("worker", rich_help_panel="Run")
 def worker_command(
     crm: CrmOption = None,
     metrics_port: Annotated[
@@ -96,12 +114,58 @@ def worker_command(
         ),
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Interface for --metrics-port.")] = "127.0.0.1",
+    until_empty: Annotated[
+        bool,
+        typer.Option(
+            "--until-empty",
+            help="Push everything selected, then exit (for cron and CI); see the exit codes above.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            metavar="SECONDS",
+            help="With --until-empty: give up after this long (exit 3). Default: no limit.",
+        ),
+    ] = None,
 ) -> None:
-    """Run a sync worker (no HTTP) until SIGTERM/SIGINT. Run several, on several hosts."""
-    from crmsync.runtime import SchemaOutdated, run_worker
+    """Run a sync worker (no HTTP) until SIGTERM/SIGINT. Run several, on several hosts.
+
+    With --until-empty it pushes every selected contact of its CRMs, showing progress per CRM,
+    and exits once the queue is empty: no contact Selected, Queued or Processing. Contacts
+    waiting for a retry (after a vendor error or a rate limit) are not done yet: it waits for
+    them (until --timeout, if given; retries are finite, so the wait ends anyway). A CRM that
+    cannot progress is not waited for: paused by an operator, paused because its vendor
+    refused our credentials or configuration, or not configured (its contacts stay queued).
+
+    \b
+    Exit codes with --until-empty:
+      0  every selected contact of these CRMs is Complete
+      1  the queue is empty, but some selected contacts are in Error (`crmsync failed`)
+      3  not done: --timeout reached (in-flight batches get CRMSYNC_SHUTDOWN_GRACE_SECONDS to
+         finish), or a CRM that cannot progress still has contacts queued
+      130  interrupted (SIGINT/SIGTERM); what is left stays queued
+
+    \b
+    Examples:
+      crmsync worker                                  # run until stopped
+      crmsync worker --until-empty --timeout 600      # a cron job: push, then exit
+      crmsync worker --until-empty --crm hubspot
+    """
+    from crmsync.runtime import run_worker
 
     settings = common.load_settings()
     crms = parse_crm_names(crm)
+    if timeout is not None and not until_empty:
+        raise fail("--timeout needs --until-empty", 2)
+    if until_empty:
+        if metrics_port is not None:
+            raise fail("--metrics-port is for a long-running worker, not --until-empty", 2)
+        from crmsync.cli import drain
+
+        drain.run(settings, crms, timeout)
+        return
     if metrics_port is not None:
         # Pushes, vendor latency, 429s and lease losses are counted in the worker's own process;
         # the queue gauges come from the API's /metrics (they are read from the database).
@@ -116,8 +180,6 @@ def worker_command(
         finally:
             await engine.dispose()
 
-    try:
+    # An outdated schema exits 2; a database that cannot be reached, 1.
+    with exit_codes(settings):
         asyncio.run(_run())
-    except SchemaOutdated as exc:
-        typer.echo(f"crmsync worker: {exc}", err=True)
-        raise typer.Exit(2) from None
