@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -64,8 +65,21 @@ def load_settings() -> Settings:
     return settings
 
 
+def open_engine(settings: Settings) -> AsyncEngine:
+    """The engine of DATABASE_URL; a SQLite file that cannot be opened fails here already.
+
+    For SQLite the file is opened once with plain sqlite3 first: when aiosqlite cannot open
+    it, its thread reports the failure to an event loop that `asyncio.run` may have closed
+    meanwhile, and prints a traceback after our one-line message.
+    """
+    url = db.normalise_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        sqlite3.connect(url.database).close()
+    return db.create_engine(settings.database_url)
+
+
 async def upgrade_schema(settings: Settings) -> None:
-    engine = db.create_engine(settings.database_url)
+    engine = open_engine(settings)
     try:
         await upgrade(engine)
     finally:
@@ -118,7 +132,7 @@ def exit_codes(settings: Settings | None = None) -> Iterator[None]:
         raise fail(exc.message, 1) from None
     except (BadRequest, SchemaOutdated) as exc:
         raise fail(str(exc), 2) from None
-    except (SQLAlchemyError, OSError) as exc:
+    except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
         raise database_failure(exc, settings) from None
 
 
@@ -150,7 +164,7 @@ def run_db(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) ->
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
     async def _run() -> T:
-        engine = db.create_engine(settings.database_url)
+        engine = open_engine(settings)
         try:
             await check_schema(engine)
             return await action(engine)

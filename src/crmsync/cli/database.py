@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from crmsync import db
 from crmsync.cli import common
 from crmsync.cli.app import db_app
 from crmsync.cli.common import exit_codes, fail
@@ -23,7 +22,7 @@ def _current(settings: Settings) -> str | None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
     async def _read() -> str | None:
-        engine = db.create_engine(settings.database_url)
+        engine = common.open_engine(settings)
         try:
             return await current_revision(engine)
         finally:
@@ -116,7 +115,7 @@ def db_downgrade(
         raise fail("aborted; nothing was changed", 1)
 
     async def _down() -> None:
-        engine = db.create_engine(settings.database_url)
+        engine = common.open_engine(settings)
         try:
             await downgrade(engine, target)
         finally:

@@ -14,7 +14,6 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from crmsync import db
 from crmsync.cli import common
 from crmsync.enums import Crm
 from crmsync.ops import drain
@@ -161,7 +160,7 @@ def run(settings: Settings, crms: Sequence[Crm] | None, timeout: float | None) -
     _quiet_logs(settings, console)
 
     async def _run() -> drain.Outcome:
-        engine = db.create_engine(settings.database_url)
+        engine = common.open_engine(settings)
         try:
             return await drain.until_empty(
                 engine, settings, crms, give_up_after=timeout, on_progress=reporter

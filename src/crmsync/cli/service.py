@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from crmsync import __version__, auth, db
+from crmsync import __version__, auth
 from crmsync.cli import common
 from crmsync.cli.app import app, db_app
 from crmsync.cli.common import CrmOption, exit_codes, fail, parse_crm_names, upgrade_schema
@@ -74,20 +74,31 @@ def serve(
     ] = True,
     crm: CrmOption = None,
 ) -> None:
-    """Run the HTTP API and a sync worker (upgrading the database schema first)."""
+    """Run the HTTP API and a sync worker (upgrading the database schema first).
+
+    Without JWT_SECRET_KEY, the first start generates a secret in CRMSYNC_STATE_DIR/secret
+    (mode 0600), which `crmsync token` then uses. Exits 1, naming the database, when
+    DATABASE_URL cannot be reached.
+
+    \b
+    Examples:
+      crmsync serve --print-token
+      DATABASE_URL=postgresql://crmsync:secret@db/crmsync crmsync serve --host 0.0.0.0
+    """
     import uvicorn
 
     from crmsync.api.app import create_app
 
     settings = common.load_settings()
+    # The database first: a service that cannot start leaves no new secret behind.
+    with exit_codes(settings):
+        asyncio.run(upgrade_schema(settings))
     secret, created = auth.ensure_secret(settings)
     if created is not None:
         typer.echo(
             f"JWT_SECRET_KEY is not set: generated a random secret in {created} (mode 0600)",
             err=True,
         )
-    with exit_codes(settings):
-        asyncio.run(upgrade_schema(settings))
     url = f"http://{host}:{port}"
     typer.echo(f"crmsync {__version__} on {url}  (API docs: {url}/docs)", err=True)
     if print_token:
@@ -174,7 +185,7 @@ def worker_command(
         start_http_server(metrics_port, addr=metrics_host)
 
     async def _run() -> None:
-        engine = db.create_engine(settings.database_url)
+        engine = common.open_engine(settings)
         try:
             await run_worker(settings, engine, crms)
         finally:

@@ -10,7 +10,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from crmsync import db
+from crmsync.cli import common
 from crmsync.cli.common import exit_codes
 from crmsync.ops.render import status_view
 from crmsync.ops.service import OpsService
@@ -24,7 +24,7 @@ def run(settings: Settings, max_lag_seconds: float, interval: float) -> None:
     console = Console()
 
     async def _frames() -> None:
-        engine = db.create_engine(settings.database_url)
+        engine = common.open_engine(settings)
         try:
             await check_schema(engine)
             ops = OpsService(engine, settings)
