@@ -213,3 +213,17 @@ def test_worker_help_explains_until_empty(option: str) -> None:
     assert "waiting for a retry" in result.stdout and "crmsync worker --until-empty" in (
         result.stdout
     )
+
+
+async def test_progress_bars_on_a_terminal(
+    client: httpx.AsyncClient, sb: SandboxServer, db_url: str, tmp_path: Path
+) -> None:
+    ids = await add_contacts(client, 6)
+    await select_for(client, "n8n", ids)
+    # Rich treats the pipe as an interactive terminal: what a person's terminal would receive.
+    env = _env(sb, db_url, TTY_COMPATIBLE="1", TTY_INTERACTIVE="1", COLUMNS="100")
+    result, _ = await until_empty(env, tmp_path, "--timeout", "60")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.count("\x1b[2K") >= 2  # the bar line is erased and redrawn
+    assert "6/6" in result.stderr and "n8n" in result.stderr
+    assert "n8n: 6 done" not in result.stderr  # no plain lines on a terminal

@@ -41,7 +41,7 @@ class Reporter:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.rich = console.is_terminal
+        self.rich = console.is_interactive
         self._printed: dict[Crm, tuple[tuple[int, int, int, int], float]] = {}
         self._bars: Progress | None = None
         self._tasks: dict[Crm, TaskID] = {}
@@ -185,5 +185,5 @@ def _quiet_logs(settings: Settings, console: Console) -> None:
     root = logging.getLogger()
     if "log_level" not in settings.model_fields_set:
         root.setLevel(logging.WARNING)
-    if console.is_terminal and settings.log_format == "text":
+    if console.is_interactive and settings.log_format == "text":
         root.handlers[:] = [RichHandler(console=console, show_path=False)]

@@ -28,7 +28,7 @@ def run(settings: Settings, max_lag_seconds: float, interval: float) -> None:
         try:
             await check_schema(engine)
             ops = OpsService(engine, settings)
-            if console.is_terminal:
+            if console.is_interactive:
                 with Live(console=console, auto_refresh=False) as live:
                     while True:
                         live.update(await _frame(ops, max_lag_seconds, interval), refresh=True)
