@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import Result
 
 from crmsync.cli.failures import safe_cell
-from crmsync.tables import crm_sync_state
+from crmsync.tables import contacts, crm_sync_state
 from tests.conftest import add_contacts
 from tests.ops.conftest import SELECT, World, state_rows
 
@@ -276,3 +276,49 @@ async def test_failed_ids_pipe_into_retry(
     again = await asyncio.to_thread(shell, pipe)
     assert again.returncode == 0, again.stderr
     assert "no contact ids in it; nothing to do" in again.stderr
+
+
+async def test_failed_stops_quietly_when_its_reader_does(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    """`crmsync failed | head -1` over more rows than a pipe buffers: exit 0, no traceback."""
+    now = dt.datetime.now(dt.UTC)
+    people = [
+        {"id": uuid.uuid4(), "email": f"e{i}@example.com", "created_at": now, "updated_at": now}
+        for i in range(3000)
+    ]
+    async with engine.begin() as conn:
+        await conn.execute(insert(contacts), people)
+        await conn.execute(
+            insert(crm_sync_state),
+            [
+                {
+                    "contact_id": p["id"],
+                    "contact_created_at": now,
+                    "crm": "mautic",
+                    "sync_status": "Error",
+                    "processing_error": "Mautic answered 500 " + "x" * 80,
+                    "attempts": 3,
+                    "last_attempt_at": now,
+                    "updated_at": now,
+                }
+                for p in people
+            ],
+        )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE", "CRMSYNC_"))},
+        "DATABASE_URL": db_url,
+    }
+    for fmt in ("jsonl", "csv", "ids"):
+        command = f"{' '.join(CLI)} failed --format {fmt} | head -1"
+        result = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-c", command + "; exit ${PIPESTATUS[0]}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert len(result.stdout.splitlines()) == 1 and result.stderr == "", result.stderr

@@ -5,6 +5,7 @@ use) and what it prints."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -227,3 +228,50 @@ async def test_progress_bars_on_a_terminal(
     assert result.stderr.count("\x1b[2K") >= 2  # the bar line is erased and redrawn
     assert "6/6" in result.stderr and "n8n" in result.stderr
     assert "n8n: 6 done" not in result.stderr  # no plain lines on a terminal
+
+
+def _interrupt_once(env: dict[str, str], tmp_path: Path, needle: str) -> tuple[int, str, str]:
+    """Start `worker --until-empty`, wait for `needle` on stderr, then SIGINT it (Ctrl-C)."""
+    proc = subprocess.Popen(
+        [*CLI, "worker", "--until-empty"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        deadline = time.monotonic() + 60
+        while needle not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert needle in seen, seen
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        return proc.returncode, out, seen + err
+    finally:
+        proc.kill()
+
+
+async def test_ctrl_c_exits_130_and_leaves_the_rest_queued(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    sb: SandboxServer,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    ids = await add_contacts(client, 2)
+    sb.set_faults("mautic", error_rate=1.0)
+    await select_for(client, "mautic", ids)
+    env = _env(sb, db_url, MAUTIC_SYNC_MAX_RETRIES="3", MAUTIC_SYNC_RETRY_DELAY_SECONDS="600")
+    code, out, err = await asyncio.to_thread(
+        _interrupt_once, env, tmp_path, "2 waiting for a retry"
+    )
+    assert code == 130, out + err
+    assert "interrupted after" in out and "2 contact(s) stay queued" in out
+    assert "Traceback" not in err
+    assert await statuses(engine, "mautic") == {"Queued": 2}

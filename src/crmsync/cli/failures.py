@@ -4,6 +4,7 @@ lines, or bare ids for `crmsync retry --ids -`."""
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -79,14 +80,22 @@ def failed(
         while limit is None or shown < limit:
             size = PAGE if limit is None else min(PAGE, limit - shown)
             rows, total = await ops.failed(target, size, shown)
-            write(rows)
+            try:
+                write(rows)
+            except BrokenPipeError:  # `| head`: the reader has all it wants
+                raise _ReaderGone from None
             shown += len(rows)
             if len(rows) < size:
                 break
         write.end()
         return total or 0
 
-    total = run_ops(settings, _list)
+    try:
+        total = run_ops(settings, _list)
+    except _ReaderGone:
+        # Stdout is closed: point it at /dev/null so the exit's flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     if fmt is Format.table:
         where = f" for {target}" if target else ""
         if total == 0:
@@ -99,6 +108,10 @@ def failed(
                 f"{hint} --ids -`",
                 err=True,
             )
+
+
+class _ReaderGone(Exception):
+    """Whoever read our stdout closed it (not an OSError: that would read as a database one)."""
 
 
 class _Writer:
