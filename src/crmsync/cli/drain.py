@@ -23,10 +23,17 @@ from crmsync.settings import Settings
 PLAIN_EVERY_SECONDS = 5.0
 
 
+def _waiting(p: drain.CrmProgress) -> str:
+    if not p.waiting:
+        return ""
+    when = p.next_retry.astimezone().strftime("%H:%M:%S") if p.next_retry else None
+    return f"{p.waiting} waiting for a retry" + (f" (next at {when})" if when else "")
+
+
 def _numbers(p: drain.CrmProgress) -> str:
     parts = [f"{p.finished} done", f"{p.active} left"]
     if p.waiting:
-        parts.append(f"{p.waiting} waiting for a retry")
+        parts.append(_waiting(p))
     parts.append(f"{p.error} in Error")
     return ", ".join(parts)
 
@@ -82,7 +89,7 @@ class Reporter:
 
     def _bar(self, crm: Crm, p: drain.CrmProgress) -> None:
         assert self._bars is not None
-        detail = f"{p.error} in Error" + (f", {p.waiting} waiting for a retry" if p.waiting else "")
+        detail = f"{p.error} in Error" + (f", {_waiting(p)}" if p.waiting else "")
         if crm not in self._tasks:
             self._tasks[crm] = self._bars.add_task(crm.value, total=None, detail="")
         total = p.finished + p.active
@@ -126,12 +133,11 @@ def summary(outcome: drain.Outcome, timeout: float | None) -> list[str]:
         lines.append(f"interrupted after {took}: {left} contact(s) stay queued for the next run")
     elif ending is drain.Ending.not_drained:
         if outcome.timed_out:
-            waiting = sum(p.waiting for p in progress.crms.values())
-            note = f" ({waiting} waiting for a retry)" if waiting else ""
             lines.append(
-                f"timed out after {timeout:g} s: {left} contact(s) not done yet{note}; "
+                f"timed out after {timeout:g} s: {left} contact(s) not done yet; "
                 "they stay queued for the next run"
             )
+            lines += [f"{p.crm.value}: {_waiting(p)}" for p in progress.crms.values() if p.waiting]
         for crm, p in progress.crms.items():
             if p.active and p.blocked:
                 lines.append(f"{crm.value}: {p.active} contact(s) wait: {p.blocked}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import signal
 import time
@@ -61,6 +62,7 @@ class CrmProgress:
     due: int  # rows a worker would claim now
     finished: int  # rows that reached Complete or Error since the run started
     blocked: str | None  # why this CRM cannot make progress now (it is then not waited for)
+    next_retry: dt.datetime | None = None  # when the first waiting row comes due
 
     @property
     def waiting(self) -> int:
@@ -99,8 +101,9 @@ def assess(
     disabled: dict[Crm, str],
     baseline: dict[Crm, int],
     elapsed: float,
+    next_waiting: dict[str, dt.datetime] | None = None,
 ) -> Progress:
-    """Where each CRM of the run stands, from one snapshot."""
+    """Where each CRM of the run stands, from one snapshot (and when its waiting rows are due)."""
     out = {}
     for crm in crms:
         queue = snap.queue(crm)
@@ -116,6 +119,7 @@ def assess(
             due=snap.due_count(crm),
             finished=max(0, complete + error - baseline.get(crm, 0)),
             blocked=blocked,
+            next_retry=(next_waiting or {}).get(crm.value),
         )
     return Progress(out, elapsed)
 
@@ -208,14 +212,15 @@ class _Run:
         for crm in self.scope:
             queue = snap.queue(crm)
             self.baseline[crm] = queue[SyncStatus.Complete.value] + queue[SyncStatus.Error.value]
-        return self._report(snap)
+        return self._report(snap, await self.ops.next_waiting())
 
     async def read(self) -> Progress:
-        return self._report(await self.ops.snapshot(with_outcomes=False))
+        snap = await self.ops.snapshot(with_outcomes=False)
+        return self._report(snap, await self.ops.next_waiting())
 
-    def _report(self, snap: Snapshot) -> Progress:
+    def _report(self, snap: Snapshot, next_waiting: dict[str, dt.datetime]) -> Progress:
         elapsed = time.monotonic() - self.started
-        progress = assess(snap, self.scope, self.disabled, self.baseline, elapsed)
+        progress = assess(snap, self.scope, self.disabled, self.baseline, elapsed, next_waiting)
         self.on_progress(progress)
         return progress
 
