@@ -35,8 +35,11 @@ from crmsync.sync.worker import Worker
 
 log = logging.getLogger(__name__)
 
-# How often the queue is read while draining. Each read is a few grouped counts on indexes.
+# How often the queue is read while draining: every POLL_SECONDS, or less often when one read
+# takes longer than READ_SHARE of that time, so that watching never slows the worker much (a
+# read is a few grouped counts over the state table, so it grows with the queue).
 POLL_SECONDS = 0.5
+READ_SHARE = 0.1
 # A database that cannot be read for this long ends the run (the worker cannot write either).
 UNREADABLE_SECONDS = 30.0
 
@@ -229,6 +232,7 @@ class _Run:
         when timed out); a worker that ends by itself ends the run with its error."""
         unreadable_since: float | None = None
         while True:
+            read_started = time.monotonic()
             try:
                 progress = await self.read()
             except Exception:
@@ -249,7 +253,8 @@ class _Run:
                 return True
             if self.stop.is_set():
                 return False
-            wait = poll_seconds if left is None else min(poll_seconds, left)
+            every = max(poll_seconds, (time.monotonic() - read_started) / READ_SHARE)
+            wait = every if left is None else min(every, left)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=wait)
 
