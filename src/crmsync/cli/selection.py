@@ -27,6 +27,7 @@ def select(
         list[str],
         typer.Option(
             "--crm",
+            metavar="NAMES",
             help="The CRMs: brevo, hubspot, mautic, n8n; comma-separated or repeated.",
             show_default=False,
         ),

@@ -153,7 +153,9 @@ def worker_command(
     \b
     Exit codes with --until-empty:
       0  every selected contact of these CRMs is Complete
-      1  the queue is empty, but some selected contacts are in Error (`crmsync failed`)
+      1  the queue is empty, but some selected contacts are in Error (`crmsync failed`);
+         or the database could not be used
+      2  bad usage, a --crm that is not configured, or a schema that needs `db upgrade`
       3  not done: --timeout reached (in-flight batches get CRMSYNC_SHUTDOWN_GRACE_SECONDS to
          finish), or a CRM that cannot progress still has contacts queued
       130  interrupted (SIGINT/SIGTERM); what is left stays queued
