@@ -259,3 +259,17 @@ async def test_cli_downgrade_refuses_unknown_targets(
     assert result.exit_code == 2 and message in result.stderr
     above = await asyncio.to_thread(_cli, url, "db", "downgrade", "0005", "--yes")
     assert above.exit_code == 2 and "use `crmsync db upgrade`" in above.stderr
+
+
+async def test_cli_db_current_on_a_schema_from_a_newer_release(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    engine = db.create_engine(url)
+    await upgrade(engine)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+    await engine.dispose()
+    current = await asyncio.to_thread(_cli, url, "db", "current")
+    assert current.exit_code == 1
+    assert "at revision 0099, which this version of crmsync does not know" in current.stderr
+    down = await asyncio.to_thread(_cli, url, "db", "downgrade", "0001", "--yes")
+    assert down.exit_code == 2 and "unknown to this version" in down.stderr
