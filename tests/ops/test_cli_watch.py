@@ -6,33 +6,18 @@ import asyncio
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
 
 from tests.conftest import add_contacts
 from tests.e2e.support import process_env
+from tests.test_cli_runtime import _read_until
 
 CLI = [sys.executable, "-m", "crmsync.cli"]
 HEADER = "refreshed every 0.2 s; Ctrl-C stops"
-
-
-def _read_until(stream: IO[str], needle: str, timeout: float = 60) -> str:
-    """Read the child's output until `needle` appears (it keeps printing: no read blocks long)."""
-    deadline = time.monotonic() + timeout
-    seen = ""
-    while needle not in seen:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{needle!r} not seen within {timeout} s:\n{seen}")
-        chunk = stream.readline()
-        if not chunk:
-            raise AssertionError(f"the watch ended before {needle!r}:\n{seen}")
-        seen += chunk
-    return seen
 
 
 @pytest.fixture
@@ -56,11 +41,11 @@ async def test_watch_refreshes_until_ctrl_c(
     client: httpx.AsyncClient, watch: subprocess.Popen[str]
 ) -> None:
     assert watch.stdout is not None
-    first = await asyncio.to_thread(_read_until, watch.stdout, "(0 contacts)")
+    first = await asyncio.to_thread(_read_until, watch.stdout, "(0 contacts)", 60)
     assert HEADER in first and "Sync health" in first
     await add_contacts(client, 3)
     # Not a terminal: each refresh is printed below the last, with the new counts.
-    later = await asyncio.to_thread(_read_until, watch.stdout, "(3 contacts)")
+    later = await asyncio.to_thread(_read_until, watch.stdout, "(3 contacts)", 60)
     assert HEADER in later
     watch.send_signal(signal.SIGINT)
     _, err = await asyncio.to_thread(watch.communicate, timeout=30)
@@ -87,8 +72,8 @@ def test_watch_redraws_in_place_on_a_terminal(db_url: str, tmp_path: Path) -> No
     )
     try:
         assert proc.stdout is not None
-        seen = _read_until(proc.stdout, HEADER)
-        seen += _read_until(proc.stdout, HEADER)  # a second frame
+        seen = _read_until(proc.stdout, HEADER, 60)
+        seen += _read_until(proc.stdout, HEADER, 60)  # a second frame
         proc.send_signal(signal.SIGINT)
         rest, err = proc.communicate(timeout=30)
     finally:
