@@ -91,6 +91,11 @@ def test_help(tmp_path: Path, command: list[str]) -> None:
         (["db", "downgrade"], "crmsync db downgrade 0004"),
         (["db", "upgrade"], "crmsync db upgrade"),
         (["token"], "TOKEN=$(crmsync token"),
+        (["serve"], "crmsync serve --print-token"),
+        (["retry"], "crmsync retry --crm hubspot --all-failed"),
+        (["reset"], "crmsync reset --crm hubspot --from Complete --to Selected --yes"),
+        (["pause"], "crmsync pause --crm brevo"),
+        (["resume"], "crmsync resume --crm brevo"),
     ],
 )
 def test_help_shows_an_example(command: list[str], example: str) -> None:

@@ -85,7 +85,13 @@ def retry(
         ),
     ] = None,
 ) -> None:
-    """Put contacts in Error back to Selected, attempts reset, due now."""
+    """Put contacts in Error back to Selected, attempts reset, due now.
+
+    \b
+    Examples:
+      crmsync retry --crm hubspot --all-failed
+      crmsync failed --crm hubspot --format ids | crmsync retry --crm hubspot --ids -
+    """
     target = one_crm(crm)
     if all_failed == (ids is not None):
         raise fail("give exactly one of --all-failed and --ids FILE", 2)
@@ -123,6 +129,11 @@ def reset(
     To New: sync status New; processing status, error, attempts, next attempt and lease cleared
     (the external id is kept). To Selected: queued again, due now, attempts reset, and pushed
     even if unchanged. Shows the counts and asks before changing anything.
+
+    \b
+    Examples:
+      crmsync reset --crm brevo --from Error --from Queued --to New
+      crmsync reset --crm hubspot --from Complete --to Selected --yes
     """
     from crmsync.ops.service import check_reset, parse_status
 
@@ -153,7 +164,10 @@ def reset(
 
 @app.command(rich_help_panel="Operate")
 def pause(crm: OpsCrm) -> None:
-    """Pause a CRM for every worker (until `crmsync resume`). Batches in flight finish."""
+    """Pause a CRM for every worker (until `crmsync resume`). Batches in flight finish.
+
+    Example: crmsync pause --crm brevo
+    """
     target = one_crm(crm)
     settings = common.load_settings()
     run_ops(settings, lambda ops: ops.pause(target))
@@ -165,7 +179,10 @@ def pause(crm: OpsCrm) -> None:
 
 @app.command(rich_help_panel="Operate")
 def resume(crm: OpsCrm) -> None:
-    """Resume a CRM; also lifts an auth or configuration pause so it is retried at once."""
+    """Resume a CRM; also lifts an auth or configuration pause so it is retried at once.
+
+    Example: crmsync resume --crm brevo
+    """
     target = one_crm(crm)
     settings = common.load_settings()
     done = run_ops(settings, lambda ops: ops.resume(target))
