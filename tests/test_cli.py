@@ -21,20 +21,29 @@ def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
     )
 
 
-def test_token_prints_only_a_token_signed_with_the_generated_secret(tmp_path: Path) -> None:
+def test_token_without_a_secret_says_where_it_looked_and_creates_none(tmp_path: Path) -> None:
+    result = run(["token"], tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "JWT_SECRET_KEY is not set" in result.stderr
+    assert str(tmp_path / ".crmsync" / "secret") in result.stderr
+    assert "crmsync serve" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / ".crmsync").exists()  # only serve and demo create the secret
+
+
+def test_token_is_signed_with_the_secret_serve_generated(tmp_path: Path) -> None:
+    from crmsync import auth
+    from crmsync.settings import Settings
+
+    settings = Settings(state_dir=tmp_path / ".crmsync", _env_file=None)  # type: ignore[call-arg]
+    secret, created = auth.ensure_secret(settings)  # what `serve` does on its first start
+    assert created is not None
     result = run(["token", "--sub", "alice", "--ttl", "10m"], tmp_path)
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert result.stdout.count("\n") == 1 and " " not in token
-    secret_file = tmp_path / ".crmsync" / "secret"
-    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
-    assert "generated a JWT secret" in result.stderr
-    claims = jwt.decode(
-        token, secret_file.read_text().strip(), algorithms=["HS256"], audience="authenticated"
-    )
+    assert stat.S_IMODE(created.stat().st_mode) == 0o600
+    claims = jwt.decode(token, secret, algorithms=["HS256"], audience="authenticated")
     assert claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 600
-    again = run(["token"], tmp_path)
-    assert "generated" not in again.stderr  # the same secret is reused
 
 
 def test_token_uses_jwt_secret_key_when_set(tmp_path: Path) -> None:
@@ -68,3 +77,42 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
 def test_help(tmp_path: Path, command: list[str]) -> None:
     result = run([*command, "--help"], tmp_path)
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "example"),
+    [
+        (["select"], "crmsync select --crm brevo,hubspot"),
+        (["failed"], "| crmsync retry --crm hubspot --ids -"),
+        (["worker"], "crmsync worker --until-empty --timeout 600"),
+        (["status"], "crmsync status --watch"),
+        (["config", "show"], "crmsync config show --only-set"),
+        (["db", "current"], "crmsync db current"),
+        (["db", "downgrade"], "crmsync db downgrade 0004"),
+        (["db", "upgrade"], "crmsync db upgrade"),
+        (["token"], "TOKEN=$(crmsync token"),
+        (["serve"], "crmsync serve --print-token"),
+        (["retry"], "crmsync retry --crm hubspot --all-failed"),
+        (["reset"], "crmsync reset --crm hubspot --from Complete --to Selected --yes"),
+        (["pause"], "crmsync pause --crm brevo"),
+        (["resume"], "crmsync resume --crm brevo"),
+    ],
+)
+def test_help_shows_an_example(command: list[str], example: str) -> None:
+    from typer.testing import CliRunner
+
+    from crmsync import cli
+
+    result = CliRunner().invoke(cli.app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert example in result.stdout
+
+
+def test_help_groups_the_commands() -> None:
+    from typer.testing import CliRunner
+
+    from crmsync import cli
+
+    out = CliRunner().invoke(cli.app, ["--help"], env={"COLUMNS": "120"}).stdout
+    for panel in ("Run", "Contacts", "Operate", "Set up"):
+        assert f"─ {panel} ─" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import os
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import Connection, make_url
+from typer.testing import CliRunner, Result
 
-from crmsync import counts, db
-from crmsync.migrate import alembic_config, current_revision, upgrade
+from crmsync import cli, counts, db
+from crmsync.migrate import alembic_config, current_revision, revisions, upgrade
+from crmsync.settings import Settings
 from crmsync.tables import contacts, crm_sync_state
 from tests.conftest import PG_ENV, _async_url, _create_pg_database, _drop_pg_database
 
@@ -219,6 +222,28 @@ async def _synced_email_filled_where_certain(url: str) -> None:
         await engine.dispose()
 
 
+# -- the CLI: db current, db downgrade, step by step with data --------------------------------
+
+
+def _cli(url: str, *args: str, input: str | None = None) -> Result:
+    """`crmsync ARGS` in-process against `url` (settings injected, like the ops tests do)."""
+    settings = Settings(database_url=url, _env_file=None)  # type: ignore[call-arg]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli.common, "load_settings", lambda: settings)
+        return CliRunner().invoke(cli.app, list(args), input=input)
+
+
+async def _contacts_and_states(url: str) -> tuple[int, int]:
+    engine = db.create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            n = (await conn.execute(select(func.count()).select_from(contacts))).scalar_one()
+            m = (await conn.execute(select(func.count()).select_from(crm_sync_state))).scalar_one()
+        return int(n), int(m)
+    finally:
+        await engine.dispose()
+
+
 async def test_sqlite_synced_email_filled_where_certain(tmp_path: Path) -> None:
     await _synced_email_filled_where_certain(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
 
@@ -274,3 +299,86 @@ async def test_sqlite_control_rows_survive_0008(tmp_path: Path) -> None:
 async def test_postgres_control_rows_survive_0008() -> None:
     async with _scratch_postgres() as url:
         await _control_rows_survive_0008(url)
+
+
+async def _cli_steps_down_and_up(url: str) -> None:
+    """Every migration's downgrade runs on a database with rows in it, one step at a time, and
+    the upgrade after it brings the same rows back to the latest schema."""
+    heads = [rev for rev, _ in revisions()]
+    await _state_rows_keep_created_at(url)  # at head, 3 contacts with 6 state rows
+    assert await _contacts_and_states(url) == (3, 6)
+    current = await asyncio.to_thread(_cli, url, "db", "current")
+    assert current.exit_code == 0 and f": {heads[-1]} (latest)" in current.stdout
+
+    for expected in reversed(heads[:-1]):
+        step = await asyncio.to_thread(_cli, url, "db", "downgrade", "-1", "--yes")
+        assert step.exit_code == 0, step.output
+        assert f"database schema is at {expected}" in step.stdout
+        now = await asyncio.to_thread(_cli, url, "db", "current")
+        assert now.exit_code == 0 and f": {expected}: " in now.stdout
+        assert "`crmsync db upgrade` would apply" in now.stdout
+        assert await _contacts_and_states(url) == (3, 6)  # rows survive every step down
+
+    up = await asyncio.to_thread(_cli, url, "db", "upgrade")
+    assert up.exit_code == 0, up.output
+    engine = db.create_engine(url)
+    try:
+        assert await current_revision(engine) == heads[-1]
+        async with engine.connect() as conn:
+            assert await counts.per_status(conn) == (3, {("brevo", "New"): 3, ("n8n", "New"): 3})
+    finally:
+        await engine.dispose()
+
+    declined = await asyncio.to_thread(_cli, url, "db", "downgrade", "base", input="n\n")
+    assert declined.exit_code == 1 and "ALL contacts" in declined.stdout
+    assert await _contacts_and_states(url) == (3, 6)
+    gone = await asyncio.to_thread(_cli, url, "db", "downgrade", "base", input="y\n")
+    assert gone.exit_code == 0, gone.output
+    empty = await asyncio.to_thread(_cli, url, "db", "current")
+    assert "no crmsync schema" in empty.stdout
+    assert (await asyncio.to_thread(_cli, url, "db", "upgrade")).exit_code == 0
+
+
+async def test_sqlite_cli_downgrade_step_by_step(tmp_path: Path) -> None:
+    await _cli_steps_down_and_up(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+
+
+async def test_postgres_cli_downgrade_step_by_step() -> None:
+    async with _scratch_postgres() as url:
+        await _cli_steps_down_and_up(url)
+
+
+@pytest.mark.parametrize(
+    ("rev", "message"),
+    [
+        ("0099", "unknown revision '0099'"),
+        ("-7", "-7: only 4 migration(s) to undo"),
+    ],
+)
+async def test_cli_downgrade_refuses_unknown_targets(
+    tmp_path: Path, rev: str, message: str
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    nothing = await asyncio.to_thread(_cli, url, "db", "downgrade", "0001", "--yes")
+    assert nothing.exit_code == 2 and "has no crmsync schema" in nothing.output
+    engine = db.create_engine(url)
+    await upgrade(engine, "0004")
+    await engine.dispose()
+    result = await asyncio.to_thread(_cli, url, "db", "downgrade", rev, "--yes")
+    assert result.exit_code == 2 and message in result.stderr
+    above = await asyncio.to_thread(_cli, url, "db", "downgrade", "0005", "--yes")
+    assert above.exit_code == 2 and "use `crmsync db upgrade`" in above.stderr
+
+
+async def test_cli_db_current_on_a_schema_from_a_newer_release(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    engine = db.create_engine(url)
+    await upgrade(engine)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+    await engine.dispose()
+    current = await asyncio.to_thread(_cli, url, "db", "current")
+    assert current.exit_code == 1
+    assert "at revision 0099, which this version of crmsync does not know" in current.stderr
+    down = await asyncio.to_thread(_cli, url, "db", "downgrade", "0001", "--yes")
+    assert down.exit_code == 2 and "unknown to this version" in down.stderr

@@ -233,6 +233,19 @@ async def world(
         yield await build_world(client, engine, sb, worker), worker
 
 
+@pytest.fixture
+async def stopped_world(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+    app: FastAPI,
+    sb: SandboxServer,
+) -> World:
+    """The standard scenario, its worker stopped again (the database holds still)."""
+    async with running_worker(engine, settings, app) as worker:
+        return await build_world(client, engine, sb, worker)
+
+
 # -- the CLI in-process ------------------------------------------------------------------------
 
 

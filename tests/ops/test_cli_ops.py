@@ -14,31 +14,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 
 from crmsync import cli
-from crmsync.sandbox import SandboxServer
-from crmsync.settings import Settings
 from tests.conftest import _migrate as migrate_schema
-from tests.ops.conftest import World, build_world, expected_summary, running_worker, state_rows
+from tests.ops.conftest import World, expected_summary, state_rows
 from tests.test_cli import CLI, run
 
 RunCli = Callable[..., Awaitable[Result]]
-
-
-@pytest.fixture
-async def stopped_world(
-    client: httpx.AsyncClient,
-    engine: AsyncEngine,
-    settings: Settings,
-    app: FastAPI,
-    sb: SandboxServer,
-) -> World:
-    """The standard scenario, its worker stopped again (the database holds still)."""
-    async with running_worker(engine, settings, app) as worker:
-        return await build_world(client, engine, sb, worker)
 
 
 async def hubspot_rows(engine: AsyncEngine) -> list[dict[str, object]]:

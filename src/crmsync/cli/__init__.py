@@ -11,10 +11,22 @@ import sys
 from crmsync.cli.app import app
 
 # Importing a command module registers its commands; --help lists them in this order.
-from crmsync.cli import demo, service, contacts, vendors, setup, ops  # isort: skip
+from crmsync.cli import demo, service, contacts, selection, failures  # isort: skip
+from crmsync.cli import vendors, setup, ops, configuration, database  # isort: skip
 
 __all__ = ["app", "main"]
-_COMMANDS = (demo, service, contacts, vendors, setup, ops)
+_COMMANDS = (
+    demo,
+    service,
+    contacts,
+    selection,
+    failures,
+    vendors,
+    setup,
+    ops,
+    configuration,
+    database,
+)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from crmsync.cli.common import (
 from crmsync.enums import SyncStatus
 
 
-@app.command()
+@app.command(rich_help_panel="Operate")
 def status(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print health and summary as JSON.")
@@ -28,16 +28,37 @@ def status(
     max_lag_seconds: Annotated[
         float, typer.Option(min=0.001, help="Lag above which a CRM counts as degraded.")
     ] = 900.0,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Refresh the tables in place until Ctrl-C.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, metavar="SECONDS", help="With --watch: refresh period.")
+    ] = 2.0,
 ) -> None:
     """Show each CRM: configured, paused, workers, due rows, lag, error rate, status counts.
 
-    Exits 1 when the database cannot be read (the status is then down).
+    Exits 1 when the database cannot be read (the status is then down). With --watch the
+    tables are refreshed in place (a database that stops answering shows as down) until
+    Ctrl-C, which exits 0.
+
+    \b
+    Examples:
+      crmsync status
+      crmsync status --watch --interval 5
+      crmsync status --json | jq '.health.status'
     """
     from rich.console import Console
 
     from crmsync.ops.render import render_status
 
+    if watch and as_json:
+        raise fail("--watch shows the tables; for JSON, poll `crmsync status --json`", 2)
     settings = common.load_settings()
+    if watch:
+        from crmsync.cli import watch as watching
+
+        watching.run(settings, max_lag_seconds, interval)
+        return
     health, summary = run_ops(settings, lambda ops: ops.overview(max_lag_seconds))
     if as_json:
         out = {
@@ -51,7 +72,7 @@ def status(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(rich_help_panel="Operate")
 def retry(
     crm: OpsCrm,
     all_failed: Annotated[
@@ -64,7 +85,13 @@ def retry(
         ),
     ] = None,
 ) -> None:
-    """Put contacts in Error back to Selected, attempts reset, due now."""
+    """Put contacts in Error back to Selected, attempts reset, due now.
+
+    \b
+    Examples:
+      crmsync retry --crm hubspot --all-failed
+      crmsync failed --crm hubspot --format ids | crmsync retry --crm hubspot --ids -
+    """
     target = one_crm(crm)
     if all_failed == (ids is not None):
         raise fail("give exactly one of --all-failed and --ids FILE", 2)
@@ -80,7 +107,7 @@ def retry(
         typer.echo(f"{target.value}: requeued {count} contact(s){note}")
 
 
-@app.command()
+@app.command(rich_help_panel="Operate")
 def reset(
     crm: OpsCrm,
     from_: Annotated[
@@ -102,6 +129,11 @@ def reset(
     To New: sync status New; processing status, error, attempts, next attempt and lease cleared
     (the external id is kept). To Selected: queued again, due now, attempts reset, and pushed
     even if unchanged. Shows the counts and asks before changing anything.
+
+    \b
+    Examples:
+      crmsync reset --crm brevo --from Error --from Queued --to New
+      crmsync reset --crm hubspot --from Complete --to Selected --yes
     """
     from crmsync.ops.service import check_reset, parse_status
 
@@ -130,9 +162,12 @@ def reset(
     typer.echo(f"{target.value}: reset {done} row(s) to {goal.value}")
 
 
-@app.command()
+@app.command(rich_help_panel="Operate")
 def pause(crm: OpsCrm) -> None:
-    """Pause a CRM for every worker (until `crmsync resume`). Batches in flight finish."""
+    """Pause a CRM for every worker (until `crmsync resume`). Batches in flight finish.
+
+    Example: crmsync pause --crm brevo
+    """
     target = one_crm(crm)
     settings = common.load_settings()
     run_ops(settings, lambda ops: ops.pause(target))
@@ -142,9 +177,12 @@ def pause(crm: OpsCrm) -> None:
     )
 
 
-@app.command()
+@app.command(rich_help_panel="Operate")
 def resume(crm: OpsCrm) -> None:
-    """Resume a CRM; also lifts an auth or configuration pause so it is retried at once."""
+    """Resume a CRM; also lifts an auth or configuration pause so it is retried at once.
+
+    Example: crmsync resume --crm brevo
+    """
     target = one_crm(crm)
     settings = common.load_settings()
     done = run_ops(settings, lambda ops: ops.resume(target))

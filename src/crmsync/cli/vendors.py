@@ -13,7 +13,7 @@ from crmsync.cli import common
 from crmsync.cli.app import app, hubspot_app
 
 
-@app.command()
+@app.command(rich_help_panel="Run")
 def sandbox(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8900,

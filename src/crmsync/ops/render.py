@@ -4,8 +4,9 @@ per CRM (health, and contacts per sync status). Each fits in 80 columns."""
 from __future__ import annotations
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from crmsync.enums import SyncStatus
 from crmsync.ops.schemas import CrmHealth, Health, Summary
@@ -14,12 +15,18 @@ _STYLE = {"ok": "green", "degraded": "yellow", "down": "red", "disabled": "dim"}
 
 
 def render_status(console: Console, health: Health, summary: Summary | None) -> None:
+    console.print(status_view(health, summary))
+
+
+def status_view(health: Health, summary: Summary | None) -> Group:
+    """The whole status as one renderable (printed once, or refreshed by `status --watch`)."""
     style = _STYLE[health.status.value]
-    console.print(f"crmsync: [bold {style}]{health.status.value}[/]", highlight=False)
-    for reason in health.reasons:
-        console.print(f"  - {reason}", highlight=False, soft_wrap=True)
+    parts: list[RenderableType] = [
+        Text.from_markup(f"crmsync: [bold {style}]{health.status.value}[/]")
+    ]
+    parts += [Text(f"  - {reason}") for reason in health.reasons]
     if not health.crms:
-        return
+        return Group(*parts)
     table = Table(
         title=f"Sync health (errors: last {health.error_window_seconds // 60} min; "
         f"synced/min: last {health.throughput_window_seconds // 60} min)",
@@ -42,9 +49,9 @@ def render_status(console: Console, health: Health, summary: Summary | None) -> 
             f"{crm.error_rate:.0%} of {crm.successes + crm.failures}",
             f"{crm.throughput_per_minute:g}",
         )
-    console.print(table)
+    parts.append(table)
     if summary is None:
-        return
+        return Group(*parts)
     counts = Table(
         title=f"Contacts per sync status ({summary.total_contacts} contacts)",
         title_justify="left",
@@ -55,7 +62,8 @@ def render_status(console: Console, health: Health, summary: Summary | None) -> 
         counts.add_column(status.value, justify="right")
     for name, by_status in summary.crms.items():
         counts.add_row(name, *(str(by_status[status.value]) for status in SyncStatus))
-    console.print(counts)
+    parts.append(counts)
+    return Group(*parts)
 
 
 def _paused(crm: CrmHealth) -> str:

@@ -24,7 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from crmsync import counts
 from crmsync.enums import CRM_NAMES, Crm, SyncStatus
 from crmsync.sync.state import Outcome
-from crmsync.tables import ACTIVE_STATUSES, contacts, crm_sync_state, sync_events, workers
+from crmsync.tables import (
+    ACTIVE_STATUSES,
+    WAITING_STATUSES,
+    contacts,
+    crm_sync_state,
+    sync_events,
+    workers,
+)
 
 s = crm_sync_state.c
 e = sync_events.c
@@ -82,6 +89,16 @@ async def due(conn: AsyncConnection, now: dt.datetime) -> dict[str, Due]:
         .group_by(s.crm)
     )
     return {crm: Due(int(n), oldest) for crm, n, oldest in (await conn.execute(stmt)).all()}
+
+
+async def next_waiting(conn: AsyncConnection, now: dt.datetime) -> dict[str, dt.datetime]:
+    """Per CRM, when the first row not due yet (a retry backoff, a pause) comes due."""
+    stmt = (
+        select(s.crm, func.min(s.next_attempt_at))
+        .where(s.sync_status.in_(WAITING_STATUSES), s.next_attempt_at > now)
+        .group_by(s.crm)
+    )
+    return {crm: when for crm, when in (await conn.execute(stmt)).all() if when is not None}
 
 
 async def outcomes(

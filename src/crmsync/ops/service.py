@@ -6,6 +6,7 @@ transaction (writes) or one read connection (views).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -106,6 +107,11 @@ class OpsService:
             log.warning("health: the database could not be read (%s)", type(exc).__name__)
             return rules.unreadable(self.clock(), self.settings, max_lag_seconds), None
         return rules.assess(snap, self.settings, max_lag_seconds), summarize(snap)
+
+    async def next_waiting(self) -> dict[str, dt.datetime]:
+        """Per CRM, when its first row that is not due yet (a retry, a pause) comes due."""
+        async with self.read_engine.connect() as conn:
+            return await repo.next_waiting(conn, self.clock())
 
     async def summary(self) -> Summary:
         snap = await self.snapshot(with_outcomes=False)
