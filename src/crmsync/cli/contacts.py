@@ -46,7 +46,7 @@ def _delimiter(value: str | None) -> str | None:
     return value
 
 
-@app.command("import")
+@app.command("import", rich_help_panel="Contacts")
 def import_command(
     file: Annotated[
         str, typer.Argument(metavar="FILE", help="A CSV or JSON Lines file; - reads stdin.")
@@ -151,7 +151,7 @@ def import_command(
         _print_summary(file, summary, shown)
 
 
-@app.command("export")
+@app.command("export", rich_help_panel="Contacts")
 def export_command(
     fmt: Annotated[FileFormat, typer.Option("--format", help="csv or jsonl.")] = FileFormat.csv,
     output: Annotated[

@@ -14,7 +14,7 @@ from crmsync.cli.app import app
 from crmsync.demo.options import DEFAULT_DB, DemoOptions
 
 
-@app.command()
+@app.command(rich_help_panel="Run")
 def demo(
     host: Annotated[str, typer.Option(help="Interface the API listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the API.", min=1, max=65535)] = 8000,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from crmsync.settings import Settings
 
 
-@app.command()
+@app.command(rich_help_panel="Set up")
 def setup(
     crm: Annotated[str, typer.Argument(help="The CRM: brevo, hubspot or mautic.")],
 ) -> None:
@@ -71,7 +71,7 @@ def setup(
     typer.echo(f"{created} created, {len(rows) - created} existed.")
 
 
-@app.command()
+@app.command(rich_help_panel="Set up")
 def check() -> None:
     """Check the settings and, for every configured CRM, its credentials and custom fields.
 
