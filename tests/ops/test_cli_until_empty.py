@@ -119,7 +119,7 @@ async def test_exit_3_on_timeout_while_retries_wait(
 ) -> None:
     """Rows waiting for a retry backoff are not done: they are waited for until the timeout."""
     ids = await add_contacts(client, 4)
-    sb.set_faults("mautic", error_rate=1.0)
+    sb.set_faults("mautic", error_rate=1.0, faults_on="writes")  # the field check still passes
     await select_for(client, "mautic", ids)
     env = _env(sb, db_url, MAUTIC_SYNC_MAX_RETRIES="3", MAUTIC_SYNC_RETRY_DELAY_SECONDS="600")
     result, took = await until_empty(env, tmp_path, "--timeout", "3")
@@ -197,7 +197,8 @@ async def test_refused_credentials_end_the_run_with_the_reason(
         result.stdout
     )
     assert wrong not in result.stdout + result.stderr
-    assert await statuses(engine, "hubspot") == {"Queued": 3}
+    # Refused at the worker's first vendor call, its field check: nothing was claimed.
+    assert await statuses(engine, "hubspot") == {"Selected": 3}
 
 
 async def test_usage_errors_exit_2(tmp_path: Path) -> None:
@@ -260,7 +261,9 @@ def _interrupt_once(env: dict[str, str], tmp_path: Path, needle: str) -> tuple[i
         out, err = proc.communicate(timeout=60)
         return proc.returncode, out, seen + err
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()  # closes the pipes, whatever happened above
 
 
 async def test_ctrl_c_exits_130_and_leaves_the_rest_queued(
@@ -271,7 +274,7 @@ async def test_ctrl_c_exits_130_and_leaves_the_rest_queued(
     tmp_path: Path,
 ) -> None:
     ids = await add_contacts(client, 2)
-    sb.set_faults("mautic", error_rate=1.0)
+    sb.set_faults("mautic", error_rate=1.0, faults_on="writes")  # the field check still passes
     await select_for(client, "mautic", ids)
     env = _env(sb, db_url, MAUTIC_SYNC_MAX_RETRIES="3", MAUTIC_SYNC_RETRY_DELAY_SECONDS="600")
     code, out, err = await asyncio.to_thread(

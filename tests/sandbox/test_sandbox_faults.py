@@ -53,6 +53,24 @@ def test_error_rate_one_gives_vendor_5xx(sb: SandboxServer, http: httpx.Client, 
     assert sb.contacts(crm) == []
 
 
+# One cheap authenticated read per vendor that has one (n8n's webhook only takes writes).
+READS = {
+    "brevo": "/brevo/v3/contacts/attributes",
+    "hubspot": "/hubspot/crm/v3/properties/contacts",
+    "mautic": "/mautic/api/fields/contact",
+}
+
+
+@pytest.mark.parametrize("crm", list(READS))
+def test_faults_on_writes_leave_reads_alone(
+    sb: SandboxServer, http: httpx.Client, crm: str
+) -> None:
+    sb.set_faults(crm, error_rate=1.0, faults_on="writes")
+    read = http.get(READS[crm], headers=auth_headers(CONFIG, crm))
+    assert read.status_code == 200, read.text
+    assert call(http, crm).status_code in (500, 502, 503)
+
+
 @pytest.mark.parametrize("crm", list(CALLS))
 def test_bad_credentials_refuses_the_right_key(
     sb: SandboxServer, http: httpx.Client, crm: str

@@ -476,12 +476,13 @@ class Vendor:
             return self._with_limit_headers(self.error_response(503), limited)
         if options.latency_ms:
             await asyncio.sleep(options.latency_ms / 1000)
-        if options.timeout_rate and self.rng.random() < options.timeout_rate:
+        faulty = options.faults_on == "all" or request.method not in ("GET", "HEAD")
+        if faulty and options.timeout_rate and self.rng.random() < options.timeout_rate:
             await asyncio.sleep(options.timeout_ms / 1000)
             if options.timeout_action == "drop":
                 return DropConnection()
             return self._with_limit_headers(self.error_response(504), limited)
-        if options.error_rate and self.rng.random() < options.error_rate:
+        if faulty and options.error_rate and self.rng.random() < options.error_rate:
             status = self.rng.choice((500, 502, 503))
             return self._with_limit_headers(self.error_response(status), limited)
         if auth:

@@ -50,6 +50,13 @@ class FaultOptions:
         choices=("off", "5xx", "drop"),
     )
     error_rate: float = _opt(0.0, "share of requests answered 500/502/503", **_RATE)
+    # A write path that is degraded while reads still work, as when a vendor's database is
+    # overloaded: the worker's field check passes and its pushes fail.
+    faults_on: str = _opt(
+        "all",
+        "which requests error_rate and timeout_rate hit: all, or writes (not GET) only",
+        choices=("all", "writes"),
+    )
     latency_ms: float = _opt(0.0, "added delay before every answer", **_NON_NEGATIVE)
     timeout_rate: float = _opt(0.0, "share of requests that hang for timeout_ms", **_RATE)
     timeout_ms: float = _opt(30_000.0, "how long a timed-out request hangs", **_NON_NEGATIVE)
