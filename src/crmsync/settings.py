@@ -207,6 +207,11 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", validation_alias="CRMSYNC_LOG_LEVEL")
     metrics_public: bool = Field(default=False, validation_alias="CRMSYNC_METRICS_PUBLIC")
+    # A request body larger than this is refused (413) before it is read: the default holds a
+    # 10,000-contact bulk request of ~3 KB per contact (typical contacts take a few hundred bytes).
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=4096, validation_alias="CRMSYNC_MAX_BODY_BYTES"
+    )
 
     alert_webhook_url: str | None = Field(
         default=None, validation_alias="CRMSYNC_ALERT_WEBHOOK_URL"

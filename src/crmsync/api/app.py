@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crmsync import __version__, db
 from crmsync.api import contacts, crm, errors, health
+from crmsync.api.limits import BodyLimit
 from crmsync.clock import Clock, utcnow
 from crmsync.contacts.service import ContactService
 from crmsync.settings import Settings
@@ -61,13 +63,32 @@ def create_app(
     app.include_router(contacts.router)
     app.include_router(crm.router)
 
-    @app.middleware("http")
-    async def _no_store(
-        request: Request, call_next: Callable[[Request], Awaitable[Any]]
-    ) -> Response:
-        # API answers are live data: never cached by a browser or proxy (as the customer's app).
-        response: Response = await call_next(request)
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
+    # API answers are live data: never cached by a browser or proxy (as the customer's app).
+    app.add_middleware(NoStore)
+    # Added last, so it runs first: bodies are limited before anything reads them.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+class NoStore:
+    """Adds `Cache-Control: no-store` to every answer that does not set its own.
+
+    A plain ASGI middleware: Starlette's `BaseHTTPMiddleware` runs the app in a task group, which
+    wraps exceptions raised while reading the body (the body limit's 413) in an ExceptionGroup.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
