@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Message
 
 from crmsync.api.app import create_app
@@ -227,8 +228,8 @@ def test_the_server_stops_a_streamed_body_without_holding_it(server: tuple[int, 
     assert _rss_kib(pid) - before < 16 * 1024
 
 
-async def test_answers_are_never_cached(tmp_path: Path) -> None:
-    transport = httpx.ASGITransport(app=_app(tmp_path))  # type: ignore[arg-type]
+async def test_answers_are_never_cached(settings: Settings, engine: AsyncEngine) -> None:
+    transport = httpx.ASGITransport(app=create_app(settings, SECRET, engine=engine))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         for path in ("/healthz", "/api/v3/contacts"):
             assert (await http.get(path)).headers["Cache-Control"] == "no-store"
