@@ -29,6 +29,7 @@ from crmsync.contacts.schemas import (
     CrmSelectionResponse,
     FilteredRequest,
     StatusUpdateResponse,
+    unstorable,
 )
 from crmsync.enums import CRM_NAMES, Crm, CurationStatus, SyncStatus
 from crmsync.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -207,7 +208,8 @@ class ContactService:
         valid: dict[str, tuple[int, ContactCreate]] = {}
         for index, raw in enumerate(raw_rows):
             email = raw.get("email") if isinstance(raw, dict) else None
-            shown = email if isinstance(email, str) else None
+            # Echoed back only when it is text the answer can carry (no lone surrogate).
+            shown = email if isinstance(email, str) and unstorable(email) is None else None
             try:
                 contact = ContactCreate.model_validate(raw)
             except ValidationError as exc:
