@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from crmsync.enums import Crm
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./crmsync.db"
+# The shortest JWT_SECRET_KEY accepted (auth.py applies the same rule to a secret file).
+MIN_JWT_SECRET_BYTES = 32
 
 
 def _config(prefix: str = "") -> SettingsConfigDict:
@@ -183,6 +185,9 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     jwt_secret_key: SecretStr | None = None
+    # When set, a token's `iss` must be this / its `aud` must name this (checked by auth.py).
+    jwt_issuer: str | None = Field(default=None, validation_alias="CRMSYNC_JWT_ISSUER")
+    jwt_audience: str | None = Field(default=None, validation_alias="CRMSYNC_JWT_AUDIENCE")
     state_dir: Path = Field(default=Path(".crmsync"), validation_alias="CRMSYNC_STATE_DIR")
 
     lease_seconds: float = Field(default=120, gt=0, validation_alias="CRMSYNC_LEASE_SECONDS")
@@ -240,10 +245,30 @@ class Settings(BaseSettings):
     mautic: MauticSettings = Field(default_factory=MauticSettings)
     n8n: N8nSettings = Field(default_factory=N8nSettings)
 
-    @field_validator("jwt_secret_key", "alert_webhook_url", "alert_email_to", mode="before")
+    @field_validator(
+        "jwt_secret_key",
+        "jwt_issuer",
+        "jwt_audience",
+        "alert_webhook_url",
+        "alert_email_to",
+        mode="before",
+    )
     @classmethod
     def _optional_strings(cls, value: Any) -> Any:
         return _blank_to_none(value)
+
+    @field_validator("jwt_secret_key")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        """A short HS256 secret can be guessed offline from any one token: refuse to start."""
+        length = 0 if value is None else len(value.get_secret_value().encode())
+        if value is not None and length < MIN_JWT_SECRET_BYTES:
+            raise ValueError(
+                f"JWT_SECRET_KEY is {length} bytes long; it must be at least "
+                f"{MIN_JWT_SECRET_BYTES} bytes. Generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        return value
 
     def crm(self, name: Crm | str) -> CrmSettings:
         crm_settings: CrmSettings = getattr(self, Crm(name).value)

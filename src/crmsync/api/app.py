@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crmsync import __version__, db
+from crmsync import __version__, auth, db
 from crmsync.api import contacts, crm, errors, health
 from crmsync.api.limits import BodyLimit
 from crmsync.clock import Clock, utcnow
@@ -31,6 +31,7 @@ def create_app(
 
     `app.state.startup_hooks` / `shutdown_hooks` run in the lifespan (the embedded worker).
     """
+    auth.check_secret_length(jwt_secret, "the JWT secret")
     own_engine = engine is None
     engine = engine or db.create_engine(settings.database_url)
 

@@ -34,6 +34,7 @@ router = APIRouter(prefix="/api/v3/contacts", tags=["contacts"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid bearer token"},
+    403: {"description": "The token's scope does not allow this (a read-only token writing)"},
     422: {"description": "Invalid request"},
 }
 

@@ -28,6 +28,7 @@ metrics_router = APIRouter(tags=["operations"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid bearer token"},
+    403: {"description": "The token's scope does not allow this (a read-only token writing)"},
     422: {"description": "Invalid request"},
 }
 
@@ -101,6 +102,7 @@ async def retry(_: UserDep, ops: OpsDep, body: RetryRequest) -> RetryResponse:
     responses={
         200: {"content": {prometheus.CONTENT_TYPE: {}}, "description": "Prometheus text format"},
         401: {"description": "Missing or invalid bearer token (unless CRMSYNC_METRICS_PUBLIC)"},
+        403: {"description": "The token's scope grants no access"},
     },
 )
 async def metrics(_: MetricsAccessDep, ops: OpsDep) -> Response:

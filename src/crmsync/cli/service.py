@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ from crmsync import __version__, auth, db
 from crmsync.cli import common
 from crmsync.cli.app import app, db_app
 from crmsync.cli.common import CrmOption, parse_crm_names, upgrade_schema
+from crmsync.settings import Settings
 
 
 @app.command()
@@ -28,10 +30,25 @@ def db_upgrade() -> None:
     typer.echo("database schema is up to date", err=True)
 
 
+def _ensure_secret(settings: Settings) -> tuple[str, Path | None]:
+    """`auth.ensure_secret`, with a secret file that is too short as a readable exit."""
+    try:
+        return auth.ensure_secret(settings)
+    except auth.WeakSecret as exc:
+        typer.echo(f"crmsync: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def token(
     sub: Annotated[str, typer.Option(help="Subject (user name) put in the token.")] = "crmsync",
     ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 30m, 1h, 7d.")] = "1h",
+    read_only: Annotated[
+        bool,
+        typer.Option(
+            "--read-only", help="A token that may read but not change anything (scope 'read')."
+        ),
+    ] = False,
 ) -> None:
     """Print a bearer token (only the token, on stdout) signed with the service's secret."""
     settings = common.load_settings()
@@ -39,10 +56,20 @@ def token(
         lifetime = auth.parse_ttl(ttl)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--ttl") from None
-    secret, created = auth.ensure_secret(settings)
+    secret, created = _ensure_secret(settings)
     if created is not None:
         typer.echo(f"generated a JWT secret in {created} (mode 0600)", err=True)
-    typer.echo(auth.mint_token(secret, sub, lifetime))
+    scope = auth.READ if read_only else None
+    typer.echo(
+        auth.mint_token(
+            secret,
+            sub,
+            lifetime,
+            scope=scope,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    )
 
 
 @app.command()
@@ -63,7 +90,7 @@ def serve(
     from crmsync.api.app import create_app
 
     settings = common.load_settings()
-    secret, created = auth.ensure_secret(settings)
+    secret, created = _ensure_secret(settings)
     if created is not None:
         typer.echo(
             f"JWT_SECRET_KEY is not set: generated a random secret in {created} (mode 0600)",
@@ -73,7 +100,13 @@ def serve(
     url = f"http://{host}:{port}"
     typer.echo(f"crmsync {__version__} on {url}  (API docs: {url}/docs)", err=True)
     if print_token:
-        ready = auth.mint_token(secret, "crmsync", dt.timedelta(hours=12))
+        ready = auth.mint_token(
+            secret,
+            "crmsync",
+            dt.timedelta(hours=12),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
         typer.echo(f"token (12 h): {ready}", err=True)
         typer.echo(f'try: curl -H "Authorization: Bearer $TOKEN" {url}/api/v3/contacts', err=True)
     application = create_app(settings, secret)
