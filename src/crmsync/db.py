@@ -65,6 +65,9 @@ def is_sqlite_file(engine: AsyncEngine) -> bool:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    # An SQL error's text never carries its bound parameters: they are contact data (and the
+    # errors end in logs). Every engine made here and below says so.
+    kwargs.setdefault("hide_parameters", True)
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         if _is_file(parsed):
@@ -96,6 +99,7 @@ def read_only(engine: AsyncEngine) -> AsyncEngine:
         reader = create_async_engine(
             engine.url,
             connect_args={"timeout": 30},
+            hide_parameters=True,
             execution_options={"sqlite_begin": "DEFERRED"},
         )
         _configure_sqlite(reader)
@@ -184,6 +188,7 @@ def sqlite_write_engine(url: URL, *, threaded: bool) -> Engine:
         pool_size=1,
         max_overflow=0,
         pool_timeout=120,
+        hide_parameters=True,
     )
     _configure_sqlite(sync, SQLITE_WRITER_CACHE_KIB)
     return sync
