@@ -235,7 +235,8 @@ class Settings(BaseSettings):
     smtp_port: int = Field(default=25, validation_alias="SMTP_PORT")
     smtp_username: str | None = Field(default=None, validation_alias="SMTP_USERNAME")
     smtp_password: SecretStr | None = Field(default=None, validation_alias="SMTP_PASSWORD")
-    smtp_starttls: bool = Field(default=False, validation_alias="SMTP_STARTTLS")
+    # Unset: STARTTLS unless SMTP_HOST is this machine (alerts/alerter.py); false turns it off.
+    smtp_starttls: bool | None = Field(default=None, validation_alias="SMTP_STARTTLS")
     # Implicit TLS from the first byte (usually port 465), instead of STARTTLS on 25/587.
     smtp_ssl: bool = Field(default=False, validation_alias="SMTP_SSL")
     smtp_timeout_seconds: float = Field(default=10, gt=0, validation_alias="SMTP_TIMEOUT_SECONDS")
@@ -251,6 +252,7 @@ class Settings(BaseSettings):
         "jwt_audience",
         "alert_webhook_url",
         "alert_email_to",
+        "smtp_starttls",
         mode="before",
     )
     @classmethod
