@@ -212,6 +212,11 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", validation_alias="CRMSYNC_LOG_LEVEL")
     metrics_public: bool = Field(default=False, validation_alias="CRMSYNC_METRICS_PUBLIC")
+    # The longest an API statement may run (PostgreSQL statement_timeout, a progress handler on
+    # SQLite); a request that needs longer is answered 503. 0 turns the limit off.
+    statement_timeout_seconds: float = Field(
+        default=30, ge=0, validation_alias="CRMSYNC_STATEMENT_TIMEOUT_SECONDS"
+    )
     # A request body larger than this is refused (413) before it is read: the default holds a
     # 10,000-contact bulk request of ~3 KB per contact (typical contacts take a few hundred bytes).
     max_body_bytes: int = Field(

@@ -33,7 +33,9 @@ def create_app(
     """
     auth.check_secret_length(jwt_secret, "the JWT secret")
     own_engine = engine is None
-    engine = engine or db.create_engine(settings.database_url)
+    engine = engine or db.create_engine(
+        settings.database_url, statement_timeout=settings.statement_timeout_seconds
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

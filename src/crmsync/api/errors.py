@@ -13,8 +13,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from crmsync import db
 from crmsync.errors import CrmSyncError
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,21 @@ def install(app: FastAPI) -> None:
         }
         return JSONResponse(body, status_code=422)
 
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not db.is_statement_timeout(exc):
+            return await _unexpected(request, exc)
+        limit = request.app.state.settings.statement_timeout_seconds
+        log.warning("%s %s: stopped by the statement timeout", request.method, request.url.path)
+        message = (
+            f"The database needed longer than {limit:g} s for this request "
+            "(CRMSYNC_STATEMENT_TIMEOUT_SECONDS): narrow the filters, use smaller pages, "
+            "or try again when the service is less busy"
+        )
+        return JSONResponse(error_body(503, message), status_code=503, headers={"Retry-After": "5"})
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # Never echo the exception text: it may hold SQL, data or a secret.
-        log.exception("unhandled error: %s", type(exc).__name__)
+        log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
         return JSONResponse(error_body(500, "Internal server error"), status_code=500)
