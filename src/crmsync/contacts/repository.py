@@ -91,6 +91,26 @@ def by_ids(ids: Sequence[uuid.UUID]) -> ColumnElement[bool]:
     return contacts.c.id.in_(ids)
 
 
+async def chunk_end(conn: AsyncConnection, after: uuid.UUID | None, size: int) -> uuid.UUID | None:
+    """The id `size` contacts after `after` in id order (the primary key), or None when fewer
+    remain: the end of the next range of a chunked action (see `id_range`)."""
+    stmt = select(contacts.c.id).order_by(contacts.c.id).offset(size - 1).limit(1)
+    if after is not None:
+        stmt = stmt.where(contacts.c.id > after)
+    end: uuid.UUID | None = (await conn.execute(stmt)).scalar_one_or_none()
+    return end
+
+
+def id_range(after: uuid.UUID | None, end: uuid.UUID | None) -> ColumnElement[bool]:
+    """Contacts with `after < id <= end`; an open side when None."""
+    conds = []
+    if after is not None:
+        conds.append(contacts.c.id > after)
+    if end is not None:
+        conds.append(contacts.c.id <= end)
+    return and_(true(), *conds)
+
+
 async def insert(conn: AsyncConnection, values: dict[str, Any]) -> RowMapping:
     result = await conn.execute(contacts.insert().values(**values).returning(*contacts.c))
     return result.mappings().one()

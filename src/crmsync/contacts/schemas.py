@@ -21,7 +21,7 @@ MAX_BULK = 10_000
 
 # Deliberately loose: one @, something on each side, a dot in the domain. Vendors apply their
 # own stricter rules; a contact they reject ends in Error with their message.
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+_EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s.\x00]+$")
 
 
 # Characters no column can hold: PostgreSQL refuses NUL in text, and neither driver can encode an
@@ -51,6 +51,8 @@ def _storable(value: str) -> str:
 
 
 Storable = AfterValidator(_storable)
+# The same rule, for clients reading the OpenAPI document (the validator gives the message).
+NO_NUL = Field(json_schema_extra={"pattern": r"^[^\x00]*$"})
 
 
 def _check_email(value: str) -> str:
@@ -72,10 +74,10 @@ TEXT_MAX = 10_000
 PHONE_MAX = 100
 SEARCH_MAX = 320
 NAME_MAX = 100  # a CRM name or an action
-Text = Annotated[str, StringConstraints(max_length=TEXT_MAX), Storable]
-Phone = Annotated[str, StringConstraints(max_length=PHONE_MAX), Storable]
-Search = Annotated[str, StringConstraints(min_length=1, max_length=SEARCH_MAX), Storable]
-Word = Annotated[str, StringConstraints(max_length=NAME_MAX), Storable]
+Text = Annotated[str, StringConstraints(max_length=TEXT_MAX), Storable, NO_NUL]
+Phone = Annotated[str, StringConstraints(max_length=PHONE_MAX), Storable, NO_NUL]
+Search = Annotated[str, StringConstraints(min_length=1, max_length=SEARCH_MAX), Storable, NO_NUL]
+Word = Annotated[str, StringConstraints(max_length=NAME_MAX), Storable, NO_NUL]
 
 
 class ContactBase(BaseModel):

@@ -7,12 +7,12 @@ that same transaction, for every CRM where it was Complete (`CRMSYNC_RESYNC_ON_C
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, and_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crmsync import counts, db
@@ -37,6 +37,8 @@ from crmsync.settings import Settings
 from crmsync.sync import events, selection, wakeup
 
 ACTIONS = ("select", "unselect")
+# Contacts per transaction of a filtered action (see `ContactService._chunks`).
+CHUNK = 5_000
 
 
 def _total_from_page(offset: int, limit: int, got: int) -> int | None:
@@ -268,15 +270,45 @@ class ContactService:
     async def set_status_filtered(
         self, request: FilteredRequest, status: CurationStatus
     ) -> StatusUpdateResponse:
-        return await self._set_status(repo.where(require_filter(request)), status)
+        where = repo.where(require_filter(request))
+        now = self.clock()
+        count = 0
+
+        async def update(conn: AsyncConnection, chunk: ColumnElement[bool]) -> None:
+            nonlocal count
+            count += await repo.set_curation_status(conn, and_(where, chunk), status, now)
+
+        await self._in_chunks(update)
+        return _status_response(count, status)
 
     async def _set_status(
         self, cond: ColumnElement[bool], status: CurationStatus
     ) -> StatusUpdateResponse:
         async with self.engine.begin() as conn:
             count = await repo.set_curation_status(conn, cond, status, self.clock())
-        queued = count if status is CurationStatus.Queued else 0
-        return StatusUpdateResponse(updated_count=count, queued_count=queued)
+        return _status_response(count, status)
+
+    async def _in_chunks(
+        self, work: Callable[[AsyncConnection, ColumnElement[bool]], Awaitable[None]]
+    ) -> None:
+        """Run `work(conn, range)` over every contact, as consecutive id ranges of at most
+        `CHUNK` contacts, each range in a transaction of its own.
+
+        An action over every contact that matches a filter ("all": true over a million) runs
+        range by range, so that no transaction holds SQLite's write lock (which every other
+        writer waits for) or runs a statement for long; the ranges walk the primary key, so the
+        whole action reads each contact once, whatever the filter. Each range commits on its
+        own: an action stopped half-way has done the ranges before, and sending it again
+        finishes it (every filtered action is idempotent).
+        """
+        after: uuid.UUID | None = None
+        while True:
+            async with self.engine.begin() as conn:
+                end = await repo.chunk_end(conn, after, CHUNK)
+                await work(conn, repo.id_range(after, end))
+            if end is None:
+                return
+            after = end
 
     # -- CRM selection -------------------------------------------------------------------------
 
@@ -296,10 +328,20 @@ class ContactService:
     ) -> CrmSelectionResponse:
         crms = parse_crms(crm_names)
         action = parse_action(action)
-        conds = require_filter(request)
+        where = repo.where(require_filter(request))
         if not crms:
             return _empty(crms, action, "No CRMs specified")
-        return await self._select(repo.where(conds), crms, action, force, by_ids=False)
+        matched = queued = 0
+
+        async def apply(conn: AsyncConnection, chunk: ColumnElement[bool]) -> None:
+            nonlocal matched, queued
+            got, added = await self._select_rows(conn, and_(where, chunk), crms, action, force)
+            matched, queued = matched + got, queued + added
+
+        await self._in_chunks(apply)
+        if action == "select" and matched:
+            self._wake(crms)
+        return self._selection_response(crms, action, matched, queued)
 
     async def _select(
         self,
@@ -310,21 +352,40 @@ class ContactService:
         *,
         by_ids: bool,
     ) -> CrmSelectionResponse:
-        now = self.clock()
-        queued = 0
         async with self.engine.begin() as conn:
-            matched = await repo.count(conn, [where])
+            matched, queued = await self._select_rows(conn, where, crms, action, force)
             if matched == 0 and by_ids:
                 raise NotFound("No contacts found with provided IDs")
-            for crm in crms:
-                if action == "select":
-                    queued += await selection.select_contacts(conn, crm, where, now, force=force)
-                else:
-                    await selection.unselect_contacts(conn, crm, where, now)
-            if action == "select" and matched:
-                await wakeup.announce(conn, crms)
         if action == "select" and matched:
             self._wake(crms)
+        return self._selection_response(crms, action, matched, queued)
+
+    async def _select_rows(
+        self,
+        conn: AsyncConnection,
+        where: ColumnElement[bool],
+        crms: list[Crm],
+        action: str,
+        force: bool,
+    ) -> tuple[int, int]:
+        """Select or unselect the matching contacts in this transaction: (matched, queued)."""
+        now = self.clock()
+        queued = 0
+        matched = await repo.count(conn, [where])
+        if matched == 0:
+            return 0, 0
+        for crm in crms:
+            if action == "select":
+                queued += await selection.select_contacts(conn, crm, where, now, force=force)
+            else:
+                await selection.unselect_contacts(conn, crm, where, now)
+        if action == "select":
+            await wakeup.announce(conn, crms)
+        return matched, queued
+
+    def _selection_response(
+        self, crms: list[Crm], action: str, matched: int, queued: int
+    ) -> CrmSelectionResponse:
         return CrmSelectionResponse(
             updated_count=matched,
             queued_count=queued,
@@ -348,6 +409,11 @@ class ContactService:
     def _wake(self, crms: Sequence[Crm]) -> None:
         if self.on_queued is not None and crms:
             self.on_queued(crms)
+
+
+def _status_response(count: int, status: CurationStatus) -> StatusUpdateResponse:
+    queued = count if status is CurationStatus.Queued else 0
+    return StatusUpdateResponse(updated_count=count, queued_count=queued)
 
 
 def _empty(crms: list[Crm], action: str, message: str) -> CrmSelectionResponse:
