@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, and_
+from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crmsync import counts, db
@@ -274,11 +274,11 @@ class ContactService:
         now = self.clock()
         count = 0
 
-        async def update(conn: AsyncConnection, chunk: ColumnElement[bool]) -> None:
+        async def update(conn: AsyncConnection, cond: ColumnElement[bool]) -> None:
             nonlocal count
-            count += await repo.set_curation_status(conn, and_(where, chunk), status, now)
+            count += await repo.set_curation_status(conn, cond, status, now)
 
-        await self._in_chunks(update)
+        await self._in_chunks(where, update)
         return _status_response(count, status)
 
     async def _set_status(
@@ -289,10 +289,12 @@ class ContactService:
         return _status_response(count, status)
 
     async def _in_chunks(
-        self, work: Callable[[AsyncConnection, ColumnElement[bool]], Awaitable[None]]
+        self,
+        where: ColumnElement[bool],
+        work: Callable[[AsyncConnection, ColumnElement[bool]], Awaitable[None]],
     ) -> None:
-        """Run `work(conn, range)` over every contact, as consecutive id ranges of at most
-        `CHUNK` contacts, each range in a transaction of its own.
+        """Run `work(conn, cond)` over the contacts matching `where`, as consecutive id ranges
+        of at most `CHUNK` contacts (`cond` is `where` within one), each in its own transaction.
 
         An action over every contact that matches a filter ("all": true over a million) runs
         range by range, so that no transaction holds SQLite's write lock (which every other
@@ -305,7 +307,7 @@ class ContactService:
         while True:
             async with self.engine.begin() as conn:
                 end = await repo.chunk_end(conn, after, CHUNK)
-                await work(conn, repo.id_range(after, end))
+                await work(conn, repo.in_range(conn, where, after, end))
             if end is None:
                 return
             after = end
@@ -333,12 +335,12 @@ class ContactService:
             return _empty(crms, action, "No CRMs specified")
         matched = queued = 0
 
-        async def apply(conn: AsyncConnection, chunk: ColumnElement[bool]) -> None:
+        async def apply(conn: AsyncConnection, cond: ColumnElement[bool]) -> None:
             nonlocal matched, queued
-            got, added = await self._select_rows(conn, and_(where, chunk), crms, action, force)
+            got, added = await self._select_rows(conn, cond, crms, action, force)
             matched, queued = matched + got, queued + added
 
-        await self._in_chunks(apply)
+        await self._in_chunks(where, apply)
         if action == "select" and matched:
             self._wake(crms)
         return self._selection_response(crms, action, matched, queued)
