@@ -119,3 +119,23 @@ async def test_each_text_field_has_its_documented_maximum(
     assert _fields(await send(client, "POST", BASE, {"email": "a" * 310 + "@example.com"})) == [
         "body.email"
     ]
+
+
+async def test_a_body_that_is_not_utf8_is_a_422_like_any_unreadable_json(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.post(
+        BASE, content=b'{"email": "\xff\xfe@x.io"}', headers={"Content-Type": "application/json"}
+    )
+    assert _fields(r) == ["body"]  # was a bare 400 the document did not list
+    assert "UTF-8" in r.json()["message"]
+
+
+async def test_an_edit_to_a_taken_email_is_a_documented_409(client: httpx.AsyncClient) -> None:
+    first, second = await add_contacts(client, 2)
+    taken = (await client.get(f"{BASE}/{first}")).json()["email"]
+    for method in ("PUT", "PATCH"):
+        r = await client.request(method, f"{BASE}/{second}", json={"email": taken})
+        assert r.status_code == 409 and r.json()["existing_id"] == first
+        documented = (await client.get("/openapi.json")).json()["paths"][f"{BASE}/{{contact_id}}"]
+        assert "409" in documented[method.lower()]["responses"]

@@ -11,7 +11,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crmsync import __version__, auth, db
-from crmsync.api import contacts, crm, errors, health
+from crmsync.api import contacts, crm, errors, health, openapi
 from crmsync.api.limits import BodyLimit
 from crmsync.clock import Clock, utcnow
 from crmsync.contacts.service import ContactService
@@ -65,6 +65,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(contacts.router)
     app.include_router(crm.router)
+    openapi.add_links(app)
 
     # API answers are live data: never cached by a browser or proxy (as the customer's app).
     app.add_middleware(NoStore)

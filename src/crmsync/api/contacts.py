@@ -140,6 +140,10 @@ async def select_filtered_for_crm_sync(
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {**ERRORS, 404: {"description": "No such contact"}}
+EDIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND,
+    409: {"description": "Another contact has this email"},
+}
 
 
 @router.get("/{contact_id}/sync-history", response_model=list[SyncEventRead], responses=NOT_FOUND)
@@ -159,7 +163,7 @@ async def get_contact(_: UserDep, service: ContactsDep, contact_id: uuid.UUID) -
     return await service.get(contact_id)
 
 
-@router.put("/{contact_id}", response_model=ContactRead, responses=NOT_FOUND)
+@router.put("/{contact_id}", response_model=ContactRead, responses=EDIT_ERRORS)
 async def update_contact(
     _: UserDep, service: ContactsDep, contact_id: uuid.UUID, body: ContactUpdate
 ) -> dict[str, Any]:
@@ -167,7 +171,7 @@ async def update_contact(
     return await service.update(contact_id, body)
 
 
-@router.patch("/{contact_id}", response_model=ContactRead, responses=NOT_FOUND)
+@router.patch("/{contact_id}", response_model=ContactRead, responses=EDIT_ERRORS)
 async def patch_contact(
     _: UserDep, service: ContactsDep, contact_id: uuid.UUID, body: ContactUpdate
 ) -> dict[str, Any]:

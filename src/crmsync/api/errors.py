@@ -36,6 +36,17 @@ def _location(loc: Any) -> str:
     return ".".join(str(part) for part in loc if part != "body") or "body"
 
 
+def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:
+    summary = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in errors[:5])
+    body = {
+        "detail": errors,
+        "message": f"Invalid request: {summary}",
+        "status_code": 422,
+        "error": True,
+    }
+    return JSONResponse(body, status_code=422)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CrmSyncError)
     async def _domain(_: Request, exc: CrmSyncError) -> JSONResponse:
@@ -45,6 +56,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers a body that is not UTF-8 with a bare 400, and a body that is no
+            # JSON with a 422: both are the same mistake, answered the same way.
+            return _invalid(
+                [{"loc": ["body"], "msg": "not valid UTF-8 text", "type": "json_invalid"}]
+            )
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return JSONResponse(
             error_body(exc.status_code, message),
@@ -57,14 +74,7 @@ def install(app: FastAPI) -> None:
         errors = [
             {k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in exc.errors()
         ]
-        summary = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in errors[:5])
-        body = {
-            "detail": errors,
-            "message": f"Invalid request: {summary}",
-            "status_code": 422,
-            "error": True,
-        }
-        return JSONResponse(body, status_code=422)
+        return _invalid(errors)
 
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
