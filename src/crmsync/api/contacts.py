@@ -10,8 +10,10 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
+from pydantic import AfterValidator
 
 from crmsync.api.deps import ContactsDep, UserDep
+from crmsync.contacts import cursors
 from crmsync.contacts.schemas import (
     MAX_BULK,
     BulkRequest,
@@ -31,6 +33,8 @@ from crmsync.contacts.schemas import (
 from crmsync.errors import Unprocessable
 
 router = APIRouter(prefix="/api/v3/contacts", tags=["contacts"])
+# The deepest `offset` accepted: skipping rows reads them all first. Further: the `after` cursor.
+MAX_OFFSET = 100_000
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid bearer token"},
@@ -47,11 +51,26 @@ async def list_contacts(
     response: Response,
     filters: Annotated[ContactFilters, Query()],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2_000_000_000)] = 0,
+    offset: Annotated[
+        int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip; past it, page with `after`.")
+    ] = 0,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="Go on after the page whose X-Next-Cursor header gave this value.",
+        ),
+        AfterValidator(cursors.check),
+    ] = None,
 ) -> list[dict[str, Any]]:
-    """Contacts in a stable order (created_at, id); the total matching count is in X-Total-Count."""
-    items, total = await service.page(filters, limit, offset)
+    """Contacts in a stable order (created_at, id); the total matching count is in
+    X-Total-Count. A full page carries X-Next-Cursor: send it as `after` for the next page (any
+    depth; `offset` stops at 100,000)."""
+    items, total, following = await service.page(filters, limit, offset, after)
     response.headers["X-Total-Count"] = str(total)
+    if following is not None:
+        response.headers["X-Next-Cursor"] = following
     return items
 
 
@@ -152,7 +171,7 @@ async def sync_history(
     service: ContactsDep,
     contact_id: uuid.UUID,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2_000_000_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[dict[str, Any]]:
     """Every attempt to push this contact, newest first (kept CRMSYNC_EVENT_RETENTION_DAYS)."""
     return await service.history(contact_id, limit, offset)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
 
+from crmsync.api.contacts import MAX_OFFSET
 from crmsync.api.deps import MetricsAccessDep, OpsDep, UserDep
 from crmsync.ops import prometheus
 from crmsync.ops.health import DEFAULT_MAX_LAG_SECONDS
@@ -75,7 +76,7 @@ async def status_failed(
     response: Response,
     crm: Annotated[str | None, Query(description="Only this CRM (default: all).")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2_000_000_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[FailedContact]:
     """Contacts in Error, newest failure first; the total is in X-Total-Count."""
     items, total = await ops.failed(crm, limit, offset)

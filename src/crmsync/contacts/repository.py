@@ -20,6 +20,7 @@ from sqlalchemy import (
     exists,
     func,
     literal_column,
+    or_,
     select,
     true,
     update,
@@ -157,8 +158,15 @@ async def delete_one(conn: AsyncConnection, contact_id: uuid.UUID) -> bool:
     return result.rowcount > 0
 
 
+Cursor = tuple[dt.datetime, uuid.UUID]
+
+
 async def list_page(
-    conn: AsyncConnection, conds: Sequence[ColumnElement[bool]], limit: int, offset: int
+    conn: AsyncConnection,
+    conds: Sequence[ColumnElement[bool]],
+    limit: int,
+    offset: int,
+    after: Cursor | None = None,
 ) -> Sequence[RowMapping]:
     stmt = (
         select(contacts)
@@ -167,7 +175,17 @@ async def list_page(
         .limit(limit)
         .offset(offset)
     )
+    if after is not None:
+        stmt = stmt.where(_after(contacts.c.created_at, contacts.c.id, after))
     return (await conn.execute(stmt)).mappings().all()
+
+
+def _after(
+    created_at: ColumnElement[Any], contact_id: ColumnElement[Any], cursor: Cursor
+) -> ColumnElement[bool]:
+    """Contacts after `cursor` in list order (created_at, id), read from the same index."""
+    at, last = cursor
+    return or_(created_at > at, and_(created_at == at, contact_id > last))
 
 
 async def count(conn: AsyncConnection, conds: Sequence[ColumnElement[bool]]) -> int:
@@ -225,7 +243,12 @@ def single_crm_status(filters: ContactFilters) -> tuple[Crm, SyncStatus] | None:
 
 
 async def list_page_by_state(
-    conn: AsyncConnection, crm: Crm, status: SyncStatus, limit: int, offset: int
+    conn: AsyncConnection,
+    crm: Crm,
+    status: SyncStatus,
+    limit: int,
+    offset: int,
+    after: Cursor | None = None,
 ) -> Sequence[RowMapping]:
     """A page of the contacts with this CRM status, read in list order from the state rows.
 
@@ -244,6 +267,8 @@ async def list_page_by_state(
         .limit(limit)
         .offset(offset)
     )
+    if after is not None:
+        stmt = stmt.where(_after(s.contact_created_at, s.contact_id, after))
     return (await conn.execute(stmt)).mappings().all()
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from crmsync import counts, db
 from crmsync.clock import Clock, utcnow
 from crmsync.connectors.mapping import SYNCED_FIELDS
+from crmsync.contacts import cursors
 from crmsync.contacts import repository as repo
 from crmsync.contacts.presenter import present, present_many
 from crmsync.contacts.schemas import (
@@ -101,20 +102,25 @@ class ContactService:
             return present(row, await repo.states_for(conn, [contact_id]))
 
     async def page(
-        self, filters: ContactFilters, limit: int, offset: int
-    ) -> tuple[list[dict[str, Any]], int]:
+        self, filters: ContactFilters, limit: int, offset: int, after: str | None = None
+    ) -> tuple[list[dict[str, Any]], int, str | None]:
+        """A page of contacts, the number matching in all, and the cursor of the next page
+        (None after the last one): pass it as `after` to go on past any offset."""
+        cursor = cursors.decode(after) if after is not None else None
         async with self.read_engine.connect() as conn:
             single = repo.single_crm_status(filters)
             if single is not None and single[1] is not SyncStatus.New:
                 # One CRM status: its state rows hold the page in list order (one index).
-                rows = await repo.list_page_by_state(conn, *single, limit, offset)
+                rows = await repo.list_page_by_state(conn, *single, limit, offset, cursor)
             else:
-                rows = await repo.list_page(conn, repo.filter_conditions(filters), limit, offset)
-            total = _total_from_page(offset, limit, len(rows))
+                conds = repo.filter_conditions(filters)
+                rows = await repo.list_page(conn, conds, limit, offset, cursor)
+            total = None if cursor is not None else _total_from_page(offset, limit, len(rows))
             if total is None:
                 total = await repo.count_filtered(conn, filters, self.kept_counts)
             states = await repo.states_for(conn, [row["id"] for row in rows])
-        return present_many(rows, states), total
+        following = cursors.encode(rows[-1]) if len(rows) == limit else None
+        return present_many(rows, states), total, following
 
     async def history(self, contact_id: uuid.UUID, limit: int, offset: int) -> list[dict[str, Any]]:
         async with self.read_engine.connect() as conn:
