@@ -39,7 +39,7 @@ from crmsync.sync import events, selection, wakeup
 
 ACTIONS = ("select", "unselect")
 # Contacts per transaction of a filtered action (see `ContactService._chunks`).
-CHUNK = 5_000
+CHUNK = 10_000
 
 
 def _total_from_page(offset: int, limit: int, got: int) -> int | None:
