@@ -115,7 +115,8 @@ def in_range(
     On SQLite the filter is wrapped in `likelihood()`, which leaves its value alone but keeps
     the planner off the filter's own index: without table statistics (crmsync never runs
     ANALYZE) SQLite reads an equality filter's index whole for every range instead of the
-    range of the primary key (measured, ranges of 5,000: a 100,000-contact select took 3.5 s instead of 2.4).
+    range of the primary key (measured, ranges of 5,000: a 100,000-contact select took 3.5 s
+    instead of 2.4).
     """
     conds = []
     if after is not None:
