@@ -93,9 +93,21 @@ def _values(conn: Connection) -> list[int]:
     return list(conn.execute(text("SELECT v FROM t ORDER BY v")).scalars())
 
 
-def _sleep(seconds: float, conn: Connection) -> int:
+def _sleep(seconds: float, conn: Connection, started: str | None = None) -> int:
+    """A slow write; it creates the file `started` (if given) once it runs."""
+    if started is not None:
+        Path(started).touch()
     time.sleep(seconds)
     return os.getpid()
+
+
+async def _until(condition: Callable[[], bool], what: str, within: float = 15.0) -> None:
+    """A bounded poll on the condition itself."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def _where(conn: Connection) -> tuple[int, str]:
@@ -182,9 +194,12 @@ async def test_a_writer_process_that_dies_fails_its_writes_and_is_replaced(
         await db.write(engine, _create)
         await db.start_writer(engine)
         first = await db.write(engine, functools.partial(_sleep, 0))
-        slow = asyncio.ensure_future(db.write(engine, functools.partial(_sleep, 30)))
+        started = tmp_path / "slow-started"
+        slow = asyncio.ensure_future(
+            db.write(engine, functools.partial(_sleep, 30, started=str(started)))
+        )
         queued = asyncio.ensure_future(db.write(engine, functools.partial(_insert_in, 1)))
-        await asyncio.sleep(0.5)
+        await _until(started.exists, "the slow write to run in the writer process")
         os.kill(first, signal.SIGKILL)
         for pending in (slow, queued):
             with pytest.raises(WriterDied):
@@ -219,9 +234,10 @@ async def test_a_writer_process_that_cannot_start_leaves_the_writes_in_a_thread(
         assert first != os.getpid()
         with monkeypatch.context() as patch:
             patch.setattr(sys, "executable", "/bin/false")
+            writer = db._PROCESS_WRITERS[engine.sync_engine]
             os.kill(first, signal.SIGKILL)
             assert _gone(first)
-            await asyncio.sleep(0.2)  # the event loop sees the socket close
+            await _until(lambda: writer.dead, "the event loop to see the socket close")
             with pytest.raises(WriterDied):
                 await db.write(engine, _where)
             caplog.clear()
@@ -239,9 +255,12 @@ async def test_stopping_the_writer_process_lets_the_writes_sent_finish(tmp_path:
     try:
         await db.write(engine, _create)
         await db.start_writer(engine)
-        slow = asyncio.ensure_future(db.write(engine, functools.partial(_sleep, 0.5)))
+        started = tmp_path / "slow-started"
+        slow = asyncio.ensure_future(
+            db.write(engine, functools.partial(_sleep, 0.5, started=str(started)))
+        )
         queued = asyncio.ensure_future(db.write(engine, functools.partial(_insert_in, 3)))
-        await asyncio.sleep(0.1)
+        await _until(started.exists, "the slow write to run in the writer process")
         await db.stop_writer(engine)
         child = await slow
         assert child != os.getpid() and (await queued) == (child, 1)

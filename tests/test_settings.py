@@ -76,5 +76,9 @@ def test_bad_values_fail_at_load(
 
 
 def test_secrets_are_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
-    s = load(monkeypatch, BREVO_API_KEY="xkeysib-very-secret", JWT_SECRET_KEY="jwt-very-secret")
+    s = load(
+        monkeypatch,
+        BREVO_API_KEY="xkeysib-very-secret",
+        JWT_SECRET_KEY="jwt-very-secret-" + "x" * 32,
+    )
     assert "very-secret" not in repr(s) and "very-secret" not in str(s.model_dump())

@@ -18,6 +18,8 @@ import asyncio
 import contextvars
 import functools
 import logging
+import math
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from crmsync.writer_process import WriterDied, WriterProcess
@@ -81,8 +84,23 @@ def engine_for(settings: Settings, **kwargs: Any) -> AsyncEngine:
 
 
 def create_engine(
-    url: str, *, idle_transaction_seconds: float | None = None, **kwargs: Any
+    url: str,
+    *,
+    statement_timeout: float | None = None,
+    idle_transaction_seconds: float | None = None,
+    **kwargs: Any,
 ) -> AsyncEngine:
+    """An engine for `url`; `statement_timeout` (seconds) bounds every statement run on it.
+
+    PostgreSQL enforces the bound itself (`statement_timeout`); on SQLite a progress handler
+    interrupts a statement that runs longer. Either way the statement fails with an error that
+    `is_statement_timeout` recognises. The API's engine has one; workers' engines do not.
+    `idle_transaction_seconds` ends a PostgreSQL transaction left idle that long (see
+    `engine_for`).
+    """
+    # An SQL error's text never carries its bound parameters: they are contact data (and the
+    # errors end in logs). Every engine made here and below says so.
+    kwargs.setdefault("hide_parameters", True)
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         if _is_file(parsed):
@@ -91,16 +109,81 @@ def create_engine(
             kwargs.setdefault("pool_timeout", 120)
         engine = create_async_engine(parsed, connect_args={"timeout": 30}, **kwargs)
         _configure_sqlite(engine)
+        if statement_timeout:
+            _STATEMENT_TIMEOUTS[engine.sync_engine] = statement_timeout
+            _limit_sqlite_statements(engine, statement_timeout)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_pre_ping", True)
+    server_settings: dict[str, str] = {}
+    if statement_timeout:
+        server_settings["statement_timeout"] = str(max(1, round(statement_timeout * 1000)))
     if idle_transaction_seconds is not None:
-        server_settings = {
-            "idle_in_transaction_session_timeout": str(int(idle_transaction_seconds * 1000))
+        milliseconds = str(int(idle_transaction_seconds * 1000))
+        server_settings["idle_in_transaction_session_timeout"] = milliseconds
+    if server_settings:
+        connect_args = kwargs.get("connect_args", {})
+        kwargs["connect_args"] = {
+            **connect_args,
+            "server_settings": {**connect_args.get("server_settings", {}), **server_settings},
         }
-        kwargs.setdefault("connect_args", {}).setdefault("server_settings", server_settings)
     return create_async_engine(parsed, **kwargs)
+
+
+# SQLite engines made with a statement timeout, so that their read-only sibling gets it too.
+_STATEMENT_TIMEOUTS: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+# How many SQLite virtual machine instructions run between two looks at the clock (~0.1 ms).
+_PROGRESS_STEPS = 10_000
+
+
+class _StatementClock:
+    """A SQLite progress handler: interrupts the running statement once its deadline passed."""
+
+    def __init__(self) -> None:
+        self.deadline = math.inf
+
+    def __call__(self) -> int:
+        return 1 if time.monotonic() > self.deadline else 0
+
+
+def _limit_sqlite_statements(engine: AsyncEngine, seconds: float) -> None:
+    sync = engine.sync_engine
+
+    @event.listens_for(sync, "connect")
+    def _install(dbapi_connection: Any, record: Any) -> None:
+        clock = record.info["statement_clock"] = _StatementClock()
+        dbapi_connection.run_async(lambda conn: conn.set_progress_handler(clock, _PROGRESS_STEPS))
+
+    def _clock(conn: Connection) -> _StatementClock | None:
+        clock: _StatementClock | None = conn.connection.info.get("statement_clock")
+        return clock
+
+    @event.listens_for(sync, "before_cursor_execute")
+    def _start(conn: Connection, *_: Any) -> None:
+        clock = _clock(conn)
+        if clock is not None:
+            clock.deadline = time.monotonic() + seconds
+
+    @event.listens_for(sync, "after_cursor_execute")
+    def _stop(conn: Connection, *_: Any) -> None:
+        clock = _clock(conn)
+        if clock is not None:
+            clock.deadline = math.inf
+
+    @event.listens_for(sync, "handle_error")
+    def _failed(context: Any) -> None:
+        if context.connection is not None:
+            _stop(context.connection)
+
+
+def is_statement_timeout(exc: BaseException) -> bool:
+    """Whether `exc` is a statement stopped by its engine's statement timeout."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if getattr(exc.orig, "sqlstate", None) == "57014":  # PostgreSQL: query_canceled
+        return True
+    return isinstance(exc, OperationalError) and "interrupted" in str(exc.orig)
 
 
 def _is_file(url: URL) -> bool:
@@ -119,9 +202,13 @@ def read_only(engine: AsyncEngine) -> AsyncEngine:
         reader = create_async_engine(
             engine.url,
             connect_args={"timeout": 30},
+            hide_parameters=True,
             execution_options={"sqlite_begin": "DEFERRED"},
         )
         _configure_sqlite(reader)
+        timeout = _STATEMENT_TIMEOUTS.get(engine.sync_engine)
+        if timeout is not None:
+            _limit_sqlite_statements(reader, timeout)
         _READERS[engine.sync_engine] = reader
         sibling = reader.sync_engine
 
@@ -207,6 +294,7 @@ def sqlite_write_engine(url: URL, *, threaded: bool) -> Engine:
         pool_size=1,
         max_overflow=0,
         pool_timeout=120,
+        hide_parameters=True,
     )
     _configure_sqlite(sync, SQLITE_WRITER_CACHE_KIB)
     return sync

@@ -49,3 +49,5 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # httpx logs every request URL at INFO; keep that at debug level only.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters (contact data) at DEBUG: never.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)

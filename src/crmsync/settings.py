@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from crmsync.enums import Crm
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./crmsync.db"
+# The shortest JWT_SECRET_KEY accepted (auth.py applies the same rule to a secret file).
+MIN_JWT_SECRET_BYTES = 32
 
 
 def _config(prefix: str = "") -> SettingsConfigDict:
@@ -223,6 +225,9 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     jwt_secret_key: SecretStr | None = None
+    # When set, a token's `iss` must be this / its `aud` must name this (checked by auth.py).
+    jwt_issuer: str | None = Field(default=None, validation_alias="CRMSYNC_JWT_ISSUER")
+    jwt_audience: str | None = Field(default=None, validation_alias="CRMSYNC_JWT_AUDIENCE")
     state_dir: Path = Field(default=Path(".crmsync"), validation_alias="CRMSYNC_STATE_DIR")
 
     lease_seconds: float = Field(default=120, gt=0, validation_alias="CRMSYNC_LEASE_SECONDS")
@@ -252,6 +257,16 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias="CRMSYNC_CORS_ORIGINS"
     )
     access_log: bool = Field(default=False, validation_alias="CRMSYNC_ACCESS_LOG")
+    # The longest an API statement may run (PostgreSQL statement_timeout, a progress handler on
+    # SQLite); a request that needs longer is answered 503. 0 turns the limit off.
+    statement_timeout_seconds: float = Field(
+        default=30, ge=0, validation_alias="CRMSYNC_STATEMENT_TIMEOUT_SECONDS"
+    )
+    # A request body larger than this is refused (413) before it is read: the default holds a
+    # 10,000-contact bulk request of ~3 KB per contact (typical contacts take a few hundred bytes).
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=4096, validation_alias="CRMSYNC_MAX_BODY_BYTES"
+    )
 
     alert_webhook_url: str | None = Field(
         default=None, validation_alias="CRMSYNC_ALERT_WEBHOOK_URL"
@@ -270,7 +285,8 @@ class Settings(BaseSettings):
     smtp_port: int = Field(default=25, validation_alias="SMTP_PORT")
     smtp_username: str | None = Field(default=None, validation_alias="SMTP_USERNAME")
     smtp_password: SecretStr | None = Field(default=None, validation_alias="SMTP_PASSWORD")
-    smtp_starttls: bool = Field(default=False, validation_alias="SMTP_STARTTLS")
+    # Unset: STARTTLS unless SMTP_HOST is this machine (alerts/alerter.py); false turns it off.
+    smtp_starttls: bool | None = Field(default=None, validation_alias="SMTP_STARTTLS")
     # Implicit TLS from the first byte (usually port 465), instead of STARTTLS on 25/587.
     smtp_ssl: bool = Field(default=False, validation_alias="SMTP_SSL")
     smtp_timeout_seconds: float = Field(default=10, gt=0, validation_alias="SMTP_TIMEOUT_SECONDS")
@@ -298,10 +314,31 @@ class Settings(BaseSettings):
                 )
         return value
 
-    @field_validator("jwt_secret_key", "alert_webhook_url", "alert_email_to", mode="before")
+    @field_validator(
+        "jwt_secret_key",
+        "jwt_issuer",
+        "jwt_audience",
+        "alert_webhook_url",
+        "alert_email_to",
+        "smtp_starttls",
+        mode="before",
+    )
     @classmethod
     def _optional_strings(cls, value: Any) -> Any:
         return _blank_to_none(value)
+
+    @field_validator("jwt_secret_key")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        """A short HS256 secret can be guessed offline from any one token: refuse to start."""
+        length = 0 if value is None else len(value.get_secret_value().encode())
+        if value is not None and length < MIN_JWT_SECRET_BYTES:
+            raise ValueError(
+                f"JWT_SECRET_KEY is {length} bytes long; it must be at least "
+                f"{MIN_JWT_SECRET_BYTES} bytes. Generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        return value
 
     def crm(self, name: Crm | str) -> CrmSettings:
         crm_settings: CrmSettings = getattr(self, Crm(name).value)

@@ -101,7 +101,9 @@ def _sqlite_cursor(conn: Connection, sql: str, params: Sequence[Any]) -> sqlite3
     try:
         return cast(sqlite3.Cursor, driver.execute(sql, params))
     except sqlite3.Error as exc:
-        raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
+        raise DBAPIError.instance(
+            sql, params, exc, sqlite3.Error, hide_parameters=conn.engine.hide_parameters
+        ) from exc
 
 
 @functools.cache

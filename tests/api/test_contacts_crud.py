@@ -134,8 +134,10 @@ async def test_list_filters(client: httpx.AsyncClient) -> None:
         },
         {"email": "bob@gmail.com", "name": "Bob 100%", "email_type": "FREE", "has_gmail": True},
         {"email": "cy_x@corp.com", "name": "Cy", "email_type": "CORPORATE", "has_gmail": False},
+        # Matched by "100%" and "_x" only if % and _ were taken as LIKE wildcards.
+        {"email": "dax@serv.io", "name": "Dan 1000", "email_type": "SERVICE"},
     ]
-    assert (await client.post(f"{BASE}/bulk", json=rows)).json()["created_count"] == 3
+    assert (await client.post(f"{BASE}/bulk", json=rows)).json()["created_count"] == 4
 
     async def emails(**params: object) -> list[str]:
         r = await client.get(BASE, params=params)

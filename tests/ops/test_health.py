@@ -20,6 +20,7 @@ from crmsync.api.app import create_app
 from crmsync.enums import Crm
 from crmsync.sandbox import SandboxServer
 from crmsync.settings import Settings
+from crmsync.sync.worker import Worker
 from crmsync.tables import crm_control
 from tests.conftest import SECRET, add_contacts
 from tests.ops.conftest import drained, eventually, running_worker, select_for, state_rows
@@ -76,10 +77,13 @@ async def test_down_when_rows_are_due_and_no_worker_is_alive(
     assert body["crms"]["brevo"]["status"] == "degraded"  # configured, nobody serves it
     strict = await client.get(HEALTH, params={"strict": "true"})
     assert strict.status_code == 503 and strict.json()["status"] == "down"
-    # A tight lag bound turns the waiting rows into a lag reason as well.
-    await asyncio.sleep(0.05)
-    tight = (await client.get(HEALTH, params={"max_lag_seconds": 0.01})).json()
-    assert any("oldest due row has waited" in r for r in tight["crms"]["hubspot"]["reasons"])
+
+    # A tight lag bound turns the waiting rows into a lag reason as well (once they waited it).
+    async def lag_reported() -> bool:
+        tight = (await client.get(HEALTH, params={"max_lag_seconds": 0.01})).json()
+        return any("oldest due row has waited" in r for r in tight["crms"]["hubspot"]["reasons"])
+
+    await eventually(lag_reported, "the lag reason for hubspot")
 
 
 async def test_a_paused_crm_is_skipped_by_the_worker_and_shown_paused(
@@ -92,7 +96,8 @@ async def test_a_paused_crm_is_skipped_by_the_worker_and_shown_paused(
 ) -> None:
     paused = await run_cli("pause", "--crm", "hubspot")
     assert paused.exit_code == 0 and "hubspot paused" in paused.stdout
-    async with running_worker(engine, settings, app):
+    async with running_worker(engine, settings, app) as worker:
+        hubspot_cycles = count_idles(worker, Crm.hubspot)
         ids = await add_contacts(client, 3)
         await select_for(client, "hubspot", ids)
         await select_for(client, "n8n", ids)
@@ -101,7 +106,13 @@ async def test_a_paused_crm_is_skipped_by_the_worker_and_shown_paused(
             return await statuses(engine, "n8n") == ["Complete"] * 3
 
         await eventually(n8n_done, "n8n to sync while hubspot is paused")
-        await asyncio.sleep(0.3)  # more cycles: still nothing claimed for hubspot
+        seen = len(hubspot_cycles)
+
+        async def hubspot_cycled() -> bool:
+            return len(hubspot_cycles) >= seen + 2
+
+        # Two more hubspot cycles ran (each found the pause): still nothing claimed for it.
+        await eventually(hubspot_cycled, "two more hubspot cycles")
         assert await statuses(engine, "hubspot") == ["Selected"] * 3
         assert sb.contacts("hubspot") == []
 
@@ -226,3 +237,17 @@ async def _aiosqlite_threads_finished(before: set[threading.Thread]) -> None:
     for thread in set(threading.enumerate()) - before:
         if thread.name.endswith("(_connection_worker_thread)"):
             await asyncio.to_thread(thread.join, 10)
+
+
+def count_idles(worker: Worker, crm: Crm) -> list[float]:
+    """The waits `crm`'s runner idled for from now on, one per finished cycle."""
+    idles: list[float] = []
+    original = worker.idle
+
+    async def counted(which: Crm, seconds: float) -> None:
+        if which is crm:
+            idles.append(seconds)
+        await original(which, seconds)
+
+    worker.idle = counted  # type: ignore[method-assign]
+    return idles

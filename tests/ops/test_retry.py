@@ -10,6 +10,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crmsync.enums import Crm
 from crmsync.sandbox import SandboxServer
 from crmsync.settings import Settings
 from crmsync.sync.worker import Worker
@@ -67,9 +68,19 @@ async def test_retry_all_failed_wakes_the_worker_and_the_rows_sync(
     settings: Settings,
     world: tuple[World, Worker],
 ) -> None:
-    scenario, _ = world
+    scenario, worker = world
     settings.mautic.sync_scheduler_interval_seconds = 30  # idle: only a wake-up is this fast
-    await asyncio.sleep(0.2)
+    resting = asyncio.Event()
+    original = worker.idle
+
+    async def idle(crm: Crm, seconds: float) -> None:
+        if crm is Crm.mautic and seconds >= 30:
+            resting.set()
+        await original(crm, seconds)
+
+    worker.idle = idle  # type: ignore[method-assign]
+    # The mautic runner is in its 30 s rest: only the retry's wake-up can make it sync now.
+    await asyncio.wait_for(resting.wait(), 10)
     response = await client.post(RETRY, json={"crm": "mautic", "all_failed": True})
     assert response.json() == {"requeued_count": 3}
     await asyncio.wait_for(drained(engine), 5)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import ipaddress
 import logging
 import socket
 from collections.abc import Mapping, Sequence
@@ -202,7 +203,7 @@ def from_settings(
             settings.smtp_port,
             settings.smtp_username or None,
             settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-            settings.smtp_starttls,
+            uses_starttls(settings),
             settings.smtp_ssl,
             settings.smtp_timeout_seconds,
         )
@@ -219,6 +220,26 @@ def from_settings(
         tick_seconds=tick_seconds,
         retry_delays=retry_delays,
     )
+
+
+def uses_starttls(settings: Settings) -> bool:
+    """STARTTLS unless SMTP_STARTTLS=false, TLS from the start (SMTP_SSL) or a server on this
+    machine: a password and the alerts' text never cross a network in the clear by default."""
+    if settings.smtp_ssl:
+        return False
+    if settings.smtp_starttls is not None:
+        return settings.smtp_starttls
+    return not is_local_host(settings.smtp_host)
+
+
+def is_local_host(host: str) -> bool:
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_http(url: str) -> bool:

@@ -145,7 +145,15 @@ class EmailChannel:
             refused = ", ".join(sorted(exc.recipients))
             raise DeliveryError(f"recipients refused: {refused}", retryable=False) from None
         except smtplib.SMTPNotSupportedError as exc:
-            raise DeliveryError(f"not supported by the server: {exc}", retryable=False) from None
+            hint = (
+                " (set SMTP_SSL=true for a server that speaks TLS from the start, or "
+                "SMTP_STARTTLS=false if the path to it is trusted)"
+                if smtp.starttls
+                else ""
+            )
+            raise DeliveryError(
+                f"not supported by the server: {exc}{hint}", retryable=False
+            ) from None
         except smtplib.SMTPResponseException as exc:
             # 4xx: try later; 5xx: the server will say the same again.
             text = (

@@ -8,6 +8,7 @@ Contacts are named by id only: alerts go to chat rooms and mailboxes, so no e-ma
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -84,10 +85,27 @@ class RateReading:
         return self.failed / self.attempted if self.attempted else 0.0
 
 
+# Chat mentions that text from a vendor or a contact could carry into an alert: Slack's control
+# sequences (`<!channel>`, `<!here>`, `<@U123>`, `<#C123>`, `<!subteam^S1>`) and the plain
+# `@here`, `@channel`, `@all`, `@everyone`, `@name` that Mattermost, Rocket.Chat and Discord
+# notify on. A zero-width space after the `<` or the `@` keeps the text readable (in chat and in
+# e-mail) but no longer a mention. An `@` inside a word (`ann@example.com`) is no mention.
+_SLACK_CONTROL = re.compile(r"<(?=[!@#])")
+_AT_MENTION = re.compile(r"(?<![\w.+-])@(?=\w)")
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def neutralise_mentions(text: str) -> str:
+    """`text` with every chat mention made inert (see above)."""
+    text = _SLACK_CONTROL.sub("<" + ZERO_WIDTH_SPACE, text)
+    return _AT_MENTION.sub("@" + ZERO_WIDTH_SPACE, text)
+
+
 def clip(message: str | None, limit: int = MESSAGE_CHARS) -> str:
-    """One line of at most `limit` characters."""
+    """One line of at most `limit` characters, with no chat mention (it comes from a vendor)."""
     flat = " ".join((message or "no message").split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    flat = flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return neutralise_mentions(flat)
 
 
 def duration(seconds: float) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr
 
 from crmsync.alerts.messages import Alert
+from crmsync.connectors.httputil import url_secrets
 from crmsync.settings import Settings
 
 MASK = "[redacted]"
@@ -46,7 +46,8 @@ class Redactor(logging.Filter):
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret in the settings: all `SecretStr` values, and the webhook URL's parts."""
+    """Every secret in the settings: all `SecretStr` values, and the parts of both webhook URLs
+    (alerts' and n8n's) that may be secret."""
     found: list[str] = []
 
     def walk(model: BaseModel) -> None:
@@ -58,8 +59,6 @@ def secrets_of(settings: Settings) -> list[str]:
                 walk(value)
 
     walk(settings)
-    if settings.alert_webhook_url:
-        url = settings.alert_webhook_url
-        parts = urlsplit(url)
-        found += [url, parts.path, parts.query, parts.password or ""]
+    found += url_secrets(settings.alert_webhook_url)
+    found += url_secrets(settings.n8n.webhook_url)
     return [s for s in found if s]

@@ -10,8 +10,10 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
+from pydantic import AfterValidator
 
 from crmsync.api.deps import ContactsDep, UserDep
+from crmsync.contacts import cursors
 from crmsync.contacts.schemas import (
     MAX_BULK,
     BulkRequest,
@@ -31,9 +33,12 @@ from crmsync.contacts.schemas import (
 from crmsync.errors import Unprocessable
 
 router = APIRouter(prefix="/api/v3/contacts", tags=["contacts"])
+# The deepest `offset` accepted: skipping rows reads them all first. Further: the `after` cursor.
+MAX_OFFSET = 100_000
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid bearer token"},
+    403: {"description": "The token's scope does not allow this (a read-only token writing)"},
     422: {"description": "Invalid request"},
 }
 
@@ -46,11 +51,26 @@ async def list_contacts(
     response: Response,
     filters: Annotated[ContactFilters, Query()],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2_000_000_000)] = 0,
+    offset: Annotated[
+        int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip; past it, page with `after`.")
+    ] = 0,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="Go on after the page whose X-Next-Cursor header gave this value.",
+        ),
+        AfterValidator(cursors.check),
+    ] = None,
 ) -> list[dict[str, Any]]:
-    """Contacts in a stable order (created_at, id); the total matching count is in X-Total-Count."""
-    items, total = await service.page(filters, limit, offset)
+    """Contacts in a stable order (created_at, id); the total matching count is in
+    X-Total-Count. A full page carries X-Next-Cursor: send it as `after` for the next page (any
+    depth; `offset` stops at 100,000)."""
+    items, total, following = await service.page(filters, limit, offset, after)
     response.headers["X-Total-Count"] = str(total)
+    if following is not None:
+        response.headers["X-Next-Cursor"] = following
     return items
 
 
@@ -139,6 +159,10 @@ async def select_filtered_for_crm_sync(
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {**ERRORS, 404: {"description": "No such contact"}}
+EDIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND,
+    409: {"description": "Another contact has this email"},
+}
 
 
 @router.get("/{contact_id}/sync-history", response_model=list[SyncEventRead], responses=NOT_FOUND)
@@ -147,7 +171,7 @@ async def sync_history(
     service: ContactsDep,
     contact_id: uuid.UUID,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2_000_000_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[dict[str, Any]]:
     """Every attempt to push this contact, newest first (kept CRMSYNC_EVENT_RETENTION_DAYS)."""
     return await service.history(contact_id, limit, offset)
@@ -158,7 +182,7 @@ async def get_contact(_: UserDep, service: ContactsDep, contact_id: uuid.UUID) -
     return await service.get(contact_id)
 
 
-@router.put("/{contact_id}", response_model=ContactRead, responses=NOT_FOUND)
+@router.put("/{contact_id}", response_model=ContactRead, responses=EDIT_ERRORS)
 async def update_contact(
     _: UserDep, service: ContactsDep, contact_id: uuid.UUID, body: ContactUpdate
 ) -> dict[str, Any]:
@@ -166,7 +190,7 @@ async def update_contact(
     return await service.update(contact_id, body)
 
 
-@router.patch("/{contact_id}", response_model=ContactRead, responses=NOT_FOUND)
+@router.patch("/{contact_id}", response_model=ContactRead, responses=EDIT_ERRORS)
 async def patch_contact(
     _: UserDep, service: ContactsDep, contact_id: uuid.UUID, body: ContactUpdate
 ) -> dict[str, Any]:

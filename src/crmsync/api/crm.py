@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
 
+from crmsync.api.contacts import MAX_OFFSET
 from crmsync.api.deps import MetricsAccessDep, OpsDep, UserDep
 from crmsync.ops import prometheus
 from crmsync.ops.health import DEFAULT_MAX_LAG_SECONDS
@@ -28,6 +29,7 @@ metrics_router = APIRouter(tags=["operations"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid bearer token"},
+    403: {"description": "The token's scope does not allow this (a read-only token writing)"},
     422: {"description": "Invalid request"},
 }
 
@@ -74,7 +76,7 @@ async def status_failed(
     response: Response,
     crm: Annotated[str | None, Query(description="Only this CRM (default: all).")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2_000_000_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[FailedContact]:
     """Contacts in Error, newest failure first; the total is in X-Total-Count."""
     items, total = await ops.failed(crm, limit, offset)
@@ -101,6 +103,7 @@ async def retry(_: UserDep, ops: OpsDep, body: RetryRequest) -> RetryResponse:
     responses={
         200: {"content": {prometheus.CONTENT_TYPE: {}}, "description": "Prometheus text format"},
         401: {"description": "Missing or invalid bearer token (unless CRMSYNC_METRICS_PUBLIC)"},
+        403: {"description": "The token's scope grants no access"},
     },
 )
 async def metrics(_: MetricsAccessDep, ops: OpsDep) -> Response:

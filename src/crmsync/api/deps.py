@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from crmsync.auth import AuthError, User, verify_token
+from crmsync.auth import AuthError, ScopeError, User, check_scope, verify_token
 from crmsync.contacts.service import ContactService
 from crmsync.enums import Crm
 from crmsync.ops.service import OpsService
@@ -32,10 +32,26 @@ def current_user(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("Not authenticated")
     secret: str = request.app.state.jwt_secret
+    settings: Settings = request.app.state.settings
     try:
-        return verify_token(credentials.credentials, secret)
+        user = verify_token(
+            credentials.credentials,
+            secret,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
     except AuthError as exc:
         raise _unauthorized(str(exc)) from exc
+    require_scope(request, user)
+    return user
+
+
+def require_scope(request: Request, user: User) -> None:
+    """403 when the token's `scope` claim does not allow this request (e.g. a write with `read`)."""
+    try:
+        check_scope(user, request.method)
+    except ScopeError as exc:
+        raise HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail=str(exc)) from exc
 
 
 def get_settings(request: Request) -> Settings:

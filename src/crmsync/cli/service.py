@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -33,10 +34,25 @@ def db_upgrade() -> None:
     typer.echo("database schema is up to date", err=True)
 
 
+def _ensure_secret(settings: Settings) -> tuple[str, Path | None]:
+    """`auth.ensure_secret`, with a secret file that is too short as a readable exit."""
+    try:
+        return auth.ensure_secret(settings)
+    except auth.WeakSecret as exc:
+        typer.echo(f"crmsync: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command(rich_help_panel="Set up")
 def token(
     sub: Annotated[str, typer.Option(help="Subject (user name) put in the token.")] = "crmsync",
     ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 30m, 1h, 7d.")] = "1h",
+    read_only: Annotated[
+        bool,
+        typer.Option(
+            "--read-only", help="A token that may read but not change anything (scope 'read')."
+        ),
+    ] = False,
 ) -> None:
     """Print a bearer token (only the token, on stdout) signed with the service's secret.
 
@@ -44,14 +60,20 @@ def token(
     CRMSYNC_STATE_DIR/secret; without either this exits 1 (a token signed with a secret the
     service does not know would be refused).
 
-    Example: TOKEN=$(crmsync token --ttl 8h)
+    \b
+    Examples:
+      TOKEN=$(crmsync token --ttl 8h)
+      crmsync token --read-only --sub dashboard-viewer --ttl 30d
     """
     settings = common.load_settings()
     try:
         lifetime = auth.parse_ttl(ttl)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--ttl") from None
-    secret = auth.load_secret(settings)
+    try:
+        secret = auth.load_secret(settings)
+    except auth.WeakSecret as exc:
+        raise fail(str(exc), 2) from None
     if secret is None:
         where = auth.secret_path(settings).absolute()
         raise fail(
@@ -60,7 +82,17 @@ def token(
             "secret the service uses",
             1,
         )
-    typer.echo(auth.mint_token(secret, sub, lifetime))
+    scope = auth.READ if read_only else None
+    typer.echo(
+        auth.mint_token(
+            secret,
+            sub,
+            lifetime,
+            scope=scope,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    )
 
 
 @app.command(rich_help_panel="Run")
@@ -103,7 +135,7 @@ def serve(
     # The database first: a service that cannot start leaves no new secret behind.
     with exit_codes(settings):
         asyncio.run(upgrade_schema(settings) if migrate else _check_schema(settings))
-    secret, created = auth.ensure_secret(settings)
+    secret, created = _ensure_secret(settings)
     if created is not None:
         typer.echo(
             f"JWT_SECRET_KEY is not set: generated a random secret in {created} (mode 0600)",
@@ -112,7 +144,13 @@ def serve(
     url = f"http://{host}:{port}"
     typer.echo(f"crmsync {__version__} on {url}  (API docs: {url}/docs)", err=True)
     if print_token:
-        ready = auth.mint_token(secret, "crmsync", dt.timedelta(hours=12))
+        ready = auth.mint_token(
+            secret,
+            "crmsync",
+            dt.timedelta(hours=12),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
         typer.echo(f"token (12 h): {ready}", err=True)
         typer.echo(f'try: curl -H "Authorization: Bearer $TOKEN" {url}/api/v3/contacts', err=True)
     application = create_app(settings, secret)

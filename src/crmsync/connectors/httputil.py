@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -28,6 +29,33 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
         if secret:
             text = text.replace(secret, REDACTED)
     return text
+
+
+# Shorter URL parts are not treated as secrets: they would garble ordinary words.
+MIN_URL_SECRET_CHARS = 8
+# The path prefixes n8n serves webhooks under (`N8N_ENDPOINT_WEBHOOK`, `..._TEST` defaults).
+_N8N_PREFIXES = ("webhook", "webhook-test")
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The parts of a URL that may be its secret, longest first.
+
+    The whole URL; its path, which is the secret of an n8n or Slack webhook URL; the path after
+    n8n's `webhook/` prefix, which is how n8n names the webhook in its own 404 message
+    (`The requested webhook "POST <path>" is not registered`); its query and its password.
+    """
+    if not url:
+        return []
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    found = [url, parts.path, path]
+    segments = path.split("/")
+    for i, segment in enumerate(segments[:-1]):
+        if segment in _N8N_PREFIXES:
+            found.append("/".join(segments[i + 1 :]))
+    found += [parts.query, parts.password or ""]
+    kept = {part for part in found if len(part) >= MIN_URL_SECRET_CHARS}
+    return sorted(kept, key=len, reverse=True)
 
 
 def json_body(response: httpx.Response) -> Any:

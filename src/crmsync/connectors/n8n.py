@@ -69,6 +69,7 @@ from crmsync.connectors.httputil import (
     never_sent,
     redact,
     seconds_header,
+    url_secrets,
 )
 from crmsync.connectors.mapping import clean_phone, is_placeholder, split_name
 from crmsync.enums import Crm
@@ -221,6 +222,8 @@ class N8nConnector:
         secrets = [
             settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
             settings.auth_header_value.get_secret_value() if settings.auth_header_value else None,
+            # The webhook URL is a secret too: n8n's 404 names its path.
+            *url_secrets(settings.webhook_url),
         ]
         return redact(text, secrets)
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     RowMapping,
     Text,
@@ -18,6 +19,8 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    literal_column,
+    or_,
     select,
     true,
     tuple_,
@@ -92,6 +95,40 @@ def by_ids(ids: Sequence[uuid.UUID]) -> ColumnElement[bool]:
     return contacts.c.id.in_(ids)
 
 
+async def chunk_end(conn: AsyncConnection, after: uuid.UUID | None, size: int) -> uuid.UUID | None:
+    """The id `size` contacts after `after` in id order (the primary key), or None when fewer
+    remain: the end of the next range of a chunked action (see `id_range`)."""
+    stmt = select(contacts.c.id).order_by(contacts.c.id).offset(size - 1).limit(1)
+    if after is not None:
+        stmt = stmt.where(contacts.c.id > after)
+    end: uuid.UUID | None = (await conn.execute(stmt)).scalar_one_or_none()
+    return end
+
+
+def in_range(
+    conn: AsyncConnection,
+    where: ColumnElement[bool],
+    after: uuid.UUID | None,
+    end: uuid.UUID | None,
+) -> ColumnElement[bool]:
+    """`where`, for the contacts with `after < id <= end` only (an open side when None).
+
+    On SQLite the filter is wrapped in `likelihood()`, which leaves its value alone but keeps
+    the planner off the filter's own index: without table statistics (crmsync never runs
+    ANALYZE) SQLite reads an equality filter's index whole for every range instead of the
+    range of the primary key (measured, ranges of 5,000: a 100,000-contact select took 3.5 s
+    instead of 2.4).
+    """
+    conds = []
+    if after is not None:
+        conds.append(contacts.c.id > after)
+    if end is not None:
+        conds.append(contacts.c.id <= end)
+    if conn.dialect.name == "sqlite":
+        where = func.likelihood(where, literal_column("0.5"), type_=Boolean)
+    return and_(where, *conds)
+
+
 async def insert(conn: AsyncConnection, values: dict[str, Any]) -> RowMapping:
     result = await conn.execute(contacts.insert().values(**values).returning(*contacts.c))
     return result.mappings().one()
@@ -123,8 +160,15 @@ async def delete_one(conn: AsyncConnection, contact_id: uuid.UUID) -> bool:
     return result.rowcount > 0
 
 
+Cursor = tuple[dt.datetime, uuid.UUID]
+
+
 async def list_page(
-    conn: AsyncConnection, conds: Sequence[ColumnElement[bool]], limit: int, offset: int
+    conn: AsyncConnection,
+    conds: Sequence[ColumnElement[bool]],
+    limit: int,
+    offset: int,
+    after: Cursor | None = None,
 ) -> Sequence[RowMapping]:
     stmt = (
         select(contacts)
@@ -133,6 +177,8 @@ async def list_page(
         .limit(limit)
         .offset(offset)
     )
+    if after is not None:
+        stmt = stmt.where(_after(contacts.c.created_at, contacts.c.id, after))
     return (await conn.execute(stmt)).mappings().all()
 
 
@@ -154,6 +200,14 @@ async def page_after(
         stmt = stmt.where(key > after)
     stmt = stmt.order_by(contacts.c.created_at, contacts.c.id).limit(limit)
     return (await conn.execute(stmt)).mappings().all()
+
+
+def _after(
+    created_at: ColumnElement[Any], contact_id: ColumnElement[Any], cursor: Cursor
+) -> ColumnElement[bool]:
+    """Contacts after `cursor` in list order (created_at, id), read from the same index."""
+    at, last = cursor
+    return or_(created_at > at, and_(created_at == at, contact_id > last))
 
 
 async def count(conn: AsyncConnection, conds: Sequence[ColumnElement[bool]]) -> int:
@@ -211,7 +265,12 @@ def single_crm_status(filters: ContactFilters) -> tuple[Crm, SyncStatus] | None:
 
 
 async def list_page_by_state(
-    conn: AsyncConnection, crm: Crm, status: SyncStatus, limit: int, offset: int
+    conn: AsyncConnection,
+    crm: Crm,
+    status: SyncStatus,
+    limit: int,
+    offset: int,
+    after: Cursor | None = None,
 ) -> Sequence[RowMapping]:
     """A page of the contacts with this CRM status, read in list order from the state rows.
 
@@ -230,6 +289,8 @@ async def list_page_by_state(
         .limit(limit)
         .offset(offset)
     )
+    if after is not None:
+        stmt = stmt.where(_after(s.contact_created_at, s.contact_id, after))
     return (await conn.execute(stmt)).mappings().all()
 
 

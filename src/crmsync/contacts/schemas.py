@@ -21,7 +21,38 @@ MAX_BULK = 10_000
 
 # Deliberately loose: one @, something on each side, a dot in the domain. Vendors apply their
 # own stricter rules; a contact they reject ends in Error with their message.
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+_EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s.\x00]+$")
+
+
+# Characters no column can hold: PostgreSQL refuses NUL in text, and neither driver can encode an
+# unpaired UTF-16 surrogate (JSON's "\ud800") as UTF-8. Refused here, as a 422 naming the field,
+# so that both databases answer alike instead of PostgreSQL failing the request with a 500.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(value: str) -> str | None:
+    """Why a database cannot store `value`, or None when it can."""
+    found = _UNSTORABLE.search(value)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "contains a NUL character (\\u0000), which cannot be stored: remove it"
+    return (
+        f"contains an unpaired surrogate (\\u{ord(found.group()):04x}), which is no valid "
+        "Unicode text: send the character whole, or remove it"
+    )
+
+
+def _storable(value: str) -> str:
+    reason = unstorable(value)
+    if reason is not None:
+        raise ValueError(reason)
+    return value
+
+
+Storable = AfterValidator(_storable)
+# The same rule, for clients reading the OpenAPI document (the validator gives the message).
+NO_NUL = Field(json_schema_extra={"pattern": r"^[^\x00]*$"})
 
 
 def _check_email(value: str) -> str:
@@ -33,11 +64,20 @@ def _check_email(value: str) -> str:
 Email = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=3, max_length=320),
+    Storable,
     AfterValidator(_check_email),
     # The same rule, for clients reading the OpenAPI document (the validator gives the message).
     Field(json_schema_extra={"pattern": _EMAIL.pattern, "format": "email"}),
 ]
-Text = Annotated[str, StringConstraints(max_length=10_000)]
+# The documented maximum lengths (docs/API.md), in characters.
+TEXT_MAX = 10_000
+PHONE_MAX = 100
+SEARCH_MAX = 320
+NAME_MAX = 100  # a CRM name or an action
+Text = Annotated[str, StringConstraints(max_length=TEXT_MAX), Storable, NO_NUL]
+Phone = Annotated[str, StringConstraints(max_length=PHONE_MAX), Storable, NO_NUL]
+Search = Annotated[str, StringConstraints(min_length=1, max_length=SEARCH_MAX), Storable, NO_NUL]
+Word = Annotated[str, StringConstraints(max_length=NAME_MAX), Storable, NO_NUL]
 
 
 class ContactBase(BaseModel):
@@ -47,7 +87,7 @@ class ContactBase(BaseModel):
     context: Text | None = None
     source_url: Text | None = None
     name: Text | None = None
-    phone_number: Annotated[str, StringConstraints(max_length=100)] | None = None
+    phone_number: Phone | None = None
     domain_id: uuid.UUID | None = None
     page_id: uuid.UUID | None = None
     source_job_id: uuid.UUID | None = None
@@ -102,7 +142,7 @@ class ContactUpdate(BaseModel):
     context: Text | None = None
     source_url: Text | None = None
     name: Text | None = None
-    phone_number: Annotated[str, StringConstraints(max_length=100)] | None = None
+    phone_number: Phone | None = None
     domain_id: uuid.UUID | None = None
     page_id: uuid.UUID | None = None
     source_job_id: uuid.UUID | None = None
@@ -178,8 +218,8 @@ class ContactFilters(BaseModel):
     email_type: EmailType | None = None
     domain_id: uuid.UUID | None = None
     page_id: uuid.UUID | None = None
-    email_contains: Annotated[str, StringConstraints(min_length=1, max_length=320)] | None = None
-    name_contains: Annotated[str, StringConstraints(min_length=1, max_length=320)] | None = None
+    email_contains: Search | None = None
+    name_contains: Search | None = None
     has_gmail: bool | None = None
 
     def is_empty(self) -> bool:
@@ -226,16 +266,16 @@ class CrmSelectionRequest(BaseModel):
     # `crms` and `action` are checked by the route, not here, so that a bad value answers 400
     # as the work order specifies (the customer's validators turned it into a 422).
     contact_ids: list[uuid.UUID] = Field(max_length=MAX_IDS)
-    crms: list[str]
-    action: str = "select"
+    crms: list[Word] = Field(max_length=NAME_MAX)
+    action: Word = "select"
     force: bool = Field(
         default=False, description="Push even if the CRM already holds this exact payload."
     )
 
 
 class FilteredCrmSelectionRequest(FilteredRequest):
-    crms: list[str]
-    action: str = "select"
+    crms: list[Word] = Field(max_length=NAME_MAX)
+    action: Word = "select"
     force: bool = False
 
 

@@ -7,7 +7,7 @@ that same transaction, for every CRM where it was Complete (`CRMSYNC_RESYNC_ON_C
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crmsync import counts, db
 from crmsync.clock import Clock, utcnow
+from crmsync.contacts import cursors
 from crmsync.contacts import repository as repo
 from crmsync.contacts.presenter import present, present_many
 from crmsync.contacts.schemas import (
@@ -28,6 +29,7 @@ from crmsync.contacts.schemas import (
     CrmSelectionResponse,
     FilteredRequest,
     StatusUpdateResponse,
+    unstorable,
 )
 from crmsync.contacts.upsert import new_row, synced_fields_changed, upsert_by_email
 from crmsync.enums import CRM_NAMES, Crm, CurationStatus, SyncStatus
@@ -36,6 +38,8 @@ from crmsync.settings import Settings
 from crmsync.sync import events, selection, wakeup
 
 ACTIONS = ("select", "unselect")
+# Contacts per transaction of a filtered action (see `ContactService._chunks`).
+CHUNK = 10_000
 
 
 def _total_from_page(offset: int, limit: int, got: int) -> int | None:
@@ -98,20 +102,25 @@ class ContactService:
             return present(row, await repo.states_for(conn, [contact_id]))
 
     async def page(
-        self, filters: ContactFilters, limit: int, offset: int
-    ) -> tuple[list[dict[str, Any]], int]:
+        self, filters: ContactFilters, limit: int, offset: int, after: str | None = None
+    ) -> tuple[list[dict[str, Any]], int, str | None]:
+        """A page of contacts, the number matching in all, and the cursor of the next page
+        (None after the last one): pass it as `after` to go on past any offset."""
+        cursor = cursors.decode(after) if after is not None else None
         async with self.read_engine.connect() as conn:
             single = repo.single_crm_status(filters)
             if single is not None and single[1] is not SyncStatus.New:
                 # One CRM status: its state rows hold the page in list order (one index).
-                rows = await repo.list_page_by_state(conn, *single, limit, offset)
+                rows = await repo.list_page_by_state(conn, *single, limit, offset, cursor)
             else:
-                rows = await repo.list_page(conn, repo.filter_conditions(filters), limit, offset)
-            total = _total_from_page(offset, limit, len(rows))
+                conds = repo.filter_conditions(filters)
+                rows = await repo.list_page(conn, conds, limit, offset, cursor)
+            total = None if cursor is not None else _total_from_page(offset, limit, len(rows))
             if total is None:
                 total = await repo.count_filtered(conn, filters, self.kept_counts)
             states = await repo.states_for(conn, [row["id"] for row in rows])
-        return present_many(rows, states), total
+        following = cursors.encode(rows[-1]) if len(rows) == limit else None
+        return present_many(rows, states), total, following
 
     async def history(self, contact_id: uuid.UUID, limit: int, offset: int) -> list[dict[str, Any]]:
         async with self.read_engine.connect() as conn:
@@ -206,7 +215,8 @@ class ContactService:
         valid: dict[str, tuple[int, ContactCreate]] = {}
         for index, raw in enumerate(raw_rows):
             email = raw.get("email") if isinstance(raw, dict) else None
-            shown = email if isinstance(email, str) else None
+            # Echoed back only when it is text the answer can carry (no lone surrogate).
+            shown = email if isinstance(email, str) and unstorable(email) is None else None
             try:
                 contact = ContactCreate.model_validate(raw)
             except ValidationError as exc:
@@ -251,15 +261,47 @@ class ContactService:
     async def set_status_filtered(
         self, request: FilteredRequest, status: CurationStatus
     ) -> StatusUpdateResponse:
-        return await self._set_status(repo.where(require_filter(request)), status)
+        where = repo.where(require_filter(request))
+        now = self.clock()
+        count = 0
+
+        async def update(conn: AsyncConnection, cond: ColumnElement[bool]) -> None:
+            nonlocal count
+            count += await repo.set_curation_status(conn, cond, status, now)
+
+        await self._in_chunks(where, update)
+        return _status_response(count, status)
 
     async def _set_status(
         self, cond: ColumnElement[bool], status: CurationStatus
     ) -> StatusUpdateResponse:
         async with self.engine.begin() as conn:
             count = await repo.set_curation_status(conn, cond, status, self.clock())
-        queued = count if status is CurationStatus.Queued else 0
-        return StatusUpdateResponse(updated_count=count, queued_count=queued)
+        return _status_response(count, status)
+
+    async def _in_chunks(
+        self,
+        where: ColumnElement[bool],
+        work: Callable[[AsyncConnection, ColumnElement[bool]], Awaitable[None]],
+    ) -> None:
+        """Run `work(conn, cond)` over the contacts matching `where`, as consecutive id ranges
+        of at most `CHUNK` contacts (`cond` is `where` within one), each in its own transaction.
+
+        An action over every contact that matches a filter ("all": true over a million) runs
+        range by range, so that no transaction holds SQLite's write lock (which every other
+        writer waits for) or runs a statement for long; the ranges walk the primary key, so the
+        whole action reads each contact once, whatever the filter. Each range commits on its
+        own: an action stopped half-way has done the ranges before, and sending it again
+        finishes it (every filtered action is idempotent).
+        """
+        after: uuid.UUID | None = None
+        while True:
+            async with self.engine.begin() as conn:
+                end = await repo.chunk_end(conn, after, CHUNK)
+                await work(conn, repo.in_range(conn, where, after, end))
+            if end is None:
+                return
+            after = end
 
     # -- CRM selection -------------------------------------------------------------------------
 
@@ -279,10 +321,20 @@ class ContactService:
     ) -> CrmSelectionResponse:
         crms = parse_crms(crm_names)
         action = parse_action(action)
-        conds = require_filter(request)
+        where = repo.where(require_filter(request))
         if not crms:
             return _empty(crms, action, "No CRMs specified")
-        return await self._select(repo.where(conds), crms, action, force, by_ids=False)
+        matched = queued = 0
+
+        async def apply(conn: AsyncConnection, cond: ColumnElement[bool]) -> None:
+            nonlocal matched, queued
+            got, added = await self._select_rows(conn, cond, crms, action, force)
+            matched, queued = matched + got, queued + added
+
+        await self._in_chunks(where, apply)
+        if action == "select" and matched:
+            self._wake(crms)
+        return self._selection_response(crms, action, matched, queued)
 
     async def _select(
         self,
@@ -293,21 +345,40 @@ class ContactService:
         *,
         by_ids: bool,
     ) -> CrmSelectionResponse:
-        now = self.clock()
-        queued = 0
         async with self.engine.begin() as conn:
-            matched = await repo.count(conn, [where])
+            matched, queued = await self._select_rows(conn, where, crms, action, force)
             if matched == 0 and by_ids:
                 raise NotFound("No contacts found with provided IDs")
-            for crm in crms:
-                if action == "select":
-                    queued += await selection.select_contacts(conn, crm, where, now, force=force)
-                else:
-                    await selection.unselect_contacts(conn, crm, where, now)
-            if action == "select" and matched:
-                await wakeup.announce(conn, crms)
         if action == "select" and matched:
             self._wake(crms)
+        return self._selection_response(crms, action, matched, queued)
+
+    async def _select_rows(
+        self,
+        conn: AsyncConnection,
+        where: ColumnElement[bool],
+        crms: list[Crm],
+        action: str,
+        force: bool,
+    ) -> tuple[int, int]:
+        """Select or unselect the matching contacts in this transaction: (matched, queued)."""
+        now = self.clock()
+        queued = 0
+        matched = await repo.count(conn, [where])
+        if matched == 0:
+            return 0, 0
+        for crm in crms:
+            if action == "select":
+                queued += await selection.select_contacts(conn, crm, where, now, force=force)
+            else:
+                await selection.unselect_contacts(conn, crm, where, now)
+        if action == "select":
+            await wakeup.announce(conn, crms)
+        return matched, queued
+
+    def _selection_response(
+        self, crms: list[Crm], action: str, matched: int, queued: int
+    ) -> CrmSelectionResponse:
         return CrmSelectionResponse(
             updated_count=matched,
             queued_count=queued,
@@ -331,6 +402,11 @@ class ContactService:
     def _wake(self, crms: Sequence[Crm]) -> None:
         if self.on_queued is not None and crms:
             self.on_queued(crms)
+
+
+def _status_response(count: int, status: CurationStatus) -> StatusUpdateResponse:
+    queued = count if status is CurationStatus.Queued else 0
+    return StatusUpdateResponse(updated_count=count, queued_count=queued)
 
 
 def _empty(crms: list[Crm], action: str, message: str) -> CrmSelectionResponse:

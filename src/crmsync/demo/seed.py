@@ -42,7 +42,7 @@ class Seeded:
 
 async def seed_contacts(service: ContactService, count: int) -> Seeded:
     """Generate `count` contacts into an empty database; leave a non-empty one alone."""
-    _, existing = await service.page(ContactFilters(), limit=1, offset=0)
+    _, existing, _ = await service.page(ContactFilters(), limit=1, offset=0)
     if existing:
         return Seeded(existing=existing, created=0, rejected=0)
     rows = realistic_contacts(count, invalid_every=INVALID_EVERY)

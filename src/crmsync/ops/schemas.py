@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from crmsync.contacts.schemas import MAX_IDS
+from crmsync.contacts.schemas import MAX_IDS, Word
 
 
 class HealthStatus(StrEnum):
@@ -118,7 +118,7 @@ class FailedContact(BaseModel):
 class RetryRequest(BaseModel):
     # `crm` is checked by the service, not here, so that an unknown name answers 400 (as the
     # selection routes do) rather than FastAPI's 422.
-    crm: str
+    crm: Word
     contact_ids: list[uuid.UUID] | None = Field(default=None, max_length=MAX_IDS)
     all_failed: bool = False
 
