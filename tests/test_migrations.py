@@ -35,7 +35,7 @@ async def _roundtrip(url: str) -> None:
     engine = db.create_engine(url)
     try:
         await upgrade(engine)
-        assert await current_revision(engine) == "0006"
+        assert await current_revision(engine) == "0007"
         async with engine.connect() as conn:
             tables, indexes = await conn.run_sync(_tables_and_indexes)
         assert {"contacts", "crm_sync_state", "sync_events", "crm_control", "workers"} <= tables
@@ -45,6 +45,7 @@ async def _roundtrip(url: str) -> None:
             "state_count_deltas",
             "contact_changes",
             "contact_change_images",
+            "sync_event_minutes",
         }
         assert kept <= tables if engine.dialect.name == "postgresql" else not kept & tables
         assert {
@@ -64,7 +65,7 @@ async def _roundtrip(url: str) -> None:
             await conn.run_sync(_down)
         assert await current_revision(engine) is None
         await upgrade(engine)  # and back up on the emptied database
-        assert await current_revision(engine) == "0006"
+        assert await current_revision(engine) == "0007"
     finally:
         await engine.dispose()
 

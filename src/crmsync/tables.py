@@ -12,6 +12,9 @@
 - `contact_changes`, `contact_change_images` (PostgreSQL only): one row per statement that wrote
   contacts, with its transaction id, and the (email, name) values it added and removed, by
   trigger (migrations 0005, 0006): kept substring counts are brought up to date from them.
+- `sync_event_minutes` (PostgreSQL only): synced and failed attempts per (CRM, minute), added
+  by trigger for each statement that inserts events (migration 0007): the dashboard's
+  contacts per minute.
 
 Statuses are stored as short strings with CHECK constraints: portable between SQLite and
 PostgreSQL, and no database enum types to migrate (the customer lost days to enum type names).
@@ -273,4 +276,17 @@ contact_change_images = Table(
     Column("email", String(320)),
     Column("name", Text),
     Column("delta", Integer, nullable=False),
+)
+
+
+# PostgreSQL only (migration 0007): per statement that inserts events, its attempts per (CRM,
+# minute); summed by minute for the dashboard, folded and trimmed by `counts.compact`.
+sync_event_minutes = Table(
+    "sync_event_minutes",
+    metadata,
+    Column("crm", String(16), nullable=False),
+    Column("minute", UTCDateTime, nullable=False),
+    Column("synced", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    Index("ix_sync_event_minutes_minute", "minute"),
 )

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import __version__, db
+from crmsync import __version__, db, web
 from crmsync.api import contacts, crm, errors, health
 from crmsync.clock import Clock, utcnow
 from crmsync.contacts.service import ContactService
@@ -60,6 +60,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(contacts.router)
     app.include_router(crm.router)
+    web.install(app)
 
     @app.middleware("http")
     async def _no_store(

@@ -18,6 +18,7 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    or_,
     select,
     true,
     update,
@@ -62,12 +63,20 @@ def filter_conditions(filters: ContactFilters) -> list[ColumnElement[bool]]:
 def substring_conditions(
     filters: ContactFilters, email: ColumnElement[Any], name: ColumnElement[Any]
 ) -> list[ColumnElement[bool]]:
-    """The email_contains and name_contains terms, on these columns (contacts' or the images')."""
+    """The email_contains, name_contains and search terms, on these columns (contacts' or the
+    images')."""
     conds: list[ColumnElement[bool]] = []
     if filters.email_contains is not None:
         conds.append(email.icontains(filters.email_contains, autoescape=True))
     if filters.name_contains is not None:
         conds.append(name.icontains(filters.name_contains, autoescape=True))
+    if filters.search is not None:
+        conds.append(
+            or_(
+                email.icontains(filters.search, autoescape=True),
+                name.icontains(filters.search, autoescape=True),
+            )
+        )
     return conds
 
 
@@ -173,7 +182,7 @@ async def count_filtered(
 
 # Filters whose count scans the contacts, and those that read sync state (which changes without
 # the contacts' version changing, so their counts are never kept).
-_SCANNED = {"email_contains", "name_contains"}
+_SCANNED = {"email_contains", "name_contains", "search"}
 _STATE_FILTERS = {f"{crm.value}_sync_status" for crm in Crm}
 
 
@@ -210,6 +219,15 @@ async def list_page_by_state(
         .offset(offset)
     )
     return (await conn.execute(stmt)).mappings().all()
+
+
+async def existing_ids(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Which of these contact ids exist."""
+    found: list[uuid.UUID] = []
+    for part in chunks(list(ids), _MAX_PARAMS):
+        stmt = select(contacts.c.id).where(contacts.c.id.in_(part))
+        found.extend((await conn.execute(stmt)).scalars().all())
+    return found
 
 
 async def states_for(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> Sequence[RowMapping]:

@@ -154,6 +154,14 @@ class ContactFilters(BaseModel):
     page_id: uuid.UUID | None = None
     email_contains: Annotated[str, StringConstraints(min_length=1, max_length=320)] | None = None
     name_contains: Annotated[str, StringConstraints(min_length=1, max_length=320)] | None = None
+    search: (
+        Annotated[
+            str,
+            StringConstraints(min_length=1, max_length=320),
+            Field(description="The email or the name contains this (case-insensitive)."),
+        ]
+        | None
+    ) = None
     has_gmail: bool | None = None
 
     def is_empty(self) -> bool:

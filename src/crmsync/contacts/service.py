@@ -113,6 +113,22 @@ class ContactService:
             states = await repo.states_for(conn, [row["id"] for row in rows])
         return present_many(rows, states), total
 
+    async def count(self, filters: ContactFilters) -> int:
+        """The number of contacts matching `filters` (as the list's X-Total-Count)."""
+        async with self.read_engine.connect() as conn:
+            return await repo.count_filtered(conn, filters, self.kept_counts)
+
+    async def sync_statuses(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, dict[str, str]]:
+        """Each contact's sync status per CRM (New where it has no state row); unknown ids are
+        left out."""
+        async with self.read_engine.connect() as conn:
+            found = await repo.existing_ids(conn, ids)
+            states = await repo.states_for(conn, list(found))
+        statuses = {cid: {crm.value: SyncStatus.New.value for crm in Crm} for cid in found}
+        for state in states:
+            statuses[state["contact_id"]][state["crm"]] = state["sync_status"]
+        return statuses
+
     async def history(self, contact_id: uuid.UUID, limit: int, offset: int) -> list[dict[str, Any]]:
         async with self.read_engine.connect() as conn:
             if await repo.get(conn, contact_id) is None:

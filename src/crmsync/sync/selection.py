@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, literal, select, update
+from sqlalchemy import ColumnElement, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
@@ -137,13 +137,18 @@ async def retry_failed(
     crm: Crm,
     now: dt.datetime,
     contact_ids: Sequence[Any] | None = None,
+    error: str | None = None,
 ) -> int:
     """Operator retry: Error rows of `crm` (all, or those of `contact_ids`) back to Selected.
 
     Only Error rows move; any other row of the listed contacts is left alone, so a retry can
-    never disturb a row in flight or undo a success. Attempts start again from zero.
+    never disturb a row in flight or undo a success. Attempts start again from zero. With
+    `error`, only the rows failed with that message (a group of the dashboard's Failed page;
+    "" stands for no message).
     """
     where = [s.crm == crm.value, s.sync_status == SyncStatus.Error.value]
+    if error is not None:
+        where.append(func.coalesce(s.processing_error, "") == error)
     if contact_ids is None:
         result = await conn.execute(update(crm_sync_state).where(*where).values(**_queued(now)))
         return int(result.rowcount)

@@ -1,0 +1,87 @@
+"""PostgreSQL keeps attempts per CRM and minute, for the dashboard's "contacts per minute".
+
+The dashboard's sparkline shows contacts synced per minute over the last hour, refreshed every few
+seconds. Counting them from `sync_events` reads every event of the hour: at full speed that is
+millions of rows (the outcome is not in any index). A statement-level trigger now adds, per
+statement that inserts events (one per batch), one row per (CRM, minute) with the synced and
+failed attempts it recorded. Like the count deltas of migration 0003 these rows are inserted,
+never updated (no hot row between workers), and folded together now and then
+(`crmsync.counts.compact`), which also drops minutes older than a day. SQLite has no
+statement-level triggers; it counts the hour's events directly.
+
+Only inserts are counted: pruning old events or deleting a contact does not take back the work
+that was done in that minute. TRUNCATE of `sync_events` empties the table too.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-06
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# What counts as synced and as failed: as the health view's outcome windows (ops/repository.py).
+SYNCED = "outcome IN ('ok', 'unchanged')"
+FAILED = "outcome IN ('retry', 'error')"
+
+
+def _per_minute(rows: str) -> str:
+    return (
+        "INSERT INTO sync_event_minutes (crm, minute, synced, failed) "
+        f"SELECT crm, date_trunc('minute', created_at), count(*) FILTER (WHERE {SYNCED}), "
+        f"count(*) FILTER (WHERE {FAILED}) FROM {rows} "
+        f"WHERE {SYNCED} OR {FAILED} GROUP BY 1, 2"
+    )
+
+
+_TRIGGERS = (
+    ("trg_sync_events_minutes_insert", "INSERT", "NEW TABLE AS new_rows", _per_minute("new_rows")),
+    ("trg_sync_events_minutes_truncate", "TRUNCATE", None, "DELETE FROM sync_event_minutes"),
+)
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    op.create_table(
+        "sync_event_minutes",
+        sa.Column("crm", sa.String(16), nullable=False),
+        sa.Column("minute", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("synced", sa.BigInteger(), nullable=False),
+        sa.Column("failed", sa.BigInteger(), nullable=False),
+    )
+    op.create_index("ix_sync_event_minutes_minute", "sync_event_minutes", ["minute"])
+    for name, event, referencing, body in _TRIGGERS:
+        op.execute(
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            f"BEGIN {body}; RETURN NULL; END $$"
+        )
+        transition = f" REFERENCING {referencing}" if referencing else ""
+        op.execute(
+            f"CREATE TRIGGER {name} AFTER {event} ON sync_events{transition} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
+        )
+    # The last day of history, so the sparkline is right from the start (the triggers lock out
+    # writers until this commits: no overlap, no gap).
+    op.execute(
+        _per_minute(
+            "(SELECT * FROM sync_events WHERE crm IN ('brevo', 'hubspot', 'mautic', 'n8n') "
+            "AND created_at >= now() - interval '1 day') AS recent"
+        )
+    )
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    for name, *_ in _TRIGGERS:
+        op.execute(f"DROP TRIGGER {name} ON sync_events")
+        op.execute(f"DROP FUNCTION {name}()")
+    op.drop_table("sync_event_minutes")
