@@ -27,7 +27,6 @@ FLASH_COOKIE = "crmsync_flash"
 STATUS_ORDER = ("Complete", "Processing", "Queued", "Selected", "Error", "Skipped", "New")
 
 PAUSE_KINDS = {
-    "operator": "paused by an operator",
     "rate_limit": "rate limit",
     "auth": "authentication failure",
     "configuration": "configuration failure",
