@@ -18,7 +18,7 @@ from crmsync.settings import Settings
 from crmsync.sync import control
 from crmsync.sync.control import PauseKind
 from crmsync.tables import crm_control, crm_sync_state, sync_events
-from crmsync.web import actions
+from crmsync.web import actions, pages
 from tests.conftest import add_contacts
 from tests.web.conftest import csrf_of, fail_rows, post_form
 
@@ -364,3 +364,22 @@ async def test_failed_groups_by_crm_and_message_and_retries(
     async with engine.connect() as conn:
         statuses = (await conn.execute(select(s.sync_status).distinct())).scalars().all()
     assert statuses == ["Selected"]
+
+
+async def test_a_costly_combination_is_counted_up_to_a_cap(
+    signed_in: httpx.AsyncClient, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pages, "PAGE_SIZE", 2)
+    monkeypatch.setattr(pages, "COUNT_CAP", 3)
+    ids = await add_contacts(api, 5, email_type="FREE")
+    await add_contacts(api, 2, email_type="CORPORATE")
+    await _select(api, "brevo", ids)
+    combined = {"brevo_sync_status": "Selected", "email_type": "FREE"}
+    first = _text((await signed_in.get("/contacts", params=combined)).text)
+    assert "More than 3 contacts" in first
+    assert "Showing 1\N{EN DASH}2 of more than 3" in first and "Next page" in first
+    last = _text((await signed_in.get("/contacts", params={**combined, "offset": 4})).text)
+    assert "5 contacts" in last and "More than" not in last
+    # One filter alone is counted exactly from kept totals, however many match.
+    alone = _text((await signed_in.get("/contacts", params={"email_type": "FREE"})).text)
+    assert "5 contacts" in alone and "More than" not in alone

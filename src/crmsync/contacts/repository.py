@@ -180,6 +180,32 @@ async def count_filtered(
     return await count(conn, conds)
 
 
+def counted_cheaply(filters: ContactFilters) -> bool:
+    """Whether `count_filtered` answers from kept totals (or a kept substring count): one CRM
+    status alone, only the columns `counts` groups by, or only substring filters."""
+    only = set(filters.model_dump(exclude_none=True))
+    if single_crm_status(filters) is not None:
+        return True
+    return only <= set(counts.GROUPED) or only <= _SCANNED
+
+
+async def count_bounded(
+    conn: AsyncConnection, filters: ContactFilters, kept: counts.ContactCounts | None, cap: int
+) -> tuple[int, bool]:
+    """The number of contacts matching `filters` and whether it is exact: exact when cheap to
+    know (`counted_cheaply`) or at most `cap`; else `cap`, meaning "more than `cap`".
+
+    Other combinations (a CRM status with the email type, say) are counted by visiting every
+    match: 500 ms for 95,000 of a million contacts on PostgreSQL. A page must not wait for that;
+    counting only up to `cap` stops early.
+    """
+    if counted_cheaply(filters):
+        return await count_filtered(conn, filters, kept), True
+    matching = select(contacts.c.id).where(*filter_conditions(filters)).limit(cap + 1).subquery()
+    found = int((await conn.execute(select(func.count()).select_from(matching))).scalar_one())
+    return (found, True) if found <= cap else (cap, False)
+
+
 # Filters whose count scans the contacts, and those that read sync state (which changes without
 # the contacts' version changing, so their counts are never kept).
 _SCANNED = {"email_contains", "name_contains", "search"}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crmsync import counts, db
@@ -74,6 +74,13 @@ def require_filter(request: FilteredRequest) -> list[ColumnElement[bool]]:
     return conds
 
 
+@dataclass(frozen=True, slots=True)
+class Browsed:
+    items: list[dict[str, Any]]
+    total: int
+    exact: bool  # False: more than `total` contacts match
+
+
 @dataclass
 class ContactService:
     engine: AsyncEngine
@@ -101,17 +108,34 @@ class ContactService:
         self, filters: ContactFilters, limit: int, offset: int
     ) -> tuple[list[dict[str, Any]], int]:
         async with self.read_engine.connect() as conn:
-            single = repo.single_crm_status(filters)
-            if single is not None and single[1] is not SyncStatus.New:
-                # One CRM status: its state rows hold the page in list order (one index).
-                rows = await repo.list_page_by_state(conn, *single, limit, offset)
-            else:
-                rows = await repo.list_page(conn, repo.filter_conditions(filters), limit, offset)
+            rows = await self._rows(conn, filters, limit, offset)
             total = _total_from_page(offset, limit, len(rows))
             if total is None:
                 total = await repo.count_filtered(conn, filters, self.kept_counts)
             states = await repo.states_for(conn, [row["id"] for row in rows])
         return present_many(rows, states), total
+
+    async def browse(
+        self, filters: ContactFilters, limit: int, offset: int, count_cap: int
+    ) -> Browsed:
+        """A page as `page` reads it, with a total that is exact unless knowing it would mean
+        visiting more than `count_cap` matches (`repo.count_bounded`): for the dashboard."""
+        async with self.read_engine.connect() as conn:
+            rows = await self._rows(conn, filters, limit, offset)
+            total, exact = _total_from_page(offset, limit, len(rows)), True
+            if total is None:
+                total, exact = await repo.count_bounded(conn, filters, self.kept_counts, count_cap)
+            states = await repo.states_for(conn, [row["id"] for row in rows])
+        return Browsed(present_many(rows, states), total, exact)
+
+    async def _rows(
+        self, conn: AsyncConnection, filters: ContactFilters, limit: int, offset: int
+    ) -> Sequence[RowMapping]:
+        single = repo.single_crm_status(filters)
+        if single is not None and single[1] is not SyncStatus.New:
+            # One CRM status: its state rows hold the page in list order (one index).
+            return await repo.list_page_by_state(conn, *single, limit, offset)
+        return await repo.list_page(conn, repo.filter_conditions(filters), limit, offset)
 
     async def count(self, filters: ContactFilters) -> int:
         """The number of contacts matching `filters` (as the list's X-Total-Count)."""

@@ -25,6 +25,8 @@ from crmsync.web.templating import render
 router = APIRouter(include_in_schema=False)
 
 PAGE_SIZE = 50
+# A combination of filters no kept total answers is counted up to this many (then: "more than").
+COUNT_CAP = 10_000
 HISTORY_SIZE = 50
 # Failed page: the largest groups of each CRM, and the latest contacts of each group.
 GROUPS_PER_CRM = 20
@@ -93,15 +95,16 @@ async def contacts_page(request: Request, session: PageSession) -> Response:
         flash = {"kind": "error", "text": filter_error(exc)}
         params, filters = {}, ContactFilters()
     offset = _offset(request)
-    items, total = await get_contacts(request).page(filters, PAGE_SIZE, offset)
+    found = await get_contacts(request).browse(filters, PAGE_SIZE, offset, COUNT_CAP)
     context = {
         "active": "contacts",
         "title": "Contacts",
-        "rows": items,
-        "total": total,
+        "rows": found.items,
+        "total": found.total,
+        "exact": found.exact,
         "params": params,
         "filtered": bool(params),
-        "pager": views.Pager(offset, PAGE_SIZE, total, len(items)),
+        "pager": views.Pager(offset, PAGE_SIZE, found.total, len(found.items), found.exact),
         "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         "views": views,
     }

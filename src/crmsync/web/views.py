@@ -71,6 +71,7 @@ class Pager:
     limit: int
     total: int
     shown: int
+    exact: bool = True  # False: more than `total` match
 
     @property
     def first(self) -> int:
@@ -86,4 +87,7 @@ class Pager:
 
     @property
     def next(self) -> int | None:
-        return self.offset + self.limit if self.offset + self.shown < self.total else None
+        more = self.offset + self.shown < self.total or (
+            not self.exact and self.shown == self.limit
+        )
+        return self.offset + self.limit if more else None
