@@ -96,8 +96,11 @@ MESSAGES = [
 ]
 
 
-async def shape(database: Database, batch: int) -> None:
-    """State as after a sync, the last hour's events, and a rate-limit pause on HubSpot."""
+async def shape(database: Database, batch: int, error_percent: int) -> None:
+    """State as after a sync, the last hour's events, and a rate-limit pause on HubSpot.
+
+    HubSpot's rows: `error_percent`% in Error, 19% Selected, the rest Complete.
+    """
     engine = database.engine()
     try:
         async with engine.begin() as conn:
@@ -106,8 +109,9 @@ async def shape(database: Database, batch: int) -> None:
                     "UPDATE crm_sync_state SET sync_status = 'Complete', "
                     "processing_status = 'Complete', next_attempt_at = NULL, "
                     "synced_at = now(), last_attempt_at = now(), external_id = id::text "
-                    "WHERE crm = 'brevo' OR (crm = 'hubspot' AND id % 100 < 80)"
-                )
+                    "WHERE crm = 'brevo' OR (crm = 'hubspot' AND id % 100 < :complete)"
+                ),
+                {"complete": 81 - error_percent},
             )
             # Half of the errors share one message; the rest spread over eleven more.
             await conn.execute(
@@ -117,9 +121,10 @@ async def shape(database: Database, batch: int) -> None:
                     "last_attempt_at = now() - (id % 3600) * interval '1 second', "
                     "processing_error = (CAST(:messages AS text[]))[CASE WHEN id % 2 = 0 THEN 1 "
                     "ELSE 2 + (id / 2) % 11 END] "
-                    "WHERE crm = 'hubspot' AND id % 100 = 80"
+                    "WHERE crm = 'hubspot' AND id % 100 >= :complete "
+                    "AND id % 100 < :complete + :errors"
                 ),
-                {"messages": MESSAGES},
+                {"messages": MESSAGES, "complete": 81 - error_percent, "errors": error_percent},
             )
             # One INSERT per batch of Complete rows, each dated within one minute of the hour.
             await conn.execute(
@@ -214,7 +219,7 @@ def run(args: argparse.Namespace) -> list[Page]:
         try:
             select_segments(api)
             started = time.perf_counter()
-            asyncio.run(shape(database, args.batch))
+            asyncio.run(shape(database, args.batch, args.error_percent))
             asyncio.run(vacuum_analyze(database))
             print(f"  state and history shaped in {time.perf_counter() - started:.0f} s")
             contact, first_page = asyncio.run(samples(database))
@@ -286,6 +291,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=500, help="events per INSERT")
+    parser.add_argument(
+        "--error-percent", type=int, default=1, help="share of HubSpot's rows in Error (1-80)"
+    )
     parser.add_argument("--only", action="append", help="run the pages whose name has this")
     parser.add_argument(
         "--busy-ok",

@@ -54,6 +54,7 @@ async def _roundtrip(url: str) -> None:
             "ix_crm_sync_state_status_order",
             "ix_contacts_created_at_id",
             "ix_sync_events_contact_id_created_at",
+            "ix_crm_sync_state_errors",
         } <= indexes
 
         def _down(connection: Connection) -> None:

@@ -44,6 +44,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     func,
+    literal_column,
 )
 from sqlalchemy.types import TypeDecorator, UserDefinedType
 
@@ -179,6 +180,26 @@ Index(
     crm_sync_state.c.next_attempt_at,
     sqlite_where=crm_sync_state.c.sync_status.in_(WAITING_STATUSES),
     postgresql_where=crm_sync_state.c.sync_status.in_(WAITING_STATUSES),
+)
+
+# A failure as the dashboard's Failed page groups it: the first 500 characters of its message,
+# "" for none. Rows in Error are indexed by it (migration 0007), so a group, its count and its
+# latest contacts are read from the index. Queries must use these very expressions, with their
+# constants inline (a bound parameter would not match the index or its predicate). 500 characters
+# keep an entry within the B-tree's size limit whatever the script of the message.
+ERROR_KEY = func.coalesce(
+    func.substr(crm_sync_state.c.processing_error, literal_column("1"), literal_column("500")),
+    literal_column("''"),
+)
+IN_ERROR = crm_sync_state.c.sync_status == literal_column(f"'{SyncStatus.Error.value}'")
+Index(
+    "ix_crm_sync_state_errors",
+    crm_sync_state.c.crm,
+    ERROR_KEY,
+    crm_sync_state.c.last_attempt_at,
+    crm_sync_state.c.id,
+    sqlite_where=IN_ERROR,
+    postgresql_where=IN_ERROR,
 )
 
 sync_events = Table(

@@ -136,8 +136,11 @@ def test_screenshots_of_every_page(sandbox: SandboxServer, tmp_path: Path) -> No
                 expect(page.get_by_role("heading", name="Sync history")).to_be_visible()
                 page.screenshot(path=target / "contact.png", full_page=True)
 
-                page.goto(f"{served.url}/login")
-                page.screenshot(path=target / "login.png")
+                # Signed out: a page of its own context, without the session cookie.
+                signed_out = browser.new_page(viewport={"width": 1280, "height": 640})
+                signed_out.goto(f"{served.url}/login")
+                expect(signed_out.get_by_label("Access token")).to_be_focused()
+                signed_out.screenshot(path=target / "login.png")
             finally:
                 browser.close()
     assert sorted(p.name for p in target.glob("*.png")) >= [

@@ -135,7 +135,7 @@ class OpsService:
         crms = list(Crm)
         async with self.read_engine.connect() as conn:
             groups = await repo.failed_groups(conn, crms, per_crm)
-            samples = await repo.failed_samples(conn, crms, per_group) if groups else []
+            samples = await repo.failed_samples(conn, groups, per_group)
         return groups, [_failed_contact(row) for row in samples]
 
     async def failed(
