@@ -9,7 +9,6 @@ first shows a confirmation page with the count.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.datastructures import FormData
@@ -22,7 +21,7 @@ from crmsync.enums import Crm
 from crmsync.errors import CrmSyncError
 from crmsync.ops.overview import CRM_LABELS
 from crmsync.web.pages import filter_error, list_params, parse_filters
-from crmsync.web.session import WriteSession, safe_next
+from crmsync.web.session import Session, WriteSession, safe_next
 from crmsync.web.templating import plural, render, set_flash
 
 router = APIRouter(include_in_schema=False)
@@ -100,7 +99,7 @@ def _selection_message(request: Request, crm: Crm | None, updated: int, queued: 
 
 def _confirm(
     request: Request,
-    session: Any,
+    session: Session,
     form: FormData,
     params: dict[str, str],
     action: str,
@@ -143,9 +142,9 @@ async def edit_contact(request: Request, session: WriteSession, contact_id: str)
     form = await request.form()
     # A blank optional field clears it; the email is required.
     fields: dict[str, str | None] = {key: _text(form, key) or None for key in EDITABLE}
+    if cid is None:
+        return _back(back, "There is no contact with this id.", "error")
     try:
-        if cid is None:
-            raise CrmSyncError("There is no contact with this id.")
         body = ContactUpdate.model_validate(fields)
         await get_contacts(request).update(cid, body)
     except ValidationError as exc:

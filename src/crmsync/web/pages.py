@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from crmsync.api.deps import get_contacts, get_ops
 from crmsync.contacts.schemas import ContactFilters
 from crmsync.enums import CRM_ID_FIELD, Crm
-from crmsync.errors import CrmSyncError
+from crmsync.errors import NotFound
 from crmsync.ops.overview import CRM_LABELS
 from crmsync.web import views
 from crmsync.web.session import DataSession, PageSession, Session
@@ -134,11 +134,11 @@ def _uuid(raw: str) -> uuid.UUID | None:
 async def contact_page(request: Request, session: PageSession, contact_id: str) -> Response:
     cid = _uuid(contact_id)
     service = get_contacts(request)
+    if cid is None:
+        return not_found(request, session, "There is no contact with this id.")
     try:
-        if cid is None:
-            raise CrmSyncError("not an id")
         contact = await service.get(cid)
-    except CrmSyncError:
+    except NotFound:
         return not_found(request, session, "There is no contact with this id.")
     offset = _offset(request)
     history = await service.history(contact["id"], HISTORY_SIZE + 1, offset)
