@@ -38,7 +38,7 @@ async def _roundtrip(url: str) -> None:
     engine = db.create_engine(url)
     try:
         await upgrade(engine)
-        assert await current_revision(engine) == "0008"
+        assert await current_revision(engine) == "0009"
         async with engine.connect() as conn:
             tables, indexes = await conn.run_sync(_tables_and_indexes)
         assert {"contacts", "crm_sync_state", "sync_events", "crm_control", "workers"} <= tables
@@ -48,6 +48,7 @@ async def _roundtrip(url: str) -> None:
             "state_count_deltas",
             "contact_changes",
             "contact_change_images",
+            "sync_event_minutes",
         }
         assert kept <= tables if engine.dialect.name == "postgresql" else not kept & tables
         assert {
@@ -56,6 +57,7 @@ async def _roundtrip(url: str) -> None:
             "ix_crm_sync_state_status_order",
             "ix_contacts_created_at_id",
             "ix_sync_events_contact_id_created_at",
+            "ix_crm_sync_state_errors",
         } <= indexes
 
         def _down(connection: Connection) -> None:
@@ -67,7 +69,7 @@ async def _roundtrip(url: str) -> None:
             await conn.run_sync(_down)
         assert await current_revision(engine) is None
         await upgrade(engine)  # and back up on the emptied database
-        assert await current_revision(engine) == "0008"
+        assert await current_revision(engine) == "0009"
     finally:
         await engine.dispose()
 

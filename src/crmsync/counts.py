@@ -138,6 +138,7 @@ async def compact(conn: AsyncConnection) -> None:
     await conn.exec_driver_sql(_fold("contact_count_deltas", ", ".join(GROUPED)))
     await conn.exec_driver_sql(_fold("state_count_deltas", "crm, sync_status"))
     await conn.exec_driver_sql(_FOLD_CHANGES)
+    await conn.exec_driver_sql(_FOLD_MINUTES)
 
 
 # The change log folds into one new row marked `folded`: the rows it deletes, and their images,
@@ -148,6 +149,16 @@ _FOLD_CHANGES = (
     "WHERE (SELECT count(*) FROM contact_changes) > 1 RETURNING id), "
     "dropped AS (DELETE FROM contact_change_images WHERE change_id IN (SELECT id FROM gone)) "
     "INSERT INTO contact_changes (folded) SELECT true FROM gone LIMIT 1"
+)
+
+
+# Attempts per (CRM, minute) (migration 0009): one row per minute, and a day of them is enough
+# for the dashboard.
+_FOLD_MINUTES = (
+    "WITH gone AS (DELETE FROM sync_event_minutes RETURNING crm, minute, synced, failed) "
+    "INSERT INTO sync_event_minutes (crm, minute, synced, failed) "
+    "SELECT crm, minute, sum(synced), sum(failed) FROM gone "
+    "WHERE minute >= now() - interval '1 day' GROUP BY crm, minute"
 )
 
 

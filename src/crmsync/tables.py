@@ -13,6 +13,9 @@
 - `contact_changes`, `contact_change_images` (PostgreSQL only): one row per statement that wrote
   contacts, with its transaction id, and the (email, name) values it added and removed, by
   trigger (migrations 0005, 0006): kept substring counts are brought up to date from them.
+- `sync_event_minutes` (PostgreSQL only): synced and failed attempts per (CRM, minute), added
+  by trigger for each statement that inserts events (migration 0009): the dashboard's
+  contacts per minute.
 
 Statuses are stored as short strings with CHECK constraints: portable between SQLite and
 PostgreSQL, and no database enum types to migrate (the customer lost days to enum type names).
@@ -42,6 +45,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     func,
+    literal_column,
 )
 from sqlalchemy.types import TypeDecorator, UserDefinedType
 
@@ -182,6 +186,26 @@ Index(
     postgresql_where=crm_sync_state.c.sync_status.in_(WAITING_STATUSES),
 )
 
+# A failure as the dashboard's Failed page groups it: the first 500 characters of its message,
+# "" for none. Rows in Error are indexed by it (migration 0009), so a group, its count and its
+# latest contacts are read from the index. Queries must use these very expressions, with their
+# constants inline (a bound parameter would not match the index or its predicate). 500 characters
+# keep an entry within the B-tree's size limit whatever the script of the message.
+ERROR_KEY = func.coalesce(
+    func.substr(crm_sync_state.c.processing_error, literal_column("1"), literal_column("500")),
+    literal_column("''"),
+)
+IN_ERROR = crm_sync_state.c.sync_status == literal_column(f"'{SyncStatus.Error.value}'")
+Index(
+    "ix_crm_sync_state_errors",
+    crm_sync_state.c.crm,
+    ERROR_KEY,
+    crm_sync_state.c.last_attempt_at,
+    crm_sync_state.c.id,
+    sqlite_where=IN_ERROR,
+    postgresql_where=IN_ERROR,
+)
+
 sync_events = Table(
     "sync_events",
     metadata,
@@ -287,4 +311,17 @@ contact_change_images = Table(
     Column("email", String(320)),
     Column("name", Text),
     Column("delta", Integer, nullable=False),
+)
+
+
+# PostgreSQL only (migration 0009): per statement that inserts events, its attempts per (CRM,
+# minute); summed by minute for the dashboard, folded and trimmed by `counts.compact`.
+sync_event_minutes = Table(
+    "sync_event_minutes",
+    metadata,
+    Column("crm", String(16), nullable=False),
+    Column("minute", UTCDateTime, nullable=False),
+    Column("synced", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    Index("ix_sync_event_minutes_minute", "minute"),
 )

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crmsync import __version__, auth, db
+from crmsync import __version__, auth, db, web
 from crmsync.api import contacts, crm, errors, health, openapi
 from crmsync.api.access_log import AccessLog
 from crmsync.api.limits import BodyLimit
@@ -66,6 +66,7 @@ def create_app(
     app.include_router(contacts.router)
     app.include_router(crm.router)
     openapi.add_links(app)
+    web.install(app)
 
     if settings.cors_origins:
         # Bearer tokens, not cookies, authorise API calls from another origin.

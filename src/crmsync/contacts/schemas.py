@@ -220,6 +220,13 @@ class ContactFilters(BaseModel):
     page_id: uuid.UUID | None = None
     email_contains: Search | None = None
     name_contains: Search | None = None
+    search: (
+        Annotated[
+            Search,
+            Field(description="The email or the name contains this (case-insensitive)."),
+        ]
+        | None
+    ) = None
     has_gmail: bool | None = None
 
     def is_empty(self) -> bool:

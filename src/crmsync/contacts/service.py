@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crmsync import counts, db
@@ -78,6 +78,13 @@ def require_filter(request: FilteredRequest) -> list[ColumnElement[bool]]:
     return conds
 
 
+@dataclass(frozen=True, slots=True)
+class Browsed:
+    items: list[dict[str, Any]]
+    total: int
+    exact: bool  # False: more than `total` contacts match
+
+
 @dataclass
 class ContactService:
     engine: AsyncEngine
@@ -108,19 +115,56 @@ class ContactService:
         (None after the last one): pass it as `after` to go on past any offset."""
         cursor = cursors.decode(after) if after is not None else None
         async with self.read_engine.connect() as conn:
-            single = repo.single_crm_status(filters)
-            if single is not None and single[1] is not SyncStatus.New:
-                # One CRM status: its state rows hold the page in list order (one index).
-                rows = await repo.list_page_by_state(conn, *single, limit, offset, cursor)
-            else:
-                conds = repo.filter_conditions(filters)
-                rows = await repo.list_page(conn, conds, limit, offset, cursor)
+            rows = await self._rows(conn, filters, limit, offset, cursor)
             total = None if cursor is not None else _total_from_page(offset, limit, len(rows))
             if total is None:
                 total = await repo.count_filtered(conn, filters, self.kept_counts)
             states = await repo.states_for(conn, [row["id"] for row in rows])
         following = cursors.encode(rows[-1]) if len(rows) == limit else None
         return present_many(rows, states), total, following
+
+    async def browse(
+        self, filters: ContactFilters, limit: int, offset: int, count_cap: int
+    ) -> Browsed:
+        """A page as `page` reads it, with a total that is exact unless knowing it would mean
+        visiting more than `count_cap` matches (`repo.count_bounded`): for the dashboard."""
+        async with self.read_engine.connect() as conn:
+            rows = await self._rows(conn, filters, limit, offset)
+            total, exact = _total_from_page(offset, limit, len(rows)), True
+            if total is None:
+                total, exact = await repo.count_bounded(conn, filters, self.kept_counts, count_cap)
+            states = await repo.states_for(conn, [row["id"] for row in rows])
+        return Browsed(present_many(rows, states), total, exact)
+
+    async def _rows(
+        self,
+        conn: AsyncConnection,
+        filters: ContactFilters,
+        limit: int,
+        offset: int,
+        cursor: repo.Cursor | None = None,
+    ) -> Sequence[RowMapping]:
+        single = repo.single_crm_status(filters)
+        if single is not None and single[1] is not SyncStatus.New:
+            # One CRM status: its state rows hold the page in list order (one index).
+            return await repo.list_page_by_state(conn, *single, limit, offset, cursor)
+        return await repo.list_page(conn, repo.filter_conditions(filters), limit, offset, cursor)
+
+    async def count(self, filters: ContactFilters) -> int:
+        """The number of contacts matching `filters` (as the list's X-Total-Count)."""
+        async with self.read_engine.connect() as conn:
+            return await repo.count_filtered(conn, filters, self.kept_counts)
+
+    async def sync_statuses(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, dict[str, str]]:
+        """Each contact's sync status per CRM (New where it has no state row); unknown ids are
+        left out."""
+        async with self.read_engine.connect() as conn:
+            found = await repo.existing_ids(conn, ids)
+            states = await repo.states_for(conn, list(found))
+        statuses = {cid: {crm.value: SyncStatus.New.value for crm in Crm} for cid in found}
+        for state in states:
+            statuses[state["contact_id"]][state["crm"]] = state["sync_status"]
+        return statuses
 
     async def history(self, contact_id: uuid.UUID, limit: int, offset: int) -> list[dict[str, Any]]:
         async with self.read_engine.connect() as conn:

@@ -8,8 +8,11 @@ shaped for an existing index (checked with EXPLAIN on both databases):
 - due rows and lag: the partial `ix_crm_sync_state_due` (crm, next_attempt_at) the claim uses;
 - outcomes: `ix_sync_events_crm_created_at` with `crm IN (every CRM)`, a range scan over the
   window only;
-- the failed list: `ix_crm_sync_state_status_order` (crm, sync_status, ...), hence the
-  explicit `crm IN (...)` even for "all CRMs": it gives the index its leading column.
+- the failed list and its groups: the partial `ix_crm_sync_state_errors` (crm, message, last
+  attempt, id: rows in Error only), hence the explicit `crm IN (...)` even for "all CRMs": it
+  gives the index its leading column;
+- contacts synced per minute: PostgreSQL's trigger-kept minutes (migration 0009); on SQLite the
+  events of the window through `ix_sync_events_crm_created_at`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, RowMapping, case, func, select
+from sqlalchemy import ColumnElement, RowMapping, case, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync import counts
@@ -26,9 +29,12 @@ from crmsync.enums import CRM_NAMES, Crm, SyncStatus
 from crmsync.sync.state import Outcome
 from crmsync.tables import (
     ACTIVE_STATUSES,
+    ERROR_KEY,
+    IN_ERROR,
     WAITING_STATUSES,
     contacts,
     crm_sync_state,
+    sync_event_minutes,
     sync_events,
     workers,
 )
@@ -144,12 +150,20 @@ async def live_workers(conn: AsyncConnection, since: dt.datetime) -> list[Worker
     ]
 
 
-def _failed_where(crms: Sequence[Crm]) -> list[ColumnElement[bool]]:
-    return [s.crm.in_([crm.value for crm in crms]), s.sync_status == SyncStatus.Error.value]
+def _failed_where(crms: Sequence[Crm], error: str | None = None) -> list[ColumnElement[bool]]:
+    """Rows in Error of these CRMs (with `error`: in that group of the Failed page)."""
+    conds = [s.crm.in_([crm.value for crm in crms]), IN_ERROR]
+    if error is not None:
+        conds.append(ERROR_KEY == error)
+    return conds
 
 
 async def failed_page(
-    conn: AsyncConnection, crms: Sequence[Crm], limit: int, offset: int
+    conn: AsyncConnection,
+    crms: Sequence[Crm],
+    limit: int,
+    offset: int,
+    error: str | None = None,
 ) -> Sequence[RowMapping]:
     """Error rows with their contact's email, newest failure first (ties: newest row first).
 
@@ -159,7 +173,7 @@ async def failed_page(
     order = (s.last_attempt_at.desc(), s.id.desc())
     page = (
         select(s.id)
-        .where(*_failed_where(crms))
+        .where(*_failed_where(crms, error))
         .order_by(*order)
         .limit(limit)
         .offset(offset)
@@ -182,9 +196,128 @@ async def failed_page(
     return (await conn.execute(stmt)).mappings().all()
 
 
-async def failed_count(conn: AsyncConnection, crms: Sequence[Crm]) -> int:
-    stmt = select(func.count()).select_from(crm_sync_state).where(*_failed_where(crms))
+async def failed_count(conn: AsyncConnection, crms: Sequence[Crm], error: str | None = None) -> int:
+    stmt = select(func.count()).select_from(crm_sync_state).where(*_failed_where(crms, error))
     return int((await conn.execute(stmt)).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorGroup:
+    crm: str
+    error: str
+    count: int
+    last_attempt_at: dt.datetime | None
+    groups_in_crm: int  # how many distinct messages this CRM's Error rows have
+    total_in_crm: int  # how many Error rows this CRM has
+
+
+async def failed_groups(
+    conn: AsyncConnection, crms: Sequence[Crm], per_crm: int
+) -> list[ErrorGroup]:
+    """Error rows per (CRM, message), the `per_crm` largest groups of each CRM, largest first.
+
+    One pass over `ix_crm_sync_state_errors`, in its order (no sort before grouping).
+    """
+    n = func.count()
+    grouped = (
+        select(
+            s.crm,
+            ERROR_KEY.label("error"),
+            n.label("n"),
+            func.max(s.last_attempt_at).label("last_at"),
+            func.row_number().over(partition_by=s.crm, order_by=n.desc()).label("rank"),
+            func.count().over(partition_by=s.crm).label("groups"),
+            func.sum(n).over(partition_by=s.crm).label("total"),
+        )
+        .where(*_failed_where(crms))
+        .group_by(s.crm, ERROR_KEY)
+        .subquery()
+    )
+    stmt = select(grouped).where(grouped.c.rank <= per_crm).order_by(grouped.c.crm, grouped.c.rank)
+    return [
+        ErrorGroup(row.crm, row.error, int(row.n), row.last_at, int(row.groups), int(row.total))
+        for row in await conn.execute(stmt)
+    ]
+
+
+async def failed_samples(
+    conn: AsyncConnection, groups: Sequence[ErrorGroup], per_group: int
+) -> Sequence[RowMapping]:
+    """The `per_group` latest failures of each of these groups, with their emails.
+
+    One index range per group (`ix_crm_sync_state_errors` ends with last_attempt_at), all in one
+    statement: ranking every row in Error instead took a second at 150,000 of them.
+    """
+    if not groups:
+        return []
+    parts = [
+        select(s.id)
+        .where(s.crm == group.crm, IN_ERROR, ERROR_KEY == group.error)
+        .order_by(s.last_attempt_at.desc(), s.id.desc())
+        .limit(per_group)
+        .subquery()
+        .select()
+        for group in groups
+    ]
+    latest = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    stmt = (
+        select(
+            s.contact_id,
+            s.crm,
+            contacts.c.email,
+            contacts.c.name,
+            ERROR_KEY.label("processing_error"),
+            s.attempts,
+            s.last_attempt_at,
+        )
+        .join(latest, latest.c.id == s.id)
+        .join(contacts, contacts.c.id == s.contact_id)
+        .order_by(s.crm, s.last_attempt_at.desc(), s.id.desc())
+    )
+    return (await conn.execute(stmt)).mappings().all()
+
+
+async def synced_per_minute(
+    conn: AsyncConnection, since: dt.datetime
+) -> dict[str, dict[dt.datetime, int]]:
+    """Per CRM, contacts synced (ok or unchanged) in each minute from `since` (whole minutes)."""
+    if conn.dialect.name == "postgresql":
+        return await _minutes_kept(conn, since)
+    return await _minutes_counted(conn, since)
+
+
+async def _minutes_kept(
+    conn: AsyncConnection, since: dt.datetime
+) -> dict[str, dict[dt.datetime, int]]:
+    """PostgreSQL: the trigger-kept minutes (migration 0009), a few thousand rows at most."""
+    m = sync_event_minutes.c
+    stmt = (
+        select(m.crm, m.minute, func.sum(m.synced))
+        .where(m.minute >= since)
+        .group_by(m.crm, m.minute)
+        .having(func.sum(m.synced) > 0)
+    )
+    found: dict[str, dict[dt.datetime, int]] = {}
+    for crm, minute, synced in await conn.execute(stmt):
+        found.setdefault(crm, {})[minute] = int(synced)
+    return found
+
+
+async def _minutes_counted(
+    conn: AsyncConnection, since: dt.datetime
+) -> dict[str, dict[dt.datetime, int]]:
+    """SQLite: the hour's events, counted (its timestamps are UTC text, minute first 16 chars)."""
+    minute = func.substr(e.created_at, 1, 16)
+    stmt = (
+        select(e.crm, minute, func.count())
+        .where(e.crm.in_(CRM_NAMES), e.created_at >= since, e.outcome.in_(SUCCESS_OUTCOMES))
+        .group_by(e.crm, minute)
+    )
+    found: dict[str, dict[dt.datetime, int]] = {}
+    for crm, text, synced in await conn.execute(stmt):
+        at = dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+        found.setdefault(crm, {})[at] = int(synced)
+    return found
 
 
 async def count_by_status(

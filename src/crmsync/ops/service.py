@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync import db
@@ -20,11 +21,12 @@ from crmsync.contacts.service import parse_crms
 from crmsync.enums import Crm, SyncStatus
 from crmsync.errors import BadRequest, Conflict
 from crmsync.ops import health as rules
+from crmsync.ops import overview as dashboard_view
 from crmsync.ops import repository as repo
 from crmsync.ops import snapshot
 from crmsync.ops.schemas import FailedContact, Health, Summary
 from crmsync.settings import Settings
-from crmsync.sync import control, selection, wakeup
+from crmsync.sync import control, heartbeat, selection, wakeup
 
 log = logging.getLogger(__name__)
 
@@ -117,26 +119,41 @@ class OpsService:
         snap = await self.snapshot(with_outcomes=False)
         return summarize(snap)
 
+    async def dashboard(self) -> dashboard_view.Overview:
+        """The dashboard's overview: per CRM its state, counts and contacts per minute."""
+        now = self.clock()
+        async with self.read_engine.connect() as conn:
+            counts = await repo.status_counts(conn)
+            live = await repo.live_workers(
+                conn, heartbeat.alive_since(now, self.settings.lease_seconds)
+            )
+            controls = await control.load(conn)
+            minutes = await repo.synced_per_minute(conn, dashboard_view.window_start(now))
+        return dashboard_view.build(
+            now, self.settings, counts.total_contacts, counts.rows, live, controls, minutes
+        )
+
+    async def failed_groups(
+        self, per_crm: int, per_group: int
+    ) -> tuple[list[repo.ErrorGroup], list[FailedContact]]:
+        """Contacts in Error grouped by CRM and message (the largest `per_crm` groups of each
+        CRM), and the latest `per_group` contacts of every group."""
+        crms = list(Crm)
+        async with self.read_engine.connect() as conn:
+            groups = await repo.failed_groups(conn, crms, per_crm)
+            samples = await repo.failed_samples(conn, groups, per_group)
+        return groups, [_failed_contact(row) for row in samples]
+
     async def failed(
-        self, crm_name: str | None, limit: int, offset: int
+        self, crm_name: str | None, limit: int, offset: int, error: str | None = None
     ) -> tuple[list[FailedContact], int]:
+        """A page of contacts in Error (of one CRM, or all), newest failure first, and the
+        total; with `error`, only those failed with that message ("": none)."""
         crms = [parse_crm(crm_name)] if crm_name and crm_name.strip() else list(Crm)
         async with self.read_engine.connect() as conn:
-            rows = await repo.failed_page(conn, crms, limit, offset)
-            total = await repo.failed_count(conn, crms)
-        items = [
-            FailedContact(
-                contact_id=row["contact_id"],
-                crm=row["crm"],
-                email=row["email"],
-                name=row["name"],
-                error=row["processing_error"],
-                attempts=row["attempts"],
-                last_attempt_at=row["last_attempt_at"],
-            )
-            for row in rows
-        ]
-        return items, total
+            rows = await repo.failed_page(conn, crms, limit, offset, error)
+            total = await repo.failed_count(conn, crms, error)
+        return [_failed_contact(row) for row in rows], total
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -156,6 +173,18 @@ class OpsService:
             count = await selection.retry_failed(
                 conn, crm, now, None if all_failed else contact_ids
             )
+            if count:
+                await wakeup.announce(conn, [crm])
+        if count:
+            self._wake([crm])
+        return count
+
+    async def retry_group(self, crm_name: str, error: str) -> int:
+        """Error rows of one CRM that failed with this message back to Selected."""
+        crm = parse_crm(crm_name)
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            count = await selection.retry_failed(conn, crm, now, error=error)
             if count:
                 await wakeup.announce(conn, [crm])
         if count:
@@ -208,6 +237,18 @@ class OpsService:
     def _wake(self, crms: Sequence[Crm]) -> None:
         if self.on_queued is not None:
             self.on_queued(crms)
+
+
+def _failed_contact(row: RowMapping) -> FailedContact:
+    return FailedContact(
+        contact_id=row["contact_id"],
+        crm=row["crm"],
+        email=row["email"],
+        name=row["name"],
+        error=row["processing_error"],
+        attempts=row["attempts"],
+        last_attempt_at=row["last_attempt_at"],
+    )
 
 
 def summarize(snap: snapshot.Snapshot) -> Summary:

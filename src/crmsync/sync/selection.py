@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import chunks, upsert_insert
 from crmsync.sync.state import NO_LEASE
-from crmsync.tables import contacts, crm_sync_state
+from crmsync.tables import ERROR_KEY, contacts, crm_sync_state
 
 s = crm_sync_state.c
 # Under both drivers' bind-parameter limits (SQLite 32,766; asyncpg 32,767).
@@ -137,13 +137,18 @@ async def retry_failed(
     crm: Crm,
     now: dt.datetime,
     contact_ids: Sequence[Any] | None = None,
+    error: str | None = None,
 ) -> int:
     """Operator retry: Error rows of `crm` (all, or those of `contact_ids`) back to Selected.
 
     Only Error rows move; any other row of the listed contacts is left alone, so a retry can
-    never disturb a row in flight or undo a success. Attempts start again from zero.
+    never disturb a row in flight or undo a success. Attempts start again from zero. With
+    `error`, only the rows of that group of the dashboard's Failed page (`tables.ERROR_KEY`:
+    the message's first 500 characters, "" for none).
     """
     where = [s.crm == crm.value, s.sync_status == SyncStatus.Error.value]
+    if error is not None:
+        where.append(ERROR_KEY == error)
     if contact_ids is None:
         result = await conn.execute(update(crm_sync_state).where(*where).values(**_queued(now)))
         return int(result.rowcount)
