@@ -7,7 +7,7 @@ import datetime as dt
 import httpx
 import pytest
 
-from crmsync.auth import mint_token
+from crmsync.auth import READ, mint_token
 from crmsync.web.session import COOKIE, safe_next
 from tests.conftest import SECRET, add_contacts
 from tests.web.conftest import csrf_of, post_form, sign_in
@@ -117,6 +117,22 @@ async def test_a_write_without_the_csrf_token_is_refused(
     assert len(listed.json()) == 2
     # Signing out needs it too.
     assert (await signed_in.post("/logout")).status_code == 403
+
+
+async def test_a_read_only_token_may_look_but_not_change_anything(
+    browser: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    ids = await add_contacts(api, 2)
+    viewer = mint_token(SECRET, "viewer", dt.timedelta(hours=1), scope=READ)
+    assert (await sign_in(browser, viewer)).status_code == 303
+    page = await browser.get("/contacts")
+    assert page.status_code == 200
+    refused = await post_form(
+        browser, "/contacts", "/contacts/actions", {"action": "sync:brevo", "ids": ids}
+    )
+    assert refused.status_code == 403 and "may only read" in refused.text
+    listed = await api.get("/api/v3/contacts", params={"brevo_sync_status": "Selected"})
+    assert listed.json() == []
 
 
 async def test_the_session_cookie_never_authorises_the_api(signed_in: httpx.AsyncClient) -> None:

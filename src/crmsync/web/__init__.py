@@ -17,6 +17,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crmsync.api.errors import error_body
+from crmsync.auth import ScopeError
 from crmsync.web import actions, login, pages
 from crmsync.web.session import CsrfRefused, SignInRequired, read
 from crmsync.web.templating import render
@@ -80,6 +81,11 @@ def install(app: FastAPI) -> None:
             return JSONResponse(body, status_code=401)
         target = "/login" if exc.next_path == "/" else f"/login?next={quote(exc.next_path)}"
         return RedirectResponse(target, status_code=303)
+
+    @app.exception_handler(ScopeError)
+    async def _scope(request: Request, exc: ScopeError) -> Response:
+        context = {"title": "Refused", "message": str(exc)}
+        return render(request, "refused.html", context, session=read(request), status_code=403)
 
     @app.exception_handler(CsrfRefused)
     async def _csrf(request: Request, _: CsrfRefused) -> Response:

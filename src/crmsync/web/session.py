@@ -25,7 +25,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Response
 from fastapi.datastructures import FormData
 
-from crmsync.auth import AuthError, User, verify_token
+from crmsync.auth import AuthError, User, check_scope, verify_token
 
 COOKIE = "crmsync_session"
 LOGIN_COOKIE = "crmsync_login"
@@ -71,11 +71,17 @@ def read(request: Request) -> Session | None:
         return None
     secret = _secret(request)
     try:
-        user = verify_token(token, secret)
+        user = _verify(request, token, secret)
     except AuthError:
         return None
     expires = dt.datetime.fromtimestamp(int(user.claims["exp"]), dt.UTC)
     return Session(user, csrf_token(secret, token), expires)
+
+
+def _verify(request: Request, token: str, secret: str) -> User:
+    """The token checked as the API checks bearer tokens (issuer and audience when set)."""
+    settings = request.app.state.settings
+    return verify_token(token, secret, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
 
 
 def _here(request: Request) -> str:
@@ -112,6 +118,8 @@ async def write_session(request: Request) -> Session:
         sent = value if isinstance(value, str) else None
     if sent is None or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
         raise CsrfRefused
+    # A read-only token signs in to look, never to change anything (as with the API).
+    check_scope(session.user, request.method)
     return session
 
 
@@ -161,7 +169,7 @@ def check_login_nonce(request: Request, form: FormData) -> bool:
 
 def sign_in(request: Request, response: Response, token: str, now: dt.datetime) -> User:
     """Verify `token` and set the session cookie to it; AuthError when it is refused."""
-    user = verify_token(token, _secret(request))
+    user = _verify(request, token, _secret(request))
     expires = dt.datetime.fromtimestamp(int(user.claims["exp"]), dt.UTC)
     response.set_cookie(
         COOKIE,
