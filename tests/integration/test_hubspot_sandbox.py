@@ -200,7 +200,8 @@ async def test_window_429_is_rate_limited_with_the_window_wait(
     with pytest.raises(RateLimited) as caught:
         await hubspot.push([contact(n) for n in range(150)])
 
-    assert 0 < caught.value.retry_after <= 10
+    # Until the oldest request leaves the window, with 3% headroom for its arrival's jitter.
+    assert 0 < caught.value.retry_after <= 10 / 0.97
     # One of the two requests got through: its rows are in `partial`, the others not attempted.
     partial = caught.value.partial
     assert partial is not None
@@ -213,14 +214,31 @@ async def test_window_429_is_rate_limited_with_the_window_wait(
 async def test_retry_after_header_is_honoured(
     sandbox: SandboxServer, hubspot: HubSpotConnector
 ) -> None:
-    sandbox.set_faults("hubspot", rate_limit_per_10s=1, retry_after=True)
-    await hubspot.push([contact(1)])
+    sandbox.set_faults("hubspot", burst_429=1, retry_after=True)
 
     with pytest.raises(RateLimited) as caught:
         await hubspot.push([contact(2)])
 
     assert 1 <= caught.value.retry_after <= 10
     assert caught.value.partial is None
+    assert sandbox.stats()["hubspot"]["429"] == 1
+
+
+async def test_a_used_up_window_stops_the_push_before_a_429(
+    sandbox: SandboxServer, hubspot: HubSpotConnector
+) -> None:
+    """The headers said 0 left: the next push waits for the window instead of a refusal."""
+    sandbox.set_faults("hubspot", rate_limit_per_10s=1)
+    await hubspot.push([contact(1)])
+
+    with pytest.raises(RateLimited) as caught:
+        await hubspot.push([contact(2)])
+
+    assert 9 < caught.value.retry_after <= 10 / 0.97
+    assert "0 of 1 requests left" in caught.value.message
+    assert caught.value.partial is None
+    assert sandbox.stats()["hubspot"]["429"] == 0
+    assert upserts(sandbox) == 1
 
 
 async def test_daily_429_pauses_at_most_an_hour(

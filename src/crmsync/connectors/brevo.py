@@ -58,6 +58,7 @@ import asyncio
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -77,6 +78,7 @@ from crmsync.connectors.base import (
     RowResult,
     Transient,
     make_client,
+    request_timeout,
     stable_hash,
 )
 from crmsync.connectors.httputil import (
@@ -88,7 +90,7 @@ from crmsync.connectors.httputil import (
     seconds_header,
 )
 from crmsync.connectors.mapping import international_phone, is_placeholder, split_name
-from crmsync.connectors.ratelimit import RateLimiter
+from crmsync.connectors.ratelimit import Quota, RateLimiter
 from crmsync.enums import Crm
 from crmsync.settings import BrevoSettings
 
@@ -103,6 +105,12 @@ MAX_IN_FLIGHT = 16
 IMPORT_MAX_BYTES = 4_000_000
 # Wait after a 429 without a usable `x-sib-ratelimit-reset` (Brevo's windows are per second).
 DEFAULT_RATE_LIMIT_WAIT = 1.0
+# A request refused 429 is sent again at once when its window frees in less than this.
+INLINE_RETRY_WAIT = 0.5
+# Once an import outlives BREVO_IMPORT_TIMEOUT_SECONDS it is polled this often: /processes is
+# not in Brevo's limits table (General tier: 100 requests per hour), and at this pace an hour
+# of polling stays under it even after the default first 90 s of polls every 2 s.
+SLOW_POLL_SECONDS = 90.0
 
 _PROCESS_PENDING = frozenset({"queued", "in_process"})
 # A 400 message about the phone: "SMS is already associated ...", "Invalid phone number".
@@ -141,6 +149,25 @@ def brevo_attributes(contact: ContactPayload) -> dict[str, Any]:
         "HAS_GMAIL": contact.has_gmail,
     }
     return {key: value for key, value in attributes.items() if value is not None}
+
+
+def brevo_quota(response: httpx.Response) -> Quota | None:
+    """The `x-sib-ratelimit-*` headers as a `Quota` (a 429 without them: nothing left)."""
+    headers = response.headers
+    remaining = _whole(headers.get("x-sib-ratelimit-remaining"))
+    if remaining is None:
+        if response.status_code != 429:
+            return None
+        remaining = 0
+    reset = seconds_header(headers.get("x-sib-ratelimit-reset"), DEFAULT_RATE_LIMIT_WAIT)
+    return Quota(remaining, reset, _whole(headers.get("x-sib-ratelimit-limit")))
+
+
+def _whole(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _known_id(contact: ContactPayload) -> str:
@@ -205,9 +232,11 @@ class BrevoConnector:
         self._settings = settings
         self._base = settings.api_base_url.rstrip("/")
         self._own_client = client is None
+        self._timeout = request_timeout(settings.timeout_seconds)
         self._client = client if client is not None else make_client()
         self._sleep = sleep
-        self._limiter = RateLimiter(settings.rate_limit_per_second)
+        # Brevo's limits are per second (and per hour); its headers say how much is left.
+        self._limiter = RateLimiter(settings.rate_limit_per_second, window=1.0, vendor="Brevo")
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.import_max_bytes = IMPORT_MAX_BYTES
         self._mapped = MappedOnce(self.contact_body)
@@ -297,9 +326,27 @@ class BrevoConnector:
             headers["content-type"] = "application/json"
             content = orjson.dumps(body)
         response = await self._client.request(
-            method, self._base + path, content=content, headers=headers
+            method, self._base + path, content=content, headers=headers, timeout=self._timeout
         )
         logger.debug("brevo: %s %s -> %d", method, path, response.status_code)
+        return response
+
+    async def _limited(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        """A paced request to `/contacts*`; a 429 whose window frees within a second is sent
+        again once (it was refused, not applied). May raise `RateLimited` before sending."""
+        for attempt in (1, 2):
+            ticket = await self._limiter.acquire()
+            response = await self._request(method, path, body)
+            quota = brevo_quota(response)
+            if quota is not None:
+                self._limiter.observe(ticket, quota)
+            if response.status_code != 429 or attempt == 2:
+                break
+            if self._limiter.wait_for_next() >= INLINE_RETRY_WAIT:
+                break
+            logger.debug("brevo: 429 on %s; the window frees in under a second", path)
         return response
 
     def _message(self, response: httpx.Response) -> tuple[str | None, str]:
@@ -316,10 +363,11 @@ class BrevoConnector:
         """The batch-wide error a status means, or None when the status is about the row."""
         status = response.status_code
         if status == 429:
-            wait = seconds_header(
+            # When the window frees: to a fraction of a second when our own requests fill it.
+            wait = self._limiter.wait_for_next() or seconds_header(
                 response.headers.get("x-sib-ratelimit-reset"), DEFAULT_RATE_LIMIT_WAIT
             )
-            return RateLimited(wait, f"Brevo rate limit reached; retry in {wait:g} s")
+            return RateLimited(wait, f"Brevo rate limit reached; retry in {wait:.2g} s")
         if status in (401, 402, 403):
             code, message = self._message(response)
             what = "refused the API key" if status == 401 else "refused the request"
@@ -349,16 +397,13 @@ class BrevoConnector:
             async with self._in_flight:
                 if push.stopped:
                     return
-                await self._limiter.acquire()
-                if push.stopped:
-                    return
                 push.results[index] = await self._upsert(contact, push)
 
     async def _upsert(self, contact: ContactPayload, push: _Push) -> RowResult | None:
         """One row's result, or None after stopping the push with a batch-wide error."""
         body = self._mapped.take(contact)
         try:
-            response = await self._request("POST", "/contacts", body)
+            response = await self._limited("POST", "/contacts", body)
             if "SMS" in body["attributes"] and self._sms_conflict(response):
                 if push.stopped:
                     return None
@@ -368,8 +413,10 @@ class BrevoConnector:
                     self._message(response)[1],
                 )
                 body["attributes"] = {k: v for k, v in body["attributes"].items() if k != "SMS"}
-                await self._limiter.acquire()
-                response = await self._request("POST", "/contacts", body)
+                response = await self._limited("POST", "/contacts", body)
+        except RateLimited as exc:
+            push.stop(exc)
+            return None
         except httpx.HTTPError as exc:
             if never_sent(exc):
                 push.stop(Transient(f"Brevo unreachable: {self._safe(describe(exc))}"))
@@ -378,8 +425,6 @@ class BrevoConnector:
         error = self._account_error(response)
         if error is not None:
             push.stop(error)
-            if isinstance(error, RateLimited):
-                self._limiter.drain()
             return None
         return self._row_result(response, contact)
 
@@ -471,9 +516,11 @@ class BrevoConnector:
 
     async def _import_chunk(self, contacts: list[ContactPayload], push: _Push) -> bool:
         """True once Brevo has completed importing these contacts."""
-        await self._limiter.acquire()
         try:
-            response = await self._request("POST", "/contacts/import", self.import_body(contacts))
+            response = await self._limited("POST", "/contacts/import", self.import_body(contacts))
+        except RateLimited as exc:
+            push.stop(exc)
+            return False
         except httpx.HTTPError as exc:
             logger.warning(
                 "brevo: import of %d contacts failed (%s); sending them one by one",
@@ -485,8 +532,6 @@ class BrevoConnector:
             error = self._account_error(response)
             assert error is not None
             push.stop(error)
-            if isinstance(error, RateLimited):
-                self._limiter.drain()
             return False
         data = json_body(response)
         process_id = data.get("processId") if isinstance(data, dict) else None
@@ -502,31 +547,51 @@ class BrevoConnector:
         return await self._wait_for_process(str(process_id), len(contacts), push)
 
     async def _wait_for_process(self, process_id: str, count: int, push: _Push) -> bool:
-        poll = self._settings.import_poll_seconds
-        timeout = self._settings.import_timeout_seconds
-        waited = 0.0
-        while waited < timeout:
-            await self._sleep(poll)
-            waited += poll
+        """True once the import completed; False when it failed, vanished or never ended.
+
+        Polled every `import_poll_seconds`; once it has run `import_timeout_seconds`, every
+        `SLOW_POLL_SECONDS` until `import_hard_timeout_seconds`. When Brevo's headers on
+        /processes say its window is used up (or it answers 429), the next poll waits for the
+        window's reset.
+        """
+        settings = self._settings
+        started = time.monotonic()
+        slept = 0.0  # what we slept ourselves (an injected sleep may not move the clock)
+        pause = settings.import_poll_seconds
+        slow = False
+        while (elapsed := max(slept, time.monotonic() - started)) < (
+            settings.import_hard_timeout_seconds
+        ):
+            if elapsed >= settings.import_timeout_seconds and not slow:
+                slow = True
+                logger.warning(
+                    "brevo: import %s of %d contacts still running after %d s; polling it every "
+                    "%d s until it ends (at most %d s in all, BREVO_IMPORT_HARD_TIMEOUT_SECONDS)",
+                    process_id,
+                    count,
+                    math.ceil(elapsed),
+                    SLOW_POLL_SECONDS,
+                    settings.import_hard_timeout_seconds,
+                )
+            pause = max(pause, SLOW_POLL_SECONDS if slow else settings.import_poll_seconds)
+            await self._sleep(pause)
+            slept += pause
+            pause = 0.0
             try:
                 response = await self._request("GET", f"/processes/{process_id}")
             except httpx.HTTPError as exc:
                 logger.info("brevo: polling import %s failed: %s", process_id, describe(exc))
                 continue
+            quota = brevo_quota(response)
+            if quota is not None and quota.remaining <= 0:
+                pause = quota.reset_after or DEFAULT_RATE_LIMIT_WAIT
             status = response.status_code
-            if status == 429:
-                pause = seconds_header(
-                    response.headers.get("x-sib-ratelimit-reset"), DEFAULT_RATE_LIMIT_WAIT
-                )
-                await self._sleep(pause)
-                waited += pause
-                continue
             if status in (401, 402, 403):
                 error = self._account_error(response)
                 assert error is not None
                 push.stop(error)
                 return False
-            if status == 408 or status >= 500:
+            if status == 429 or status == 408 or status >= 500:
                 continue
             data = json_body(response)
             state = data.get("status") if isinstance(data, dict) else None
@@ -547,9 +612,10 @@ class BrevoConnector:
             )
             return False
         logger.warning(
-            "brevo: import %s not completed after %d s; sending its %d contacts one by one",
+            "brevo: import %s not completed after %d s (BREVO_IMPORT_HARD_TIMEOUT_SECONDS); "
+            "sending its %d contacts one by one",
             process_id,
-            math.ceil(waited),
+            math.ceil(max(slept, time.monotonic() - started)),
             count,
         )
         return False

@@ -49,12 +49,13 @@ from crmsync.connectors.base import (
     RowResult,
     Transient,
     make_client,
+    request_timeout,
     stable_hash,
     truncate,
 )
 from crmsync.connectors.httputil import body_text, describe, json_body, redact, seconds_header
 from crmsync.connectors.mapping import clean_phone, split_name
-from crmsync.connectors.ratelimit import RateLimiter
+from crmsync.connectors.ratelimit import Quota, RateLimiter
 from crmsync.connectors.upsert import (
     CUSTOM_FIELDS,
     Budget,
@@ -69,8 +70,6 @@ from crmsync.settings import HubSpotSettings
 
 logger = logging.getLogger(__name__)
 
-WINDOW_HEADROOM = 0.97
-
 UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
 PROPERTIES_PATH = "/crm/v3/properties/contacts"
 MAX_INPUTS = 100
@@ -79,6 +78,8 @@ MAX_INPUTS = 100
 SPLIT_BUDGET = 32
 # The rolling window HubSpot counts requests in, when its header does not say.
 DEFAULT_WINDOW_SECONDS = 10.0
+# A request refused 429 is sent again at once when the window frees in less than this.
+INLINE_RETRY_WAIT = 0.5
 # The daily limit resets at midnight in the account's time zone, which we cannot know: wait until
 # the next midnight UTC but look again at least this often, so a reset at another hour is not
 # missed by a whole day.
@@ -125,9 +126,12 @@ class HubSpotConnector:
         self._owns_client = client is None
         self._client = client if client is not None else make_client()
         self._clock = clock
-        # HubSpot counts requests over a rolling 10 s window: an exact 10/s pace would put 100
-        # or 101 requests in some window. A pace 3% under the limit never fills it.
-        self._limiter = RateLimiter(settings.rate_limit_per_second * WINDOW_HEADROOM)
+        self._timeout = request_timeout(settings.timeout_seconds)
+        # HubSpot counts requests over a rolling 10 s window (its headers say the length):
+        # paced 3% under the limit, with its X-HubSpot-RateLimit-* headers heeded.
+        self._limiter = RateLimiter(
+            settings.rate_limit_per_second, window=DEFAULT_WINDOW_SECONDS, vendor="HubSpot"
+        )
         self._mapped = MappedOnce(self.payload)
 
     def payload(self, contact: ContactPayload) -> dict[str, Any]:
@@ -172,11 +176,20 @@ class HubSpotConnector:
     # --- one request -------------------------------------------------------------------------
 
     async def _upsert(
-        self, run: PushRun, inputs: dict[str, dict[str, Any]], keys: list[str], budget: Budget
+        self,
+        run: PushRun,
+        inputs: dict[str, dict[str, Any]],
+        keys: list[str],
+        budget: Budget,
+        *,
+        refused: bool = False,
     ) -> None:
-        """Send `keys`' inputs in one request and record a result for each (or raise)."""
+        """Send `keys`' inputs in one request and record a result for each (or raise).
+
+        `refused`: this is the one re-send of a request refused 429 (see `_window_429`).
+        """
         run.check()
-        await self._limiter.acquire()
+        ticket = await self._limiter.acquire()
         run.check()
         started = time.monotonic()
         try:
@@ -184,6 +197,7 @@ class HubSpotConnector:
                 self._base + UPSERT_PATH,
                 content=orjson.dumps({"inputs": [inputs[key] for key in keys]}),
                 headers=_headers(self._token),
+                timeout=self._timeout,
             )
         except httpx.UnsupportedProtocol as exc:
             raise Misconfigured(f"HUBSPOT_API_BASE_URL is not an http(s) URL: {exc}") from None
@@ -192,6 +206,9 @@ class HubSpotConnector:
             logger.warning("%s (%d contacts will be retried)", reason, len(keys))
             run.set(keys, Retry(reason))
             return
+        quota = hubspot_quota(response)
+        if quota is not None:
+            self._limiter.observe(ticket, quota)
         status = response.status_code
         logger.debug(
             "HubSpot batch upsert of %d contacts: HTTP %d in %.2f s",
@@ -202,6 +219,9 @@ class HubSpotConnector:
         if status in (200, 201, 207):
             self._read_results(run, keys, response)
         elif status == 429:
+            if not refused and self._window_429(response):
+                await self._upsert(run, inputs, keys, budget, refused=True)
+                return
             raise self._rate_limited(response)
         elif status == 401:
             raise AuthFailed(
@@ -336,11 +356,21 @@ class HubSpotConnector:
 
     # --- messages ----------------------------------------------------------------------------
 
+    def _window_429(self, response: httpx.Response) -> bool:
+        """Whether a 429 is the short window's and it frees within a second: send again then
+        (the request was refused, not applied), instead of pausing the CRM."""
+        headers = response.headers
+        if (
+            _policy(response) == "DAILY"
+            or headers.get("X-HubSpot-RateLimit-Daily-Remaining", "").strip() == "0"
+            or headers.get("Retry-After") is not None
+        ):
+            return False
+        return self._limiter.wait_for_next() < INLINE_RETRY_WAIT
+
     def _rate_limited(self, response: httpx.Response) -> RateLimited:
-        """A 429 as `RateLimited`: wait for the 10-second window, or for the daily reset."""
-        self._limiter.drain()
-        body = json_body(response)
-        policy = str(body.get("policyName") or "").upper() if isinstance(body, dict) else ""
+        """A 429 as `RateLimited`: wait for the short window to free, or for the daily reset."""
+        policy = _policy(response)
         headers = response.headers
         now = datetime.fromtimestamp(self._clock(), UTC)
         retry_after = headers.get("Retry-After")
@@ -355,10 +385,11 @@ class HubSpotConnector:
                 "not know, so it looks at least hourly until midnight UTC)"
             )
         else:
+            # When our own requests fill the window, its oldest leaves it in a fraction of it.
             window = _window_seconds(headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"))
-            wait = seconds_header(retry_after, window, now)
+            wait = seconds_header(retry_after, self._limiter.wait_for_next() or window, now)
             message = (
-                f"HubSpot rate limit reached ({policy or 'rolling window'}); waiting {wait:g} s"
+                f"HubSpot rate limit reached ({policy or 'rolling window'}); waiting {wait:.2g} s"
             )
         logger.warning(message)
         return RateLimited(wait, message)
@@ -498,6 +529,29 @@ def _headers(token: str | None) -> dict[str, str]:
         "Content-Type": "application/json",
         "Accept": "application/json",
     }
+
+
+def hubspot_quota(response: httpx.Response) -> Quota | None:
+    """The short window's `X-HubSpot-RateLimit-*` headers as a `Quota` (HubSpot says no reset)."""
+    headers = response.headers
+    try:
+        remaining = int(headers["X-HubSpot-RateLimit-Remaining"])
+    except (KeyError, ValueError):
+        if response.status_code != 429 or _policy(response) == "DAILY":
+            return None
+        remaining = 0
+    try:
+        limit: int | None = int(headers.get("X-HubSpot-RateLimit-Max", ""))
+    except ValueError:
+        limit = None
+    window = _window_seconds(headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"))
+    return Quota(remaining, None, limit, window)
+
+
+def _policy(response: httpx.Response) -> str:
+    """The `policyName` of a 429 (DAILY, TEN_SECONDLY_ROLLING, ...), upper case, or ""."""
+    body = json_body(response)
+    return str(body.get("policyName") or "").upper() if isinstance(body, dict) else ""
 
 
 def _window_seconds(milliseconds: str | None) -> float:

@@ -49,12 +49,13 @@ from crmsync.connectors.base import (
     RowResult,
     Transient,
     make_client,
+    request_timeout,
     stable_hash,
     truncate,
 )
 from crmsync.connectors.httputil import body_text, describe, json_body, redact, seconds_header
 from crmsync.connectors.mapping import clean_phone, split_name
-from crmsync.connectors.ratelimit import RateLimiter
+from crmsync.connectors.ratelimit import Quota, RateLimiter
 from crmsync.connectors.upsert import (
     CUSTOM_FIELDS,
     Budget,
@@ -116,7 +117,10 @@ class MauticConnector:
         self._owns_client = client is None
         self._client = client if client is not None else make_client()
         self._clock = clock
-        self._limiter = RateLimiter(settings.rate_limit_per_second)
+        self._timeout = request_timeout(settings.timeout_seconds)
+        # Mautic's limiter (off by default) counts per hour; its X-RateLimit-* headers say what
+        # is left and when the hour ends, so a push stops at the limit instead of at a 429.
+        self._limiter = RateLimiter(settings.rate_limit_per_second, vendor="Mautic")
         self._mapped = MappedOnce(self.payload)
         password = settings.password.get_secret_value() if settings.password else None
         secret = settings.client_secret.get_secret_value() if settings.client_secret else None
@@ -185,7 +189,7 @@ class MauticConnector:
     ) -> None:
         """Send `keys`' contacts in one request and record a result for each (or raise)."""
         run.check()
-        await self._limiter.acquire()
+        ticket = await self._limiter.acquire()
         run.check()
         try:
             authorization = await self._authorization()
@@ -203,6 +207,7 @@ class MauticConnector:
                     "Content-Type": "application/json",
                     "Accept": "application/json",
                 },
+                timeout=self._timeout,
             )
         except httpx.UnsupportedProtocol as exc:
             raise Misconfigured(f"MAUTIC_BASE_URL is not an http(s) URL: {exc}") from None
@@ -211,6 +216,9 @@ class MauticConnector:
             logger.warning("%s (%d contacts will be retried)", reason, len(keys))
             run.set(keys, Retry(reason))
             return
+        quota = self._quota(response)
+        if quota is not None:
+            self._limiter.observe(ticket, quota)
         status = response.status_code
         logger.debug(
             "Mautic batch of %d contacts: HTTP %d in %.2f s",
@@ -337,23 +345,39 @@ class MauticConnector:
             )
         return f"Mautic refused the request ({label}): {message.rstrip('.')}. {fix}."
 
-    def _rate_limited(self, response: httpx.Response, message: str) -> RateLimited:
-        self._limiter.drain()
+    def _quota(self, response: httpx.Response) -> Quota | None:
+        """noxlogic's `X-RateLimit-*` headers as a `Quota` (a 429 without them: none left)."""
+        headers = response.headers
+        try:
+            remaining = int(headers["X-RateLimit-Remaining"])
+        except (KeyError, ValueError):
+            if response.status_code != 429:
+                return None
+            remaining = 0
+        try:
+            limit: int | None = int(headers.get("X-RateLimit-Limit", ""))
+        except ValueError:
+            limit = None
+        return Quota(remaining, self._reset_seconds(response), limit)
+
+    def _reset_seconds(self, response: httpx.Response) -> float | None:
+        """Seconds until the window ends: `Retry-After`, else `X-RateLimit-Reset` (a Unix time
+        or a number of seconds); None when neither says."""
         now = self._clock()
         headers = response.headers
-        wait = DEFAULT_RATE_LIMIT_WAIT
         if headers.get("Retry-After") is not None:
-            wait = seconds_header(
+            return seconds_header(
                 headers["Retry-After"], DEFAULT_RATE_LIMIT_WAIT, datetime.fromtimestamp(now, UTC)
             )
-        else:
-            try:
-                reset = float(headers.get("X-RateLimit-Reset", ""))
-            except ValueError:
-                reset = 0.0
-            seconds = reset - now if reset > _EPOCH_THRESHOLD else reset
-            if seconds > 0:
-                wait = seconds
+        try:
+            reset = float(headers.get("X-RateLimit-Reset", ""))
+        except ValueError:
+            return None
+        seconds = reset - now if reset > _EPOCH_THRESHOLD else reset
+        return seconds if seconds > 0 else None
+
+    def _rate_limited(self, response: httpx.Response, message: str) -> RateLimited:
+        wait = self._reset_seconds(response) or DEFAULT_RATE_LIMIT_WAIT
         text = f"Mautic rate limit reached ({message}); waiting {wait:g} s"
         logger.warning(text)
         return RateLimited(wait, text)

@@ -58,6 +58,7 @@ from crmsync.connectors.base import (
     RowResult,
     Transient,
     make_client,
+    request_timeout,
     stable_hash,
 )
 from crmsync.connectors.httputil import (
@@ -148,6 +149,7 @@ class N8nConnector:
         self.max_batch = settings.batch_size
         self._single = settings.batch_size == 1
         self._own_client = client is None
+        self._timeout = request_timeout(settings.timeout_seconds)
         self._client = client if client is not None else make_client()
         # Accepted so every connector is built the same way; an n8n push never waits.
         self._sleep = sleep
@@ -229,7 +231,10 @@ class N8nConnector:
         headers = {**auth, "Idempotency-Key": key, "content-type": "application/json"}
         try:
             response = await self._client.post(
-                url, content=orjson.dumps(self.request_body(part)), headers=headers
+                url,
+                content=orjson.dumps(self.request_body(part)),
+                headers=headers,
+                timeout=self._timeout,
             )
         except httpx.HTTPError as exc:
             if never_sent(exc):
