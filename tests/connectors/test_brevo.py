@@ -505,12 +505,13 @@ async def test_pushes_share_one_rate_limiter() -> None:
     vendor = Vendor(lambda r: httpx.Response(204))
     conn, _ = connector(vendor, rate_limit_per_second=50)
     started = time.monotonic()
-    # An even pace of 50 per second, no burst: 30 requests take ~0.58 s across both pushes.
+    # 97% of 50 per second, a quarter of a second's 50 let through at once: 30 requests take
+    # ~0.36 s across both pushes (0.05 s each if each push had a limiter of its own).
     await asyncio.gather(
         conn.push([contact(n) for n in range(15)]),
         conn.push([contact(n) for n in range(15, 30)]),
     )
-    assert time.monotonic() - started >= 0.4
+    assert time.monotonic() - started >= 0.3
     assert len(vendor.requests) == 30
 
 

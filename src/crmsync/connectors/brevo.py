@@ -338,10 +338,12 @@ class BrevoConnector:
         again once (it was refused, not applied). May raise `RateLimited` before sending."""
         for attempt in (1, 2):
             ticket = await self._limiter.acquire()
-            response = await self._request(method, path, body)
-            quota = brevo_quota(response)
-            if quota is not None:
-                self._limiter.observe(ticket, quota)
+            try:
+                response = await self._request(method, path, body)
+            except BaseException:
+                self._limiter.observe(ticket, None)  # no answer: no longer in flight
+                raise
+            self._limiter.observe(ticket, brevo_quota(response))
             if response.status_code != 429 or attempt == 2:
                 break
             if self._limiter.wait_for_next() >= INLINE_RETRY_WAIT:

@@ -199,16 +199,13 @@ class HubSpotConnector:
                 headers=_headers(self._token),
                 timeout=self._timeout,
             )
-        except httpx.UnsupportedProtocol as exc:
-            raise Misconfigured(f"HUBSPOT_API_BASE_URL is not an http(s) URL: {exc}") from None
-        except httpx.HTTPError as exc:
-            reason = self._redact(f"HubSpot request failed: {describe(exc)}")
-            logger.warning("%s (%d contacts will be retried)", reason, len(keys))
-            run.set(keys, Retry(reason))
+        except BaseException as exc:
+            self._limiter.observe(ticket, None)  # no answer: no longer in flight
+            if not isinstance(exc, httpx.HTTPError):
+                raise
+            self._transport_error(run, keys, exc)
             return
-        quota = hubspot_quota(response)
-        if quota is not None:
-            self._limiter.observe(ticket, quota)
+        self._limiter.observe(ticket, hubspot_quota(response))
         status = response.status_code
         logger.debug(
             "HubSpot batch upsert of %d contacts: HTTP %d in %.2f s",
@@ -250,6 +247,13 @@ class HubSpotConnector:
             run.set(keys, Fail(f"HubSpot refused the batch ({status}): {message}", status))
         else:
             run.set(keys, Retry(f"HubSpot answered an unexpected {status}", status))
+
+    def _transport_error(self, run: PushRun, keys: list[str], exc: httpx.HTTPError) -> None:
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            raise Misconfigured(f"HUBSPOT_API_BASE_URL is not an http(s) URL: {exc}") from None
+        reason = self._redact(f"HubSpot request failed: {describe(exc)}")
+        logger.warning("%s (%d contacts will be retried)", reason, len(keys))
+        run.set(keys, Retry(reason))
 
     def _read_results(self, run: PushRun, keys: list[str], response: httpx.Response) -> None:
         """Match a 200 / 207 answer's results and errors to the request's rows by email."""

@@ -193,7 +193,10 @@ class MauticConnector:
         run.check()
         try:
             authorization = await self._authorization()
-        except Transient as exc:
+        except BaseException as exc:
+            self._limiter.observe(ticket, None)  # never sent
+            if not isinstance(exc, Transient):
+                raise
             logger.warning("%s (%d contacts will be retried)", exc.message, len(keys))
             run.set(keys, Retry(exc.message, exc.http_status))
             return
@@ -209,16 +212,17 @@ class MauticConnector:
                 },
                 timeout=self._timeout,
             )
-        except httpx.UnsupportedProtocol as exc:
-            raise Misconfigured(f"MAUTIC_BASE_URL is not an http(s) URL: {exc}") from None
-        except httpx.HTTPError as exc:
+        except BaseException as exc:
+            self._limiter.observe(ticket, None)  # no answer: no longer in flight
+            if isinstance(exc, httpx.UnsupportedProtocol):
+                raise Misconfigured(f"MAUTIC_BASE_URL is not an http(s) URL: {exc}") from None
+            if not isinstance(exc, httpx.HTTPError):
+                raise
             reason = self._redact(f"Mautic request failed: {describe(exc)}")
             logger.warning("%s (%d contacts will be retried)", reason, len(keys))
             run.set(keys, Retry(reason))
             return
-        quota = self._quota(response)
-        if quota is not None:
-            self._limiter.observe(ticket, quota)
+        self._limiter.observe(ticket, self._quota(response))
         status = response.status_code
         logger.debug(
             "Mautic batch of %d contacts: HTTP %d in %.2f s",

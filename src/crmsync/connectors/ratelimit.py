@@ -23,9 +23,10 @@ A `RateLimiter` combines two things:
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,8 +36,10 @@ from crmsync.connectors.base import RateLimited
 HEADROOM = 0.97
 # A longer wait for the vendor's window is a pause of the CRM (`RateLimited`), not a sleep.
 MAX_WAIT_SECONDS = 5.0
-# Send times kept to tell when our own oldest request leaves a vendor's window.
+# Requests kept to tell when our own oldest one leaves a vendor's window.
 SEND_LOG_SIZE = 1000
+# Requests that came late may catch up on this share of the window's limit (see `_go_at`).
+CATCH_UP_SHARE = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +88,18 @@ class RateLimiter:
         # float token count could settle just below 1 and make the wait loop spin on sleeps too
         # short to move the clock.
         self._next_at = clock()
-        # Tickets handed out, and the send times of the last SEND_LOG_SIZE of them.
+        # Tickets handed out; the send times of those not answered yet; and, sorted, when the
+        # vendor counted each answered one (estimated) while that may still be in its window.
         self._sent = 0
-        self._sends: deque[float] = deque(maxlen=SEND_LOG_SIZE)
-        # The newest answer's word: its ticket, requests left then, and when a slot frees.
-        self._seen = 0
-        self._remaining: int | None = None
+        self._unanswered: dict[int, float] = {}
+        self._counted: list[float] = []
+        # What the answers said: requests left in the vendor's window (see `observe`), and when
+        # it next frees a slot. None when no answer said (or it no longer holds).
+        self._left: int | None = None
         self._free_at = 0.0
         self._limit: int | None = None
+        # Set by the next answer, for requests waiting on what it will say.
+        self._answer: asyncio.Event | None = None
 
     @property
     def enabled(self) -> bool:
@@ -112,25 +119,67 @@ class RateLimiter:
             self._next_at = max(self._next_at, now) + 1.0 / self.pace
             if go_at > now:
                 await asyncio.sleep(go_at - now)
-        while (wait := self._quota_wait(self._clock())) > 0:
-            if wait > self.max_wait:
+        while True:
+            now = self._clock()
+            if (wait := self._log_wait(now)) > 0:
+                if self._counted:
+                    await asyncio.sleep(wait)
+                else:
+                    await self._next_answer(wait)  # all in flight: the next answer tells
+                continue
+            if (wait := self._quota_wait(now)) <= 0:
+                break
+            if self._unanswered:
+                # Answers still to come may show room (they were counted already): look again
+                # at each answer rather than decide on a count that is out of date.
+                await self._next_answer(min(wait, self.max_wait))
+            elif wait > self.max_wait:
                 raise RateLimited(wait, self._exhausted_message(wait))
-            await asyncio.sleep(wait)
+            else:
+                await asyncio.sleep(wait)
         self._sent += 1
-        self._sends.append(self._clock())
+        self._unanswered[self._sent] = self._clock()
         return self._sent
 
-    def observe(self, ticket: int, quota: Quota) -> None:
-        """The vendor's rate headers from the answer to request `ticket`."""
-        if ticket < self._seen:
-            return  # an answer overtaken by a newer one
+    def observe(self, ticket: int, quota: Quota | None) -> None:
+        """The answer to request `ticket` came, with these rate headers (None: without any, or
+        no answer at all). Every ticket must be observed once: requests in flight count.
+
+        Within a window the vendor's `remaining` only falls, so the lowest one heard is its
+        latest count, even when answers arrive out of order; a higher one is believed once
+        the window has freed a slot since (a new fixed window, or a rolling one moving on).
+        What is left for us is that count less our requests still unanswered, as any of them
+        may be counted after it.
+        """
         now = self._clock()
+        sent_at = self._unanswered.pop(ticket, None)
+        if sent_at is not None:
+            # The vendor counted it between sending and answering: about half-way, for any
+            # steady latency; the headroom covers that latency's jitter.
+            bisect.insort(self._counted, (sent_at + now) / 2)
+            if len(self._counted) > SEND_LOG_SIZE:
+                del self._counted[0]
+        if self._answer is not None:
+            self._answer.set()
+            self._answer = None
+        if quota is None:
+            return
         if quota.window is not None and quota.window > 0:
             self.window = quota.window
-        self._seen = ticket
-        self._remaining = max(0, quota.remaining)
-        self._limit = quota.limit
-        self._free_at = self._slot_frees_at(ticket, quota, now)
+        remaining = max(0, quota.remaining)
+        free_at = self._slot_frees_at(quota, now)
+        if self._left is None or remaining < self._left or now >= self._free_at:
+            self._left, self._limit, self._free_at = remaining, quota.limit, free_at
+        elif remaining == self._left:
+            # Two answers with the same count: the later freeing holds.
+            self._free_at = max(self._free_at, free_at)
+
+    async def _next_answer(self, seconds: float) -> None:
+        """Wait for the next answer, or `seconds`."""
+        if self._answer is None:
+            self._answer = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._answer.wait(), seconds)
 
     def wait_for_next(self) -> float:
         """Seconds the next request would wait now (0 when it may go at once)."""
@@ -139,27 +188,56 @@ class RateLimiter:
         return max(pace, self._quota_wait(now))
 
     def _go_at(self, now: float) -> float:
-        """When a request made at `now` may go: up to `burst` go ahead of the steady pace."""
-        return max(self._next_at, now) - (self.burst - 1.0) / self.pace
+        """When a request made at `now` may go: up to `burst` go ahead of the steady pace.
+
+        When the window's length is known, requests that came late (a busy moment on our side)
+        may catch up on a quarter of the window's limit; the send log (`_log_wait`) still keeps
+        any `window / headroom` seconds to the limit, so a catch-up never overfills a window.
+        """
+        burst = self.burst
+        if (limit := self._window_limit()) is not None:
+            burst = max(burst, limit * CATCH_UP_SHARE)
+        return max(self._next_at, now) - (burst - 1.0) / self.pace
+
+    def _window_limit(self) -> int | None:
+        """Requests the vendor's short window takes, from the configured rate and its length."""
+        if not self.enabled or not self.window:
+            return None
+        return max(1, math.floor(self.rate * self.window + 1e-9))
+
+    def _log_wait(self, now: float) -> float:
+        """Seconds until fewer than the window's limit of our requests may be in the vendor's
+        window: those in flight, and those it counted in the last `window / headroom` seconds.
+        """
+        limit = self._window_limit()
+        if limit is None or self.window is None:
+            return 0.0
+        span = self.window / self.headroom
+        counted = self._counted
+        while counted and counted[0] <= now - span:
+            del counted[0]
+        if len(self._unanswered) + len(counted) < limit:
+            return 0.0
+        return counted[0] + span - now if counted else span
 
     def _quota_wait(self, now: float) -> float:
         """Seconds until the vendor's window has room for one more request of ours."""
-        if self._remaining is None:
+        if self._left is None:
             return 0.0
-        if self._remaining - (self._sent - self._seen) > 0:
+        if self._left - len(self._unanswered) > 0:
             return 0.0
         if now >= self._free_at:
             # A slot has freed since; how many the vendor tells with its next answer.
-            self._remaining = None
+            self._left = None
             return 0.0
         return self._free_at - now
 
-    def _slot_frees_at(self, ticket: int, quota: Quota, now: float) -> float:
+    def _slot_frees_at(self, quota: Quota, now: float) -> float:
         """When the vendor's window next frees a slot once it is full, as well as we can tell."""
         candidates = []
         if quota.reset_after is not None:
             candidates.append(now + max(0.0, quota.reset_after))
-        own = self._own_slot_frees_at(ticket, quota)
+        own = self._own_slot_frees_at(quota)
         if own is not None:
             candidates.append(own)
         if candidates:
@@ -167,24 +245,24 @@ class RateLimiter:
         # Nothing says when: a whole window has surely freed a slot.
         return now + (self.window or 1.0)
 
-    def _own_slot_frees_at(self, ticket: int, quota: Quota) -> float | None:
+    def _own_slot_frees_at(self, quota: Quota) -> float | None:
         """When the oldest of our requests the vendor counted leaves its window.
 
-        The window holds `limit - remaining` requests, the last of them `ticket`. If we sent all
-        of them, the oldest one leaves a rolling window a window after we sent it (plus the
-        headroom, for the jitter of its arrival); a fixed window has ended by then too, as it
-        began before that request. Unknown without the window's length and limit, or when the
-        vendor's reset is further away than that window (its headers speak of a longer one).
+        The window holds `limit - remaining` requests. If ours explain them (those answered
+        within the window, and those in flight), the oldest answered one leaves a rolling window
+        a window after it was counted (plus the headroom, for jitter); a fixed window has ended
+        by then too, as it began before that request. Unknown without the window's length and
+        limit, or when the vendor's reset is further away than that window (its headers speak
+        of a longer one, like Brevo's hour).
         """
         if not self.window or not quota.limit:
             return None
         if quota.reset_after is not None and quota.reset_after > self.window + 1:
-            return None  # the headers speak of a longer window (Brevo's hour)
-        oldest = ticket - (quota.limit - quota.remaining) + 1
-        first_logged = self._sent - len(self._sends) + 1
-        if oldest < first_logged or oldest > ticket:
             return None
-        return self._sends[oldest - first_logged] + self.window / self.headroom
+        answered = quota.limit - max(0, quota.remaining) - len(self._unanswered)
+        if not 0 < answered <= len(self._counted):
+            return None
+        return self._counted[-answered] + self.window / self.headroom
 
     def _exhausted_message(self, wait: float) -> str:
         limit = f" of {self._limit}" if self._limit else ""
