@@ -258,7 +258,12 @@ async def test_sms_conflict_is_retried_once_without_sms(conflict: httpx.Response
     vendor = Vendor(lambda r: next(answers))
     conn, _ = connector(vendor)
 
-    assert await conn.push([contact(1)]) == [Ok("9", 201)]
+    [result] = await conn.push([contact(1)])
+    assert (result.external_id, result.http_status) == ("9", 201)
+    # The dropped phone is said, for the contact's sync history.
+    assert result.note is not None
+    assert result.note.startswith("Brevo would not take the phone +33142680001 (")
+    assert result.note.endswith("); saved without it")
 
     first, second = (body(r) for r in vendor.requests)
     assert first["attributes"]["SMS"] == "+33142680001"

@@ -396,24 +396,24 @@ async def test_missing_property_in_a_207_fails_the_rows_it_concerns() -> None:
 
 async def test_a_400_naming_a_row_fails_it_and_resends_the_others() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
-        if "bad@@example.com" in emails(request):
-            return hubspot_error(400, "Email address bad@@example.com is invalid.")
+        if "bad@example.con" in emails(request):
+            return hubspot_error(400, "Email address bad@example.con is invalid.")
         return upserted(request)
 
     vendor = Vendor(answer)
-    batch = [contact(1), contact(2, email="bad@@example.com"), contact(3)]
+    batch = [contact(1), contact(2, email="bad@example.con"), contact(3)]
 
     results = await connector(vendor).push(batch)
 
     assert [emails(r) for r in vendor.requests] == [
-        ["person1@example.com", "bad@@example.com", "person3@example.com"],
+        ["person1@example.com", "bad@example.con", "person3@example.com"],
         ["person1@example.com", "person3@example.com"],
     ]
     assert results == [
         Ok("1000", 200),
         Fail(
             "HubSpot refused the contact (400): VALIDATION_ERROR: "
-            "Email address bad@@example.com is invalid.",
+            "Email address bad@example.con is invalid.",
             400,
         ),
         Ok("1001", 200),

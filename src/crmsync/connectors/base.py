@@ -58,10 +58,15 @@ class ContactPayload:
 
 @dataclass(frozen=True, slots=True)
 class Ok:
-    """The vendor holds the contact; `external_id` is its id there (or our delivery id)."""
+    """The vendor holds the contact; `external_id` is its id there (or our delivery id).
+
+    `note` says what was left out to get there (a phone the vendor would not take): it goes
+    into the contact's sync history, so nothing is dropped silently.
+    """
 
     external_id: str | None
     http_status: int | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

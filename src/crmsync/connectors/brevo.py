@@ -34,7 +34,10 @@ Errors of a single upsert:
 - 400 → `Fail(Brevo's message)`; a 400 `duplicate_parameter` / `invalid_parameter` about the
   phone (`SMS` in `metadata.duplicate_identifiers`, or a message naming `SMS` or a phone) is
   retried once at once without `SMS` (the phone belongs to another contact or Brevo will not take
-  it; the contact itself is fine, and a phone is optional), and the second answer counts.
+  it; the contact itself is fine, and a phone is optional), and the second answer counts; an
+  `Ok` then carries a note, recorded in the contact's sync history, that the phone was dropped.
+- Phones without a country code are read as numbers of `CRMSYNC_DEFAULT_PHONE_REGION` when set;
+  otherwise they are left out (Brevo refuses an SMS value without one).
 - 401 → `AuthFailed`. 402/403 (`not_enough_credits`, `account_under_validation`,
   `permission_denied`, IP not authorised) → `AuthFailed` too, with Brevo's message: no row is at
   fault, a person has to act on the account, and until then a `Fail` would wrongly end good rows
@@ -80,6 +83,7 @@ from crmsync.connectors.base import (
     make_client,
     request_timeout,
     stable_hash,
+    truncate,
 )
 from crmsync.connectors.httputil import (
     body_text,
@@ -89,7 +93,12 @@ from crmsync.connectors.httputil import (
     redact,
     seconds_header,
 )
-from crmsync.connectors.mapping import international_phone, is_placeholder, split_name
+from crmsync.connectors.mapping import (
+    international_phone,
+    is_placeholder,
+    plain_email,
+    split_name,
+)
 from crmsync.connectors.ratelimit import Quota, RateLimiter
 from crmsync.enums import Crm
 from crmsync.settings import BrevoSettings
@@ -115,32 +124,24 @@ SLOW_POLL_SECONDS = 90.0
 _PROCESS_PENDING = frozenset({"queued", "in_process"})
 # A 400 message about the phone: "SMS is already associated ...", "Invalid phone number".
 _ABOUT_PHONE = re.compile(r"\bSMS\b|(?i:phone)")
-_EMAIL = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
-)
 
 
 def importable_email(email: str) -> bool:
     """True for a plain ASCII address Brevo will surely accept; anything odd goes one by one."""
-    local, _, domain = email.rpartition("@")
-    return (
-        len(email) <= 254
-        and 0 < len(local) <= 64
-        and len(domain) <= 253
-        and _EMAIL.fullmatch(email) is not None
-    )
+    return plain_email(email)
 
 
-def brevo_attributes(contact: ContactPayload) -> dict[str, Any]:
-    """Work order 2.2 attributes; a missing or placeholder value is left out, never sent."""
+def brevo_attributes(contact: ContactPayload, region: str | None = None) -> dict[str, Any]:
+    """Work order 2.2 attributes; a missing or placeholder value is left out, never sent.
+
+    `region` reads phones without a country code (CRMSYNC_DEFAULT_PHONE_REGION)."""
     first, last = split_name(contact.name)
     source_url = None if is_placeholder(contact.source_url) else contact.source_url
     email_type = str(contact.email_type).strip() if contact.email_type is not None else None
     attributes: dict[str, Any] = {
         "FIRSTNAME": first,
         "LASTNAME": last,
-        "SMS": international_phone(contact.phone_number),
+        "SMS": international_phone(contact.phone_number, region),
         "DOMAIN_ID": str(contact.domain_id) if contact.domain_id else None,
         "PAGE_ID": str(contact.page_id) if contact.page_id else None,
         # A value of the closed EmailType vocabulary (UNKNOWN included): not scraped text.
@@ -230,6 +231,7 @@ class BrevoConnector:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._settings = settings
+        self._region = settings.default_phone_region
         self._base = settings.api_base_url.rstrip("/")
         self._own_client = client is None
         self._timeout = request_timeout(settings.timeout_seconds)
@@ -250,7 +252,7 @@ class BrevoConnector:
         """The exact `POST /contacts` body for this contact."""
         body: dict[str, Any] = {
             "email": contact.email.strip(),
-            "attributes": brevo_attributes(contact),
+            "attributes": brevo_attributes(contact, self._region),
         }
         if list_ids := self._list_ids():
             body["listIds"] = list_ids
@@ -267,9 +269,9 @@ class BrevoConnector:
             "disableNotification": True,
         }
 
-    @staticmethod
-    def _import_item(contact: ContactPayload) -> dict[str, Any]:
-        return {"email": contact.email.strip(), "attributes": brevo_attributes(contact)}
+    def _import_item(self, contact: ContactPayload) -> dict[str, Any]:
+        attributes = brevo_attributes(contact, self._region)
+        return {"email": contact.email.strip(), "attributes": attributes}
 
     def fingerprint(self, contact: ContactPayload) -> str:
         # The import sends the same email, attributes and list: one fingerprint fits both paths.
@@ -404,16 +406,17 @@ class BrevoConnector:
     async def _upsert(self, contact: ContactPayload, push: _Push) -> RowResult | None:
         """One row's result, or None after stopping the push with a batch-wide error."""
         body = self._mapped.take(contact)
+        dropped: str | None = None  # why the phone was left out, for the sync history
         try:
             response = await self._limited("POST", "/contacts", body)
             if "SMS" in body["attributes"] and self._sms_conflict(response):
                 if push.stopped:
                     return None
-                logger.debug(
-                    "brevo: contact %s: Brevo refused its phone (%s); upserting it without SMS",
-                    contact.contact_id,
-                    self._message(response)[1],
+                dropped = (
+                    f"Brevo would not take the phone {body['attributes']['SMS']} "
+                    f"({self._message(response)[1]}); saved without it"
                 )
+                logger.debug("brevo: contact %s: %s", contact.contact_id, dropped)
                 body["attributes"] = {k: v for k, v in body["attributes"].items() if k != "SMS"}
                 response = await self._limited("POST", "/contacts", body)
         except RateLimited as exc:
@@ -428,7 +431,10 @@ class BrevoConnector:
         if error is not None:
             push.stop(error)
             return None
-        return self._row_result(response, contact)
+        result = self._row_result(response, contact)
+        if dropped is not None and isinstance(result, Ok):
+            return Ok(result.external_id, result.http_status, truncate(dropped))
+        return result
 
     def _sms_conflict(self, response: httpx.Response) -> bool:
         """A 400 about the SMS attribute (already on another contact, or refused as a value)."""
@@ -476,7 +482,7 @@ class BrevoConnector:
         seen_phones: set[str] = set()
         for index, contact in rows:
             email = contact.email.strip()
-            phone = international_phone(contact.phone_number)
+            phone = international_phone(contact.phone_number, self._region)
             if (
                 importable_email(email)
                 and email.lower() not in seen_emails

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import email_validator
 import httpx
 import orjson
 
@@ -54,7 +55,7 @@ from crmsync.connectors.base import (
     truncate,
 )
 from crmsync.connectors.httputil import body_text, describe, json_body, redact, seconds_header
-from crmsync.connectors.mapping import clean_phone, split_name
+from crmsync.connectors.mapping import clean_phone, plain_email, split_name
 from crmsync.connectors.ratelimit import Quota, RateLimiter
 from crmsync.connectors.upsert import (
     CUSTOM_FIELDS,
@@ -94,6 +95,25 @@ _RETRY_CATEGORIES = frozenset({"RATE_LIMITS", "RATE_LIMIT", "LOCKED", "INTERNAL_
 # `Property "x" does not exist`, however many times the quotes were JSON-escaped.
 _PROPERTY_MISSING = re.compile(r'Property \\*"([^"\\]+)\\*" does not exist', re.IGNORECASE)
 _VALUES_NOT_VALID = "Property values were not valid: "
+_SPECIAL_USE = frozenset(email_validator.SPECIAL_USE_DOMAIN_NAMES)
+
+
+def email_problem(email: str) -> str | None:
+    """Why HubSpot would refuse this email as a contact's, or None when it is fine.
+
+    HubSpot checks the syntax and that the domain could be a real one (a dot, no special-use
+    name such as `localhost`); it does not look the domain up. A plain ASCII address passes at
+    once; anything else goes through `email-validator` with the same rules (and no
+    internationalized local part, which HubSpot's own check does not take either).
+    """
+    text = email.strip()
+    if plain_email(text) and text.rpartition(".")[2].lower() not in _SPECIAL_USE:
+        return None
+    try:
+        email_validator.validate_email(text, check_deliverability=False, allow_smtputf8=False)
+    except email_validator.EmailNotValidError as exc:
+        return str(exc)
+    return None
 
 
 def property_names(settings: HubSpotSettings) -> dict[str, str]:
@@ -164,9 +184,17 @@ class HubSpotConnector:
             raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
         run = PushRun(batch)
         inputs = {key: self._mapped.take(contact) for key, contact in run.contacts.items()}
+        # An invalid email would make HubSpot refuse the row, or the whole batch: not sent.
+        keys = []
+        for key, contact in run.contacts.items():
+            problem = email_problem(contact.email)
+            if problem is None:
+                keys.append(key)
+            else:
+                run.set([key], Fail(f"HubSpot would refuse this email: {problem}"))
         return await run.run(
-            self._upsert(run, inputs, keys, Budget(SPLIT_BUDGET))
-            for keys in chunked(run.keys, MAX_INPUTS)
+            self._upsert(run, inputs, part, Budget(SPLIT_BUDGET))
+            for part in chunked(keys, MAX_INPUTS)
         )
 
     async def aclose(self) -> None:
@@ -214,7 +242,9 @@ class HubSpotConnector:
             time.monotonic() - started,
         )
         if status in (200, 201, 207):
-            self._read_results(run, keys, response)
+            unsettled = self._read_results(run, keys, response)
+            if unsettled:
+                await self._split(run, inputs, unsettled, status, budget)
         elif status == 429:
             if not refused and self._window_429(response):
                 await self._upsert(run, inputs, keys, budget, refused=True)
@@ -255,13 +285,19 @@ class HubSpotConnector:
         logger.warning("%s (%d contacts will be retried)", reason, len(keys))
         run.set(keys, Retry(reason))
 
-    def _read_results(self, run: PushRun, keys: list[str], response: httpx.Response) -> None:
-        """Match a 200 / 207 answer's results and errors to the request's rows by email."""
+    def _read_results(
+        self, run: PushRun, keys: list[str], response: httpx.Response
+    ) -> tuple[list[str], str] | None:
+        """Match a 200 / 207 answer's results and errors to the request's rows by email.
+
+        Returns the rows left without a result when HubSpot reported errors it did not tie to
+        a contact (with those errors' text), for the caller to re-send in parts; else None.
+        """
         status = response.status_code
         body = json_body(response)
         if not isinstance(body, dict):
             run.set(keys, Retry(f"HubSpot answered {status} without a readable body", status))
-            return
+            return None
         pending = dict.fromkeys(keys)  # an ordered set
         unmatched_ids: list[str] = []
         for item in _dicts(body.get("results")):
@@ -296,19 +332,41 @@ class HubSpotConnector:
             for key in named:
                 pending.pop(key, None)
         if not pending:
-            return
+            return None
         left = list(pending)
         if len(left) == 1 and len(unattributed) == 1 and not unmatched_ids:
             run.set(left, Fail(f"HubSpot refused the contact: {unattributed[0]}", status))
         elif len(left) == 1 and len(unmatched_ids) == 1 and not unattributed:
             run.set(left, Ok(unmatched_ids[0], status))
         elif unattributed:
-            reason = "HubSpot reported errors it did not tie to a contact: " + "; ".join(
-                unattributed
-            )
-            run.set(left, Retry(truncate(reason), status))
+            # Which rows the errors are about is unknown: halving the rest finds out.
+            return left, truncate("; ".join(unattributed))
         else:
             run.set(left, Retry("HubSpot's answer did not include this contact", status))
+        return None
+
+    async def _split(
+        self,
+        run: PushRun,
+        inputs: dict[str, dict[str, Any]],
+        unsettled: tuple[list[str], str],
+        status: int,
+        budget: Budget,
+    ) -> None:
+        """Re-send, in halves, the rows of a 207 whose errors named no contact."""
+        keys, errors = unsettled
+        logger.info(
+            "HubSpot reported errors it did not tie to a contact (%s); re-sending the %d "
+            "contacts without a result in halves",
+            errors,
+            len(keys),
+        )
+        for part in halves(keys):
+            if budget.take():
+                await self._upsert(run, inputs, part, budget)
+            else:
+                reason = f"HubSpot reported errors it did not tie to a contact: {errors}"
+                run.set(part, Retry(f"{reason}; not narrowed down further in this attempt", status))
 
     async def _narrow(
         self,

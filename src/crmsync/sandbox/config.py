@@ -113,6 +113,12 @@ class HubSpotOptions(FaultOptions):
     )
     # Real batch answers are not promised in input order; turn on to catch clients that assume it.
     shuffle_results: bool = _opt(False, "return batch results in random order")
+    # A 207 error's `context` and message are not promised to name the input (crm-apis.md 2.2).
+    error_identity: str = _opt(
+        "context",
+        "207 errors name their input in context and message, or not at all",
+        choices=("context", "none"),
+    )
 
     limit_fields: ClassVar[tuple[str, ...]] = ("rate_limit_per_10s", "daily_limit")
 

@@ -294,11 +294,13 @@ class HubSpotFake(Vendor):
         return self._validation_error(_not_valid(details))
 
     def _invalid_email_detail(self, email: Any) -> str:
+        """The INVALID_EMAIL detail; without an email (None), one that names no input."""
+        text = "Email address is invalid" if email is None else f"Email address {email} is invalid"
         return _not_valid(
             [
                 {
                     "isValid": False,
-                    "message": f"Email address {email} is invalid",
+                    "message": text,
                     "error": "INVALID_EMAIL",
                     "name": "email",
                 }
@@ -401,12 +403,13 @@ class HubSpotFake(Vendor):
         if not invalid:
             return JSONResponse(payload)
         payload["numErrors"] = len(invalid)
+        named = self.options.error_identity == "context"
         payload["errors"] = [
             {
                 "status": "error",
                 "category": "VALIDATION_ERROR",
-                "message": self._invalid_email_detail(inputs[i]["id"]),
-                "context": {"ids": [inputs[i]["id"]]},
+                "message": self._invalid_email_detail(inputs[i]["id"] if named else None),
+                "context": {"ids": [inputs[i]["id"]]} if named else {},
                 "errors": [],
                 "links": {},
             }
