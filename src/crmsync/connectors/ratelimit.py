@@ -1,23 +1,25 @@
 """Client-side pacing, so that we stay under a vendor's limit instead of bouncing off it.
 
-A `RateLimiter` combines two things:
+Vendors count requests in windows and do not all say how (Brevo per second, HubSpot over a
+rolling 10 s, Mautic per hour; fixed or rolling), and a request's arrival at the vendor
+jitters. A `RateLimiter` therefore does three things:
 
 - **A pace with headroom.** `rate` is the vendor's limit as configured (requests per second);
-  requests go evenly at `rate * headroom`. Vendors count in windows and do not all say how
-  (Brevo per second, HubSpot over a rolling 10 s, Mautic per hour), and a request's arrival at
-  the vendor jitters: at exactly the limit's pace, a rolling window sometimes holds one request
-  too many. With 3% headroom the `limit + 1`-th request of any window arrives 3% of the window
-  after the first (30 ms for Brevo's second, 300 ms for HubSpot's ten), whether the vendor's
-  windows are fixed or rolling.
+  requests go evenly at `rate * headroom` (97%). Requests that came late (a busy moment on our
+  side) may catch up on a quarter of the window's limit.
+- **Never more than the window takes.** With the window's length known (Brevo's second,
+  HubSpot's interval header), no `window / headroom` seconds ever hold more than its limit of
+  our requests: those in flight count, and an answered one counts from when the vendor counted
+  it (about half-way between sending and its answer). The 3% is the margin for jitter (30 ms of
+  Brevo's second, 300 ms of HubSpot's ten), whether the vendor's windows are fixed or rolling.
 - **What the vendor said.** After each answer the connector reports the vendor's rate headers
-  as a `Quota`: requests left in the window, when it frees, its limit and length. A request
-  then goes only while the vendor's window has room for it, counting the requests sent since
-  that answer. When it is used up (another process shares the allowance, the vendor's limit is
-  lower than configured, or a jittered arrival filled a rolling window) the next request waits
-  until a slot frees, known to a fraction of a second: the vendor's own reset if it says one
-  (Brevo in whole seconds, Mautic as a Unix time), or, when our own sends fill its window,
-  the time the oldest of them leaves it. A wait longer than `max_wait` raises `RateLimited`,
-  so the engine pauses the CRM instead of holding a batch.
+  as a `Quota` (`observe`). A request goes only while the vendor's window has room for it after
+  our requests still in flight. When it is used up (another process shares the allowance, the
+  vendor's limit is lower than configured) the next request waits until a slot frees, known to
+  a fraction of a second: the vendor's own reset if it says one (Brevo in whole seconds, Mautic
+  as a Unix time), or, when our own requests fill its window, when the oldest of them leaves
+  it. A wait longer than `max_wait` raises `RateLimited`, so the engine pauses the CRM instead
+  of holding a batch.
 """
 
 from __future__ import annotations
