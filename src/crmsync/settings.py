@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -67,6 +68,13 @@ class CrmSettings(BaseSettings):
     # DAILY_REQUEST_TIME_ZONE (HubSpot: the account's time zone, in its account settings).
     daily_request_limit: int | None = Field(default=None, ge=1)
     daily_request_time_zone: str = "UTC"
+    # How long one vendor request may take before it counts as lost (a Retry).
+    timeout_seconds: float = Field(default=30, gt=0, le=3600)
+    # Region for phone numbers written without a country code (e.g. US); None leaves them out
+    # where a vendor needs one (Brevo's SMS).
+    default_phone_region: str | None = Field(
+        default=None, validation_alias="CRMSYNC_DEFAULT_PHONE_REGION"
+    )
 
     @field_validator(
         "sync_scheduler_interval_seconds",
@@ -109,6 +117,20 @@ class CrmSettings(BaseSettings):
         """The zone whose midnight starts the vendor's day (for the daily request budget)."""
         return ZoneInfo(self.daily_request_time_zone)
 
+    @field_validator("default_phone_region", mode="before")
+    @classmethod
+    def _phone_region(cls, value: Any) -> Any:
+        value = _blank_to_none(value)
+        if value is None:
+            return None
+        region = str(value).strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(
+                f"CRMSYNC_DEFAULT_PHONE_REGION must be a two-letter region code such as US, GB "
+                f"or FR, got {value!r}"
+            )
+        return region
+
     @property
     def interval_seconds(self) -> float:
         """Idle poll interval; `_SECONDS` wins over the work order's `_MINUTES`."""
@@ -142,8 +164,11 @@ class BrevoSettings(CrmSettings):
     # At least this many due rows go through the asynchronous import endpoint.
     import_threshold: int = Field(default=500, ge=1)
     import_poll_seconds: float = Field(default=2.0, gt=0)
-    # An import not completed after this long is abandoned and its rows sent one by one.
+    # An import still running after this long is polled less often (within the limit Brevo
+    # puts on /processes) until it ends or IMPORT_HARD_TIMEOUT_SECONDS passes; only then are
+    # its rows sent one by one.
     import_timeout_seconds: float = Field(default=90.0, gt=0)
+    import_hard_timeout_seconds: float = Field(default=3600.0, gt=0)
 
     @field_validator("list_id", mode="before")
     @classmethod
@@ -152,6 +177,15 @@ class BrevoSettings(CrmSettings):
         if isinstance(value, str) and not value.strip().isdigit():
             raise ValueError(f"BREVO_LIST_ID must be the numeric id of a Brevo list, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _hard_timeout_is_the_longer(self) -> BrevoSettings:
+        if self.import_hard_timeout_seconds < self.import_timeout_seconds:
+            raise ValueError(
+                "BREVO_IMPORT_HARD_TIMEOUT_SECONDS must be at least BREVO_IMPORT_TIMEOUT_SECONDS "
+                f"({self.import_hard_timeout_seconds:g} < {self.import_timeout_seconds:g})"
+            )
+        return self
 
     def missing(self) -> str | None:
         return None if self.api_key else "BREVO_API_KEY is not set"

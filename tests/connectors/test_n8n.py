@@ -61,6 +61,11 @@ def contact(n: int = 1, **fields: Any) -> ContactPayload:
 
 
 def expected_object(n: int = 1) -> dict[str, Any]:
+    item = base_object(n)
+    return {**item, "idempotency_key": f"{item['contact_id']}:{stable_hash(item)}"}
+
+
+def base_object(n: int = 1) -> dict[str, Any]:
     return {
         "contact_id": str(uuid.UUID(int=n)),
         "email": f"person{n}@example.com",
@@ -126,11 +131,27 @@ async def test_idempotency_key_follows_the_content() -> None:
     vendor = Vendor(ok)
     conn = connector(vendor)
     await conn.push([contact(1), contact(2)])
-    await conn.push([contact(1), contact(2)])
+    await conn.push([contact(2), contact(1)])  # the same rows again, claimed in another order
     await conn.push([contact(1), contact(2, name="Someone Else")])
     keys = [r.headers["idempotency-key"] for r in vendor.requests]
     assert keys[0] == keys[1] != keys[2]
     assert keys[0] == delivery_key([expected_object(1), expected_object(2)])
+
+
+async def test_every_contact_carries_a_stable_idempotency_key() -> None:
+    """Contact id and the fingerprint the engine keeps: a workflow can drop a repeat."""
+    vendor = Vendor(ok)
+    conn = connector(vendor)
+    fingerprint = conn.fingerprint(contact(1))
+    await conn.push([contact(1)])
+    await conn.push([contact(1), contact(2)])
+    await conn.push([contact(1, name="Someone Else")])
+    first, again, changed = (sent(r)["contacts"][0] for r in vendor.requests)
+    assert first["idempotency_key"] == f"{uuid.UUID(int=1)}:{fingerprint}"
+    assert again["idempotency_key"] == first["idempotency_key"]
+    assert changed["idempotency_key"] != first["idempotency_key"]
+    # The key is derived from the payload, not part of what the fingerprint covers.
+    assert fingerprint == stable_hash(base_object(1))
 
 
 async def test_single_mode_sends_one_bare_object_with_legacy_keys() -> None:
@@ -208,7 +229,9 @@ async def test_incomplete_settings_are_misconfigured(overrides: dict[str, Any], 
 def test_fingerprint_is_per_contact() -> None:
     conn = N8nConnector(make_settings(), httpx.AsyncClient())
     assert conn.fingerprint(contact(1)) == stable_hash(contact_object(contact(1)))
-    assert conn.fingerprint(contact(1)) == stable_hash(expected_object(1))
+    # The idempotency key is derived from the rest: the fingerprint stays what it was before
+    # the key existed, so adding it did not make every contact look changed.
+    assert conn.fingerprint(contact(1)) == stable_hash(base_object(1))
     assert conn.fingerprint(contact(1)) != conn.fingerprint(contact(1, context="changed"))
     single = N8nConnector(make_settings(batch_size=1), httpx.AsyncClient())
     # The timestamp and legacy keys of single mode do not make every push look changed.

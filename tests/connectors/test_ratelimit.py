@@ -1,4 +1,5 @@
-"""The client-side pacer: an even pace by default, bursts when asked, off at rate 0."""
+"""The client-side pacer: an even pace with headroom by default, bursts when asked, off at rate 0;
+and what a vendor's rate headers say (`Quota`) holds requests until its window has room."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import asyncio
 import pytest
 
 import crmsync.connectors.ratelimit as ratelimit
-from crmsync.connectors.ratelimit import RateLimiter
+from crmsync.connectors.base import RateLimited
+from crmsync.connectors.ratelimit import HEADROOM, Quota, RateLimiter
 
 
 class FakeTime:
@@ -33,7 +35,7 @@ def time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
 
 
 async def test_even_pace_without_a_burst(time: FakeTime) -> None:
-    limiter = RateLimiter(10, clock=time.clock)
+    limiter = RateLimiter(10, clock=time.clock, headroom=1.0)
     for _ in range(21):
         await limiter.acquire()
     # The first request goes at once, then one every 0.1 s: 21 requests take 2 s, never faster.
@@ -42,7 +44,7 @@ async def test_even_pace_without_a_burst(time: FakeTime) -> None:
 
 
 async def test_burst_lets_requests_ahead_then_paces(time: FakeTime) -> None:
-    limiter = RateLimiter(10, burst=5, clock=time.clock)
+    limiter = RateLimiter(10, burst=5, clock=time.clock, headroom=1.0)
     for _ in range(15):
         await limiter.acquire()
     # Five go at once, the next ten at the steady 0.1 s pace.
@@ -50,14 +52,76 @@ async def test_burst_lets_requests_ahead_then_paces(time: FakeTime) -> None:
     assert len(time.slept) == 10
 
 
-def test_drain_makes_the_next_request_wait_one_interval() -> None:
-    time = FakeTime()
-    limiter = RateLimiter(4, burst=4, clock=time.clock)
-    assert limiter.wait_for_next() == 0
-    limiter.drain()
-    assert abs(limiter.wait_for_next() - 0.25) < 1e-9
-    time.now += 0.25
-    assert limiter.wait_for_next() == 0
+async def test_headroom_keeps_every_window_under_the_limit(time: FakeTime) -> None:
+    """At 97% of 10/s, the 11th request goes 1.031 s after the first: no one-second window,
+    fixed or rolling, ever holds more than 10 (the margin absorbs 31 ms of jitter)."""
+    limiter = RateLimiter(10, clock=time.clock, window=1.0)
+    sent = []
+    for _ in range(101):
+        limiter.observe(await limiter.acquire(), None)  # answered at once
+        sent.append(time.now)
+    assert HEADROOM == 0.97
+    assert abs(sent[10] - sent[0] - 1 / 0.97 * 1.0) < 1e-9
+    assert all(later - first > 1.03 for first, later in zip(sent, sent[10:], strict=False))
+    # ... and 97% of the allowance is used.
+    assert abs(sent[-1] - 100 / 9.7) < 1e-9
+
+
+async def test_an_exhausted_window_holds_requests_until_our_oldest_leaves_it(
+    time: FakeTime,
+) -> None:
+    """Brevo says 0 left and "reset 1" (whole seconds): the slot frees when the oldest of the
+    10 requests it counted, all ours, leaves the one-second window, not a second later."""
+    limiter = RateLimiter(0, clock=time.clock, window=1.0)
+    for left in range(9, -1, -1):
+        ticket = await limiter.acquire()
+        time.now += 0.05
+        limiter.observe(ticket, Quota(remaining=left, reset_after=1.0, limit=10))
+    assert time.now == pytest.approx(0.5)
+    await limiter.acquire()
+    # The first request went at 0 and was answered at 0.05: Brevo counted it half-way, and it
+    # leaves the window 1 / 0.97 s later (headroom for jitter).
+    assert time.slept == [pytest.approx(0.025 + 1 / 0.97 - 0.5)]
+
+
+async def test_requests_sent_since_an_answer_count_against_what_it_said_was_left(
+    time: FakeTime,
+) -> None:
+    limiter = RateLimiter(0, clock=time.clock, window=10.0)
+    first = await limiter.acquire()
+    await limiter.acquire()  # in flight when the first answer comes
+    # Two left when the first was answered: one more may go, the next must wait.
+    limiter.observe(first, Quota(remaining=2, limit=100, window=10.0))
+    await limiter.acquire()
+    assert time.slept == []
+    assert limiter.wait_for_next() > 0
+    # An older answer does not override a newer one.
+    limiter.observe(first - 1, Quota(remaining=50, limit=100))
+    assert limiter.wait_for_next() > 0
+
+
+async def test_the_vendors_reset_is_used_when_other_requests_fill_its_window(
+    time: FakeTime,
+) -> None:
+    """Mautic: 0 of 300 left, reset in 40 min (Unix time): a pause, not a sleep."""
+    limiter = RateLimiter(0, clock=time.clock, vendor="Mautic")
+    ticket = await limiter.acquire()
+    limiter.observe(ticket, Quota(remaining=0, reset_after=2400.0, limit=300))
+    with pytest.raises(RateLimited) as caught:
+        await limiter.acquire()
+    assert caught.value.retry_after == pytest.approx(2400.0)
+    assert "Mautic's rate limit window is used up (0 of 300 requests left)" in str(caught.value)
+    time.now += 2400.0
+    await limiter.acquire()  # the hour is over: go, and learn the new count from the answer
+    assert time.slept == []
+
+
+async def test_without_a_reset_or_our_own_sends_a_whole_window_is_waited(time: FakeTime) -> None:
+    limiter = RateLimiter(0, clock=time.clock, window=2.0)
+    ticket = await limiter.acquire()
+    # 100 counted in the window but we sent one: someone else fills it; HubSpot gives no reset.
+    limiter.observe(ticket, Quota(remaining=0, limit=100, window=2.0))
+    assert limiter.wait_for_next() == pytest.approx(2.0)
 
 
 async def test_rate_zero_does_not_pace() -> None:

@@ -74,10 +74,15 @@ class ContactPayload:
 
 @dataclass(frozen=True, slots=True)
 class Ok:
-    """The vendor holds the contact; `external_id` is its id there (or our delivery id)."""
+    """The vendor holds the contact; `external_id` is its id there (or our delivery id).
+
+    `note` says what was left out to get there (a phone the vendor would not take): it goes
+    into the contact's sync history, so nothing is dropped silently.
+    """
 
     external_id: str | None
     http_status: int | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,14 +194,23 @@ def truncate(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
+def request_timeout(seconds: float = 30.0) -> httpx.Timeout:
+    """A vendor request's timeout (`{CRM}_TIMEOUT_SECONDS`): connecting takes at most 5 s."""
+    return httpx.Timeout(seconds, connect=min(5.0, seconds))
+
+
 def make_client(
-    base_url: str = "", headers: dict[str, str] | None = None, max_connections: int = 100
+    base_url: str = "",
+    headers: dict[str, str] | None = None,
+    max_connections: int = 100,
+    timeout_seconds: float = 30.0,
 ) -> httpx.AsyncClient:
-    """The pooled HTTP client every connector uses: connect 5 s, read 30 s, our User-Agent."""
+    """The pooled HTTP client every connector uses: our User-Agent, 30 s per request unless
+    told otherwise (connectors pass their CRM's timeout with each request)."""
     return httpx.AsyncClient(
         base_url=base_url,
         headers={"User-Agent": USER_AGENT, **(headers or {})},
-        timeout=httpx.Timeout(30.0, connect=5.0),
+        timeout=request_timeout(timeout_seconds),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
     )
 

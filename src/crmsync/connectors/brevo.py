@@ -40,7 +40,10 @@ Errors of a single upsert:
 - 400 → `Fail(Brevo's message)`; a 400 `duplicate_parameter` / `invalid_parameter` about the
   phone (`SMS` in `metadata.duplicate_identifiers`, or a message naming `SMS` or a phone) is
   retried once at once without `SMS` (the phone belongs to another contact or Brevo will not take
-  it; the contact itself is fine, and a phone is optional), and the second answer counts.
+  it; the contact itself is fine, and a phone is optional), and the second answer counts; an
+  `Ok` then carries a note, recorded in the contact's sync history, that the phone was dropped.
+- Phones without a country code are read as numbers of `CRMSYNC_DEFAULT_PHONE_REGION` when set;
+  otherwise they are left out (Brevo refuses an SMS value without one).
 - 401 → `AuthFailed`. 402/403 (`not_enough_credits`, `account_under_validation`,
   `permission_denied`, IP not authorised) → `AuthFailed` too, with Brevo's message: no row is at
   fault, a person has to act on the account, and until then a `Fail` would wrongly end good rows
@@ -64,6 +67,7 @@ import asyncio
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -84,7 +88,9 @@ from crmsync.connectors.base import (
     RowResult,
     Unreachable,
     make_client,
+    request_timeout,
     stable_hash,
+    truncate,
 )
 from crmsync.connectors.fields.brevo import BrevoFields
 from crmsync.connectors.httputil import (
@@ -95,8 +101,13 @@ from crmsync.connectors.httputil import (
     redact,
     seconds_header,
 )
-from crmsync.connectors.mapping import international_phone, is_placeholder, split_name
-from crmsync.connectors.ratelimit import RateLimiter
+from crmsync.connectors.mapping import (
+    international_phone,
+    is_placeholder,
+    plain_email,
+    split_name,
+)
+from crmsync.connectors.ratelimit import Quota, RateLimiter
 from crmsync.enums import Crm
 from crmsync.settings import BrevoSettings
 
@@ -111,36 +122,34 @@ MAX_IN_FLIGHT = 16
 IMPORT_MAX_BYTES = 4_000_000
 # Wait after a 429 without a usable `x-sib-ratelimit-reset` (Brevo's windows are per second).
 DEFAULT_RATE_LIMIT_WAIT = 1.0
+# A request refused 429 is sent again at once when its window frees in less than this.
+INLINE_RETRY_WAIT = 0.5
+# Once an import outlives BREVO_IMPORT_TIMEOUT_SECONDS it is polled this often: /processes is
+# not in Brevo's limits table (General tier: 100 requests per hour), and at this pace an hour
+# of polling stays under it even after the default first 90 s of polls every 2 s.
+SLOW_POLL_SECONDS = 90.0
 
 _PROCESS_PENDING = frozenset({"queued", "in_process"})
 # A 400 message about the phone: "SMS is already associated ...", "Invalid phone number".
 _ABOUT_PHONE = re.compile(r"\bSMS\b|(?i:phone)")
-_EMAIL = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
-)
 
 
 def importable_email(email: str) -> bool:
     """True for a plain ASCII address Brevo will surely accept; anything odd goes one by one."""
-    local, _, domain = email.rpartition("@")
-    return (
-        len(email) <= 254
-        and 0 < len(local) <= 64
-        and len(domain) <= 253
-        and _EMAIL.fullmatch(email) is not None
-    )
+    return plain_email(email)
 
 
-def brevo_attributes(contact: ContactPayload) -> dict[str, Any]:
-    """Work order 2.2 attributes; a missing or placeholder value is left out, never sent."""
+def brevo_attributes(contact: ContactPayload, region: str | None = None) -> dict[str, Any]:
+    """Work order 2.2 attributes; a missing or placeholder value is left out, never sent.
+
+    `region` reads phones without a country code (CRMSYNC_DEFAULT_PHONE_REGION)."""
     first, last = split_name(contact.name)
     source_url = None if is_placeholder(contact.source_url) else contact.source_url
     email_type = str(contact.email_type).strip() if contact.email_type is not None else None
     attributes: dict[str, Any] = {
         "FIRSTNAME": first,
         "LASTNAME": last,
-        "SMS": international_phone(contact.phone_number),
+        "SMS": international_phone(contact.phone_number, region),
         "DOMAIN_ID": str(contact.domain_id) if contact.domain_id else None,
         "PAGE_ID": str(contact.page_id) if contact.page_id else None,
         # A value of the closed EmailType vocabulary (UNKNOWN included): not scraped text.
@@ -149,6 +158,25 @@ def brevo_attributes(contact: ContactPayload) -> dict[str, Any]:
         "HAS_GMAIL": contact.has_gmail,
     }
     return {key: value for key, value in attributes.items() if value is not None}
+
+
+def brevo_quota(response: httpx.Response) -> Quota | None:
+    """The `x-sib-ratelimit-*` headers as a `Quota` (a 429 without them: nothing left)."""
+    headers = response.headers
+    remaining = _whole(headers.get("x-sib-ratelimit-remaining"))
+    if remaining is None:
+        if response.status_code != 429:
+            return None
+        remaining = 0
+    reset = seconds_header(headers.get("x-sib-ratelimit-reset"), DEFAULT_RATE_LIMIT_WAIT)
+    return Quota(remaining, reset, _whole(headers.get("x-sib-ratelimit-limit")))
+
+
+def _whole(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _known_id(contact: ContactPayload) -> str:
@@ -227,11 +255,14 @@ class BrevoConnector:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._settings = settings
+        self._region = settings.default_phone_region
         self._base = settings.api_base_url.rstrip("/")
         self._own_client = client is None
+        self._timeout = request_timeout(settings.timeout_seconds)
         self._client = client if client is not None else make_client()
         self._sleep = sleep
-        self._limiter = RateLimiter(settings.rate_limit_per_second)
+        # Brevo's limits are per second (and per hour); its headers say how much is left.
+        self._limiter = RateLimiter(settings.rate_limit_per_second, window=1.0, vendor="Brevo")
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.import_max_bytes = IMPORT_MAX_BYTES
         self._mapped = MappedOnce(self.contact_body)
@@ -245,7 +276,7 @@ class BrevoConnector:
         """The exact `POST /contacts` body for this contact."""
         body: dict[str, Any] = {
             "email": contact.email.strip(),
-            "attributes": brevo_attributes(contact),
+            "attributes": brevo_attributes(contact, self._region),
         }
         if list_ids := self._list_ids():
             body["listIds"] = list_ids
@@ -262,9 +293,9 @@ class BrevoConnector:
             "disableNotification": True,
         }
 
-    @staticmethod
-    def _import_item(contact: ContactPayload) -> dict[str, Any]:
-        return {"email": contact.email.strip(), "attributes": brevo_attributes(contact)}
+    def _import_item(self, contact: ContactPayload) -> dict[str, Any]:
+        attributes = brevo_attributes(contact, self._region)
+        return {"email": contact.email.strip(), "attributes": attributes}
 
     def fingerprint(self, contact: ContactPayload) -> str:
         # The import sends the same email, attributes and list: one fingerprint fits both paths.
@@ -325,9 +356,29 @@ class BrevoConnector:
             headers["content-type"] = "application/json"
             content = orjson.dumps(body)
         response = await self._client.request(
-            method, self._base + path, content=content, headers=headers
+            method, self._base + path, content=content, headers=headers, timeout=self._timeout
         )
         logger.debug("brevo: %s %s -> %d", method, path, response.status_code)
+        return response
+
+    async def _limited(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        """A paced request to `/contacts*`; a 429 whose window frees within a second is sent
+        again once (it was refused, not applied). May raise `RateLimited` before sending."""
+        for attempt in (1, 2):
+            ticket = await self._limiter.acquire()
+            try:
+                response = await self._request(method, path, body)
+            except BaseException:
+                self._limiter.observe(ticket, None)  # no answer: no longer in flight
+                raise
+            self._limiter.observe(ticket, brevo_quota(response))
+            if response.status_code != 429 or attempt == 2:
+                break
+            if self._limiter.wait_for_next() >= INLINE_RETRY_WAIT:
+                break
+            logger.debug("brevo: 429 on %s; the window frees in under a second", path)
         return response
 
     def _message(self, response: httpx.Response) -> tuple[str | None, str]:
@@ -344,10 +395,11 @@ class BrevoConnector:
         """The batch-wide error a status means, or None when the status is about the row."""
         status = response.status_code
         if status == 429:
-            wait = seconds_header(
+            # When the window frees: to a fraction of a second when our own requests fill it.
+            wait = self._limiter.wait_for_next() or seconds_header(
                 response.headers.get("x-sib-ratelimit-reset"), DEFAULT_RATE_LIMIT_WAIT
             )
-            return RateLimited(wait, f"Brevo rate limit reached; retry in {wait:g} s")
+            return RateLimited(wait, f"Brevo rate limit reached; retry in {wait:.2g} s")
         if status in (401, 402, 403):
             code, message = self._message(response)
             what = "refused the API key" if status == 401 else "refused the request"
@@ -377,9 +429,6 @@ class BrevoConnector:
             async with self._in_flight:
                 if push.stopped:
                     return
-                await self._limiter.acquire()
-                if push.stopped:
-                    return
                 push.results[index] = await self._upsert(contact, push)
 
     async def _upsert(self, contact: ContactPayload, push: _Push) -> RowResult | None:
@@ -390,22 +439,24 @@ class BrevoConnector:
             result = await self._update(identifier, contact, body, push)
             if not isinstance(result, _Fallback):
                 return result
-            await self._limiter.acquire()
             if push.stopped:
                 return None
+        dropped: str | None = None  # why the phone was left out, for the sync history
         try:
-            response = await self._request("POST", "/contacts", body)
+            response = await self._limited("POST", "/contacts", body)
             if "SMS" in body["attributes"] and self._sms_conflict(response):
                 if push.stopped:
                     return None
-                logger.debug(
-                    "brevo: contact %s: Brevo refused its phone (%s); upserting it without SMS",
-                    contact.contact_id,
-                    self._message(response)[1],
+                dropped = (
+                    f"Brevo would not take the phone {body['attributes']['SMS']} "
+                    f"({self._message(response)[1]}); saved without it"
                 )
+                logger.debug("brevo: contact %s: %s", contact.contact_id, dropped)
                 body["attributes"] = {k: v for k, v in body["attributes"].items() if k != "SMS"}
-                await self._limiter.acquire()
-                response = await self._request("POST", "/contacts", body)
+                response = await self._limited("POST", "/contacts", body)
+        except RateLimited as exc:
+            push.stop(exc)
+            return None
         except httpx.HTTPError as exc:
             if never_sent(exc):
                 push.stop(Unreachable(f"Brevo unreachable: {self._safe(describe(exc))}"))
@@ -414,10 +465,11 @@ class BrevoConnector:
         error = self._account_error(response)
         if error is not None:
             push.stop(error)
-            if isinstance(error, RateLimited):
-                self._limiter.drain()
             return None
-        return self._row_result(response, contact)
+        result = self._row_result(response, contact)
+        if dropped is not None and isinstance(result, Ok):
+            return Ok(result.external_id, result.http_status, truncate(dropped))
+        return result
 
     async def _update(
         self, identifier: str, contact: ContactPayload, body: dict[str, Any], push: _Push
@@ -434,13 +486,15 @@ class BrevoConnector:
             update["listIds"] = list_ids
         path = "/contacts/" + quote(identifier, safe="")
         try:
-            response = await self._request("PUT", path, update)
+            response = await self._limited("PUT", path, update)
             if "SMS" in update["attributes"] and self._sms_conflict(response):
                 if push.stopped:
                     return None
                 del update["attributes"]["SMS"]
-                await self._limiter.acquire()
-                response = await self._request("PUT", path, update)
+                response = await self._limited("PUT", path, update)
+        except RateLimited as exc:
+            push.stop(exc)
+            return None
         except httpx.HTTPError as exc:
             if never_sent(exc):
                 push.stop(Unreachable(f"Brevo unreachable: {self._safe(describe(exc))}"))
@@ -459,8 +513,6 @@ class BrevoConnector:
         error = self._account_error(response)
         if error is not None:
             push.stop(error)
-            if isinstance(error, RateLimited):
-                self._limiter.drain()
             return None
         if 200 <= status < 300:
             return Ok(_known_id(contact), status)
@@ -526,7 +578,7 @@ class BrevoConnector:
         seen_phones: set[str] = set()
         for index, contact in rows:
             email = contact.email.strip()
-            phone = international_phone(contact.phone_number)
+            phone = international_phone(contact.phone_number, self._region)
             if (
                 importable_email(email)
                 and _moved(contact) is None  # the import can only upsert by email
@@ -569,9 +621,11 @@ class BrevoConnector:
 
     async def _import_chunk(self, contacts: list[ContactPayload], push: _Push) -> bool:
         """True once Brevo has completed importing these contacts."""
-        await self._limiter.acquire()
         try:
-            response = await self._request("POST", "/contacts/import", self.import_body(contacts))
+            response = await self._limited("POST", "/contacts/import", self.import_body(contacts))
+        except RateLimited as exc:
+            push.stop(exc)
+            return False
         except httpx.HTTPError as exc:
             logger.warning(
                 "brevo: import of %d contacts failed (%s); sending them one by one",
@@ -583,8 +637,6 @@ class BrevoConnector:
             error = self._account_error(response)
             assert error is not None
             push.stop(error)
-            if isinstance(error, RateLimited):
-                self._limiter.drain()
             return False
         data = json_body(response)
         process_id = data.get("processId") if isinstance(data, dict) else None
@@ -600,31 +652,51 @@ class BrevoConnector:
         return await self._wait_for_process(str(process_id), len(contacts), push)
 
     async def _wait_for_process(self, process_id: str, count: int, push: _Push) -> bool:
-        poll = self._settings.import_poll_seconds
-        timeout = self._settings.import_timeout_seconds
-        waited = 0.0
-        while waited < timeout:
-            await self._sleep(poll)
-            waited += poll
+        """True once the import completed; False when it failed, vanished or never ended.
+
+        Polled every `import_poll_seconds`; once it has run `import_timeout_seconds`, every
+        `SLOW_POLL_SECONDS` until `import_hard_timeout_seconds`. When Brevo's headers on
+        /processes say its window is used up (or it answers 429), the next poll waits for the
+        window's reset.
+        """
+        settings = self._settings
+        started = time.monotonic()
+        slept = 0.0  # what we slept ourselves (an injected sleep may not move the clock)
+        pause = settings.import_poll_seconds
+        slow = False
+        while (elapsed := max(slept, time.monotonic() - started)) < (
+            settings.import_hard_timeout_seconds
+        ):
+            if elapsed >= settings.import_timeout_seconds and not slow:
+                slow = True
+                logger.warning(
+                    "brevo: import %s of %d contacts still running after %d s; polling it every "
+                    "%d s until it ends (at most %d s in all, BREVO_IMPORT_HARD_TIMEOUT_SECONDS)",
+                    process_id,
+                    count,
+                    math.ceil(elapsed),
+                    SLOW_POLL_SECONDS,
+                    settings.import_hard_timeout_seconds,
+                )
+            pause = max(pause, SLOW_POLL_SECONDS if slow else settings.import_poll_seconds)
+            await self._sleep(pause)
+            slept += pause
+            pause = 0.0
             try:
                 response = await self._request("GET", f"/processes/{process_id}")
             except httpx.HTTPError as exc:
                 logger.info("brevo: polling import %s failed: %s", process_id, describe(exc))
                 continue
+            quota = brevo_quota(response)
+            if quota is not None and quota.remaining <= 0:
+                pause = quota.reset_after or DEFAULT_RATE_LIMIT_WAIT
             status = response.status_code
-            if status == 429:
-                pause = seconds_header(
-                    response.headers.get("x-sib-ratelimit-reset"), DEFAULT_RATE_LIMIT_WAIT
-                )
-                await self._sleep(pause)
-                waited += pause
-                continue
             if status in (401, 402, 403):
                 error = self._account_error(response)
                 assert error is not None
                 push.stop(error)
                 return False
-            if status == 408 or status >= 500:
+            if status == 429 or status == 408 or status >= 500:
                 continue
             data = json_body(response)
             state = data.get("status") if isinstance(data, dict) else None
@@ -645,9 +717,10 @@ class BrevoConnector:
             )
             return False
         logger.warning(
-            "brevo: import %s not completed after %d s; sending its %d contacts one by one",
+            "brevo: import %s not completed after %d s (BREVO_IMPORT_HARD_TIMEOUT_SECONDS); "
+            "sending its %d contacts one by one",
             process_id,
-            math.ceil(waited),
+            math.ceil(max(slept, time.monotonic() - started)),
             count,
         )
         return False

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import email_validator
 import httpx
 import orjson
 
@@ -52,6 +53,7 @@ from crmsync.connectors.base import (
     RowResult,
     Unreachable,
     make_client,
+    request_timeout,
     stable_hash,
     truncate,
 )
@@ -65,8 +67,8 @@ from crmsync.connectors.httputil import (
     redact,
     seconds_header,
 )
-from crmsync.connectors.mapping import clean_phone, split_name
-from crmsync.connectors.ratelimit import RateLimiter
+from crmsync.connectors.mapping import clean_phone, plain_email, split_name
+from crmsync.connectors.ratelimit import Quota, RateLimiter
 from crmsync.connectors.upsert import (
     CUSTOM_FIELDS,
     Budget,
@@ -81,8 +83,6 @@ from crmsync.settings import HubSpotSettings
 
 logger = logging.getLogger(__name__)
 
-WINDOW_HEADROOM = 0.97
-
 UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
 UPDATE_PATH = "/crm/v3/objects/contacts/batch/update"
 MAX_INPUTS = 100
@@ -91,6 +91,8 @@ MAX_INPUTS = 100
 SPLIT_BUDGET = 32
 # The rolling window HubSpot counts requests in, when its header does not say.
 DEFAULT_WINDOW_SECONDS = 10.0
+# A request refused 429 is sent again at once when the window frees in less than this.
+INLINE_RETRY_WAIT = 0.5
 # The daily limit resets at midnight in the account's time zone, which we cannot know: wait until
 # the next midnight UTC but look again at least this often, so a reset at another hour is not
 # missed by a whole day.
@@ -108,6 +110,25 @@ _RETRY_CATEGORIES = frozenset({"RATE_LIMITS", "RATE_LIMIT", "LOCKED", "INTERNAL_
 # `Property "x" does not exist`, however many times the quotes were JSON-escaped.
 _PROPERTY_MISSING = re.compile(r'Property \\*"([^"\\]+)\\*" does not exist', re.IGNORECASE)
 _VALUES_NOT_VALID = "Property values were not valid: "
+_SPECIAL_USE = frozenset(email_validator.SPECIAL_USE_DOMAIN_NAMES)
+
+
+def email_problem(email: str) -> str | None:
+    """Why HubSpot would refuse this email as a contact's, or None when it is fine.
+
+    HubSpot checks the syntax and that the domain could be a real one (a dot, no special-use
+    name such as `localhost`); it does not look the domain up. A plain ASCII address passes at
+    once; anything else goes through `email-validator` with the same rules (and no
+    internationalized local part, which HubSpot's own check does not take either).
+    """
+    text = email.strip()
+    if plain_email(text) and text.rpartition(".")[2].lower() not in _SPECIAL_USE:
+        return None
+    try:
+        email_validator.validate_email(text, check_deliverability=False, allow_smtputf8=False)
+    except email_validator.EmailNotValidError as exc:
+        return str(exc)
+    return None
 
 
 def property_names(settings: HubSpotSettings) -> dict[str, str]:
@@ -140,9 +161,12 @@ class HubSpotConnector:
         self._owns_client = client is None
         self._client = client if client is not None else make_client()
         self._clock = clock
-        # HubSpot counts requests over a rolling 10 s window: an exact 10/s pace would put 100
-        # or 101 requests in some window. A pace 3% under the limit never fills it.
-        self._limiter = RateLimiter(settings.rate_limit_per_second * WINDOW_HEADROOM)
+        self._timeout = request_timeout(settings.timeout_seconds)
+        # HubSpot counts requests over a rolling 10 s window (its headers say the length):
+        # paced 3% under the limit, with its X-HubSpot-RateLimit-* headers heeded.
+        self._limiter = RateLimiter(
+            settings.rate_limit_per_second, window=DEFAULT_WINDOW_SECONDS, vendor="HubSpot"
+        )
         self._mapped = MappedOnce(self.payload)
 
     def payload(self, contact: ContactPayload) -> dict[str, Any]:
@@ -175,16 +199,24 @@ class HubSpotConnector:
             raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
         run = PushRun(batch)
         inputs = {key: self._mapped.take(contact) for key, contact in run.contacts.items()}
+        # An invalid email would make HubSpot refuse the row, or the whole batch: not sent.
+        keys = []
+        for key, contact in run.contacts.items():
+            problem = email_problem(contact.email)
+            if problem is None:
+                keys.append(key)
+            else:
+                run.set([key], Fail(f"HubSpot would refuse this email: {problem}"))
         # A contact whose email changed is updated by its record id, so it stays one record.
-        moved = [key for key, contact in run.contacts.items() if _moved(contact)]
-        upserts = [key for key in run.keys if key not in set(moved)] if moved else run.keys
+        moved = {key for key in keys if _moved(run.contacts[key])}
+        upserts = [key for key in keys if key not in moved]
         requests = [
-            self._upsert(run, inputs, keys, Budget(SPLIT_BUDGET))
-            for keys in chunked(upserts, MAX_INPUTS)
+            self._upsert(run, inputs, part, Budget(SPLIT_BUDGET))
+            for part in chunked(upserts, MAX_INPUTS)
         ]
         requests += [
-            self._update(run, inputs, keys, Budget(SPLIT_BUDGET))
-            for keys in chunked(moved, MAX_INPUTS)
+            self._update(run, inputs, part, Budget(SPLIT_BUDGET))
+            for part in chunked([key for key in keys if key in moved], MAX_INPUTS)
         ]
         return await run.run(requests)
 
@@ -200,36 +232,54 @@ class HubSpotConnector:
 
     # --- one request -------------------------------------------------------------------------
 
-    async def _upsert(
-        self, run: PushRun, inputs: dict[str, dict[str, Any]], keys: list[str], budget: Budget
-    ) -> None:
-        """Send `keys`' inputs in one request and record a result for each (or raise)."""
+    async def _post(
+        self, run: PushRun, keys: list[str], path: str, body: dict[str, Any]
+    ) -> httpx.Response | None:
+        """One paced request for `keys`; None when it got no answer (their results are set)."""
         run.check()
-        await self._limiter.acquire()
+        ticket = await self._limiter.acquire()
         run.check()
         started = time.monotonic()
         try:
             response = await self._client.post(
-                self._base + UPSERT_PATH,
-                content=orjson.dumps({"inputs": [inputs[key] for key in keys]}),
+                self._base + path,
+                content=orjson.dumps(body),
                 headers=_headers(self._token),
+                timeout=self._timeout,
             )
-        except httpx.UnsupportedProtocol as exc:
-            raise Misconfigured(f"HUBSPOT_API_BASE_URL is not an http(s) URL: {exc}") from None
-        except httpx.HTTPError as exc:
-            reason = self._redact(f"HubSpot request failed: {describe(exc)}")
-            if never_sent(exc):
-                raise Unreachable(reason) from None
-            logger.warning("%s (%d contacts will be retried)", reason, len(keys))
-            run.set(keys, Retry(reason))
-            return
+        except BaseException as exc:
+            self._limiter.observe(ticket, None)  # no answer: no longer in flight
+            if not isinstance(exc, httpx.HTTPError):
+                raise
+            self._transport_error(run, keys, exc)
+            return None
+        self._limiter.observe(ticket, hubspot_quota(response))
         logger.debug(
-            "HubSpot batch upsert of %d contacts: HTTP %d in %.2f s",
+            "HubSpot %s of %d contacts: HTTP %d in %.2f s",
+            path,
             len(keys),
             response.status_code,
             time.monotonic() - started,
         )
-        await self._upsert_status(run, inputs, keys, response, budget)
+        return response
+
+    async def _upsert(
+        self,
+        run: PushRun,
+        inputs: dict[str, dict[str, Any]],
+        keys: list[str],
+        budget: Budget,
+        *,
+        refused: bool = False,
+    ) -> None:
+        """Send `keys`' inputs in one request and record a result for each (or raise).
+
+        `refused`: this is the one re-send of a request refused 429 (see `_window_429`).
+        """
+        body = {"inputs": [inputs[key] for key in keys]}
+        response = await self._post(run, keys, UPSERT_PATH, body)
+        if response is not None:
+            await self._upsert_status(run, inputs, keys, response, budget, refused=refused)
 
     async def _upsert_status(
         self,
@@ -238,12 +288,19 @@ class HubSpotConnector:
         keys: list[str],
         response: httpx.Response,
         budget: Budget,
+        *,
+        refused: bool = False,
     ) -> None:
         """Record what an answer's status means for `keys` (or raise a batch-wide error)."""
         status = response.status_code
         if status in (200, 201, 207):
-            self._read_results(run, keys, response)
+            unsettled = self._read_results(run, keys, response)
+            if unsettled:
+                await self._split(run, inputs, unsettled, status, budget)
         elif status == 429:
+            if not refused and self._window_429(response):
+                await self._upsert(run, inputs, keys, budget, refused=True)
+                return
             raise self._rate_limited(response)
         elif status == 401:
             raise AuthFailed(
@@ -283,19 +340,12 @@ class HubSpotConnector:
         Inputs whose id HubSpot no longer has (`OBJECT_NOT_FOUND`), or whose new email another
         record holds (`CONFLICT`), are upserted by email instead.
         """
-        run.check()
-        await self._limiter.acquire()
-        run.check()
         ids = {str(run.contacts[key].external_id): key for key in keys}
         body = {
             "inputs": [{"id": i, "properties": inputs[k]["properties"]} for i, k in ids.items()]
         }
-        try:
-            response = await self._client.post(
-                self._base + UPDATE_PATH, content=orjson.dumps(body), headers=_headers(self._token)
-            )
-        except httpx.HTTPError as exc:
-            run.set(keys, Retry(self._redact(f"HubSpot request failed: {describe(exc)}")))
+        response = await self._post(run, keys, UPDATE_PATH, body)
+        if response is None:
             return
         status = response.status_code
         answer = json_body(response)
@@ -354,13 +404,28 @@ class HubSpotConnector:
                 run.set([key], Retry("HubSpot's answer did not include this contact", status))
         return fallback
 
-    def _read_results(self, run: PushRun, keys: list[str], response: httpx.Response) -> None:
-        """Match a 200 / 207 answer's results and errors to the request's rows by email."""
+    def _transport_error(self, run: PushRun, keys: list[str], exc: httpx.HTTPError) -> None:
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            raise Misconfigured(f"HUBSPOT_API_BASE_URL is not an http(s) URL: {exc}") from None
+        reason = self._redact(f"HubSpot request failed: {describe(exc)}")
+        if never_sent(exc):
+            raise Unreachable(reason) from None
+        logger.warning("%s (%d contacts will be retried)", reason, len(keys))
+        run.set(keys, Retry(reason))
+
+    def _read_results(
+        self, run: PushRun, keys: list[str], response: httpx.Response
+    ) -> tuple[list[str], str] | None:
+        """Match a 200 / 207 answer's results and errors to the request's rows by email.
+
+        Returns the rows left without a result when HubSpot reported errors it did not tie to
+        a contact (with those errors' text), for the caller to re-send in parts; else None.
+        """
         status = response.status_code
         body = json_body(response)
         if not isinstance(body, dict):
             run.set(keys, Retry(f"HubSpot answered {status} without a readable body", status))
-            return
+            return None
         pending = dict.fromkeys(keys)  # an ordered set
         unmatched_ids: list[str] = []
         for item in _dicts(body.get("results")):
@@ -395,19 +460,41 @@ class HubSpotConnector:
             for key in named:
                 pending.pop(key, None)
         if not pending:
-            return
+            return None
         left = list(pending)
         if len(left) == 1 and len(unattributed) == 1 and not unmatched_ids:
             run.set(left, Fail(f"HubSpot refused the contact: {unattributed[0]}", status))
         elif len(left) == 1 and len(unmatched_ids) == 1 and not unattributed:
             run.set(left, Ok(unmatched_ids[0], status))
         elif unattributed:
-            reason = "HubSpot reported errors it did not tie to a contact: " + "; ".join(
-                unattributed
-            )
-            run.set(left, Retry(truncate(reason), status))
+            # Which rows the errors are about is unknown: halving the rest finds out.
+            return left, truncate("; ".join(unattributed))
         else:
             run.set(left, Retry("HubSpot's answer did not include this contact", status))
+        return None
+
+    async def _split(
+        self,
+        run: PushRun,
+        inputs: dict[str, dict[str, Any]],
+        unsettled: tuple[list[str], str],
+        status: int,
+        budget: Budget,
+    ) -> None:
+        """Re-send, in halves, the rows of a 207 whose errors named no contact."""
+        keys, errors = unsettled
+        logger.info(
+            "HubSpot reported errors it did not tie to a contact (%s); re-sending the %d "
+            "contacts without a result in halves",
+            errors,
+            len(keys),
+        )
+        for part in halves(keys):
+            if budget.take():
+                await self._upsert(run, inputs, part, budget)
+            else:
+                reason = f"HubSpot reported errors it did not tie to a contact: {errors}"
+                run.set(part, Retry(f"{reason}; not narrowed down further in this attempt", status))
 
     async def _narrow(
         self,
@@ -459,11 +546,21 @@ class HubSpotConnector:
 
     # --- messages ----------------------------------------------------------------------------
 
+    def _window_429(self, response: httpx.Response) -> bool:
+        """Whether a 429 is the short window's and it frees within a second: send again then
+        (the request was refused, not applied), instead of pausing the CRM."""
+        headers = response.headers
+        if (
+            _policy(response) == "DAILY"
+            or headers.get("X-HubSpot-RateLimit-Daily-Remaining", "").strip() == "0"
+            or headers.get("Retry-After") is not None
+        ):
+            return False
+        return self._limiter.wait_for_next() < INLINE_RETRY_WAIT
+
     def _rate_limited(self, response: httpx.Response) -> RateLimited:
-        """A 429 as `RateLimited`: wait for the 10-second window, or for the daily reset."""
-        self._limiter.drain()
-        body = json_body(response)
-        policy = str(body.get("policyName") or "").upper() if isinstance(body, dict) else ""
+        """A 429 as `RateLimited`: wait for the short window to free, or for the daily reset."""
+        policy = _policy(response)
         headers = response.headers
         now = datetime.fromtimestamp(self._clock(), UTC)
         retry_after = headers.get("Retry-After")
@@ -478,10 +575,11 @@ class HubSpotConnector:
                 "not know, so it looks at least hourly until midnight UTC)"
             )
         else:
+            # When our own requests fill the window, its oldest leaves it in a fraction of it.
             window = _window_seconds(headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"))
-            wait = seconds_header(retry_after, window, now)
+            wait = seconds_header(retry_after, self._limiter.wait_for_next() or window, now)
             message = (
-                f"HubSpot rate limit reached ({policy or 'rolling window'}); waiting {wait:g} s"
+                f"HubSpot rate limit reached ({policy or 'rolling window'}); waiting {wait:.2g} s"
             )
         logger.warning(message)
         return RateLimited(wait, message)
@@ -571,6 +669,29 @@ def _headers(token: str | None) -> dict[str, str]:
         "Content-Type": "application/json",
         "Accept": "application/json",
     }
+
+
+def hubspot_quota(response: httpx.Response) -> Quota | None:
+    """The short window's `X-HubSpot-RateLimit-*` headers as a `Quota` (HubSpot says no reset)."""
+    headers = response.headers
+    try:
+        remaining = int(headers["X-HubSpot-RateLimit-Remaining"])
+    except (KeyError, ValueError):
+        if response.status_code != 429 or _policy(response) == "DAILY":
+            return None
+        remaining = 0
+    try:
+        limit: int | None = int(headers.get("X-HubSpot-RateLimit-Max", ""))
+    except ValueError:
+        limit = None
+    window = _window_seconds(headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"))
+    return Quota(remaining, None, limit, window)
+
+
+def _policy(response: httpx.Response) -> str:
+    """The `policyName` of a 429 (DAILY, TEN_SECONDLY_ROLLING, ...), upper case, or ""."""
+    body = json_body(response)
+    return str(body.get("policyName") or "").upper() if isinstance(body, dict) else ""
 
 
 def _window_seconds(milliseconds: str | None) -> float:

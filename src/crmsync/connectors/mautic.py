@@ -56,6 +56,7 @@ from crmsync.connectors.base import (
     Transient,
     Unreachable,
     make_client,
+    request_timeout,
     stable_hash,
     truncate,
 )
@@ -69,7 +70,7 @@ from crmsync.connectors.httputil import (
     seconds_header,
 )
 from crmsync.connectors.mapping import clean_phone, split_name
-from crmsync.connectors.ratelimit import RateLimiter
+from crmsync.connectors.ratelimit import Quota, RateLimiter
 from crmsync.connectors.upsert import (
     CUSTOM_FIELDS,
     Budget,
@@ -132,7 +133,10 @@ class MauticConnector:
         self._owns_client = client is None
         self._client = client if client is not None else make_client()
         self._clock = clock
-        self._limiter = RateLimiter(settings.rate_limit_per_second)
+        self._timeout = request_timeout(settings.timeout_seconds)
+        # Mautic's limiter (off by default) counts per hour; its X-RateLimit-* headers say what
+        # is left and when the hour ends, so a push stops at the limit instead of at a 429.
+        self._limiter = RateLimiter(settings.rate_limit_per_second, vendor="Mautic")
         self._mapped = MappedOnce(self.payload)
         password = settings.password.get_secret_value() if settings.password else None
         secret = settings.client_secret.get_secret_value() if settings.client_secret else None
@@ -214,13 +218,15 @@ class MauticConnector:
     ) -> None:
         """Send `keys`' contacts in one request and record a result for each (or raise)."""
         run.check()
-        await self._limiter.acquire()
+        ticket = await self._limiter.acquire()
         run.check()
         try:
             authorization = await self._authorization()
-        except Unreachable:
-            raise
-        except Transient as exc:
+        except BaseException as exc:
+            self._limiter.observe(ticket, None)  # never sent
+            # No connection to the token endpoint: nothing was sent, the batch is Unreachable.
+            if isinstance(exc, Unreachable) or not isinstance(exc, Transient):
+                raise
             logger.warning("%s (%d contacts will be retried)", exc.message, len(keys))
             run.set(keys, Retry(exc.message, exc.http_status))
             return
@@ -234,16 +240,21 @@ class MauticConnector:
                     "Content-Type": "application/json",
                     "Accept": "application/json",
                 },
+                timeout=self._timeout,
             )
-        except httpx.UnsupportedProtocol as exc:
-            raise Misconfigured(f"MAUTIC_BASE_URL is not an http(s) URL: {exc}") from None
-        except httpx.HTTPError as exc:
+        except BaseException as exc:
+            self._limiter.observe(ticket, None)  # no answer: no longer in flight
+            if isinstance(exc, httpx.UnsupportedProtocol):
+                raise Misconfigured(f"MAUTIC_BASE_URL is not an http(s) URL: {exc}") from None
+            if not isinstance(exc, httpx.HTTPError):
+                raise
             reason = self._redact(f"Mautic request failed: {describe(exc)}")
             if never_sent(exc):
                 raise Unreachable(reason) from None
             logger.warning("%s (%d contacts will be retried)", reason, len(keys))
             run.set(keys, Retry(reason))
             return
+        self._limiter.observe(ticket, self._quota(response))
         status = response.status_code
         logger.debug(
             "Mautic batch of %d contacts: HTTP %d in %.2f s",
@@ -288,7 +299,7 @@ class MauticConnector:
     ) -> None:
         """`PATCH /api/contacts/{id}/edit` with the new email; a 404 falls back to the upsert."""
         run.check()
-        await self._limiter.acquire()
+        ticket = await self._limiter.acquire()
         run.check()
         contact_id = str(run.contacts[key].external_id)
         try:
@@ -301,13 +312,18 @@ class MauticConnector:
                     "Content-Type": "application/json",
                     "Accept": "application/json",
                 },
+                timeout=self._timeout,
             )
-        except Transient as exc:
-            run.set([key], Retry(exc.message, exc.http_status))
-            return
-        except httpx.HTTPError as exc:
+        except BaseException as exc:
+            self._limiter.observe(ticket, None)  # no answer: no longer in flight
+            if isinstance(exc, Transient):
+                run.set([key], Retry(exc.message, exc.http_status))
+                return
+            if not isinstance(exc, httpx.HTTPError):
+                raise
             run.set([key], Retry(self._redact(f"Mautic request failed: {describe(exc)}")))
             return
+        self._limiter.observe(ticket, self._quota(response))
         status = response.status_code
         if status == 200:
             run.set([key], Ok(contact_id, status))
@@ -421,23 +437,39 @@ class MauticConnector:
             )
         return f"Mautic refused the request ({label}): {message.rstrip('.')}. {fix}."
 
-    def _rate_limited(self, response: httpx.Response, message: str) -> RateLimited:
-        self._limiter.drain()
+    def _quota(self, response: httpx.Response) -> Quota | None:
+        """noxlogic's `X-RateLimit-*` headers as a `Quota` (a 429 without them: none left)."""
+        headers = response.headers
+        try:
+            remaining = int(headers["X-RateLimit-Remaining"])
+        except (KeyError, ValueError):
+            if response.status_code != 429:
+                return None
+            remaining = 0
+        try:
+            limit: int | None = int(headers.get("X-RateLimit-Limit", ""))
+        except ValueError:
+            limit = None
+        return Quota(remaining, self._reset_seconds(response), limit)
+
+    def _reset_seconds(self, response: httpx.Response) -> float | None:
+        """Seconds until the window ends: `Retry-After`, else `X-RateLimit-Reset` (a Unix time
+        or a number of seconds); None when neither says."""
         now = self._clock()
         headers = response.headers
-        wait = DEFAULT_RATE_LIMIT_WAIT
         if headers.get("Retry-After") is not None:
-            wait = seconds_header(
+            return seconds_header(
                 headers["Retry-After"], DEFAULT_RATE_LIMIT_WAIT, datetime.fromtimestamp(now, UTC)
             )
-        else:
-            try:
-                reset = float(headers.get("X-RateLimit-Reset", ""))
-            except ValueError:
-                reset = 0.0
-            seconds = reset - now if reset > _EPOCH_THRESHOLD else reset
-            if seconds > 0:
-                wait = seconds
+        try:
+            reset = float(headers.get("X-RateLimit-Reset", ""))
+        except ValueError:
+            return None
+        seconds = reset - now if reset > _EPOCH_THRESHOLD else reset
+        return seconds if seconds > 0 else None
+
+    def _rate_limited(self, response: httpx.Response, message: str) -> RateLimited:
+        wait = self._reset_seconds(response) or DEFAULT_RATE_LIMIT_WAIT
         text = f"Mautic rate limit reached ({message}); waiting {wait:g} s"
         logger.warning(text)
         return RateLimited(wait, text)

@@ -2,19 +2,22 @@
 
 Body: `{"contacts": [<contact>, ...]}`, one object per row with the contact's fields
 (`contact_id, email, name, first_name, last_name, phone_number, email_type, has_gmail, context,
-source_url, domain_id, page_id, source_job_id`; every key always present, null when unknown;
-placeholder names and phones are null), and `previous_email`: the email the workflow last
-received for the contact when it changed since, else null (n8n has no record id to update by).
-With `N8N_BATCH_SIZE=1` each request carries ONE contact object and no envelope, as the
-customer's system sent (customer-system 4.4), and that object also keeps the old keys
-`scrapersky_domain_id`, `scrapersky_page_id` and `timestamp` (UTC, ISO 8601 with `Z`) so that
-workflows built for the old system keep working unchanged.
+source_url, domain_id, page_id, source_job_id, idempotency_key`; every key always present, null
+when unknown; placeholder names and phones are null), and `previous_email`: the email the
+workflow last received for the contact when it changed since, else null (n8n has no record id
+to update by). With `N8N_BATCH_SIZE=1` each request carries ONE contact object and no
+envelope, as the customer's system sent (customer-system 4.4), and that object also keeps the
+old keys `scrapersky_domain_id`, `scrapersky_page_id` and `timestamp` (UTC, ISO 8601 with `Z`)
+so that workflows built for the old system keep working unchanged.
 
-`Idempotency-Key`: a UUID derived from the batch's contact objects (never from the timestamp), so a
-batch retried after a timeout, when n8n may already have run it, carries the same key and a
-workflow can drop the duplicate. A random key would make every retry look new. The flip side: a
-contact changed and then changed back sends the same key as before, so a workflow should keep keys
-for a window (hours), not forever.
+Idempotency: n8n cannot deduplicate by email, and a batch may have run although its answer was
+lost (a timeout, a reset connection). Every contact object carries `idempotency_key`,
+`"<contact_id>:<fingerprint>"`, the fingerprint being the hash of the object's other fields (the
+engine's own "already synced" hash), and the request's `Idempotency-Key` header is a UUID derived
+from the sorted keys of its contacts: a retry of the same rows, in any order and whatever the
+timestamp, carries the same keys, so a workflow can drop repeats. A random key would make every
+retry look new. The flip side: a contact changed and then changed back sends the same key as
+before, so a workflow should keep keys for a window (hours), not forever.
 
 Answers (n8n has no per-row results, so every row of a batch gets the same one):
 - 2xx → `Ok` with the execution id if the JSON answer has one (`executionId`, `execution_id` or
@@ -60,6 +63,7 @@ from crmsync.connectors.base import (
     RowResult,
     Unreachable,
     make_client,
+    request_timeout,
     stable_hash,
 )
 from crmsync.connectors.httputil import (
@@ -118,9 +122,24 @@ def contact_object(contact: ContactPayload) -> dict[str, Any]:
     }
 
 
+def keyed_object(contact: ContactPayload) -> tuple[str, dict[str, Any]]:
+    """(fingerprint, the object sent): `contact_object` with its `idempotency_key`.
+
+    The fingerprint leaves `previous_email` out: what the workflow holds afterwards does not
+    depend on the old email (and fingerprints stay those of before `previous_email` existed,
+    so an upgrade re-sends nothing).
+    """
+    item = contact_object(contact)
+    fingerprint = stable_hash({k: v for k, v in item.items() if k != "previous_email"})
+    item["idempotency_key"] = f"{item['contact_id']}:{fingerprint}"
+    return fingerprint, item
+
+
 def delivery_key(objects: Sequence[dict[str, Any]]) -> str:
-    """The batch's idempotency key: the same contacts in the same order give the same key."""
-    return str(uuid.uuid5(DELIVERY_NAMESPACE, stable_hash(list(objects))))
+    """The batch's `Idempotency-Key`: the same contacts and payloads, in any order, give the
+    same key."""
+    keys = sorted(str(item["idempotency_key"]) for item in objects)
+    return str(uuid.uuid5(DELIVERY_NAMESPACE, "\n".join(keys)))
 
 
 def execution_id(response: httpx.Response) -> str | None:
@@ -154,18 +173,15 @@ class N8nConnector:
         self.max_batch = settings.batch_size
         self._single = settings.batch_size == 1
         self._own_client = client is None
+        self._timeout = request_timeout(settings.timeout_seconds)
         self._client = client if client is not None else make_client()
         # Accepted so every connector is built the same way; an n8n push never waits.
         self._sleep = sleep
         self._clock = clock
-        self._mapped = MappedOnce(contact_object)
+        self._mapped = MappedOnce(keyed_object)
 
     def fingerprint(self, contact: ContactPayload) -> str:
-        data = self._mapped.remember(contact)
-        # What the workflow holds afterwards does not depend on the old email.
-        if data["previous_email"] is not None:
-            data = {**data, "previous_email": None}
-        return stable_hash(data)
+        return self._mapped.remember(contact)[0]
 
     def request_body(self, objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The JSON sent for these contact objects (one bare object in single mode)."""
@@ -183,7 +199,7 @@ class N8nConnector:
         if not batch:
             return []
         url, auth = self._target()
-        objects = [self._mapped.take(contact) for contact in batch]
+        objects = [self._mapped.take(contact)[1] for contact in batch]
         results: list[RowResult | None] = [None] * len(batch)
         try:
             if self._single:
@@ -241,7 +257,10 @@ class N8nConnector:
         headers = {**auth, "Idempotency-Key": key, "content-type": "application/json"}
         try:
             response = await self._client.post(
-                url, content=orjson.dumps(self.request_body(part)), headers=headers
+                url,
+                content=orjson.dumps(self.request_body(part)),
+                headers=headers,
+                timeout=self._timeout,
             )
         except httpx.HTTPError as exc:
             if never_sent(exc):

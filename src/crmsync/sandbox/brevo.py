@@ -18,8 +18,11 @@ UNVERIFIED (the swagger declares only 201 and 400): a 400 `invalid_parameter` he
 has it). An unknown identifier is 404 `document_not_found` "Contact does not exist".
 
 Auth is the `api-key` header. `/contacts*` carries `x-sib-ratelimit-*` headers on every answer and
-is limited per second and per hour (fixed windows); 429 bodies are UNVERIFIED, so we send a small
-errorModel-like body that a client should not rely on.
+is limited per second and per hour, counted per clock-aligned window or, with the option
+`rate_window=rolling`, over a rolling one; `x-sib-ratelimit-reset` is in whole seconds (the
+"granularity unit"), rounded up. `/processes` is not in Brevo's limits table, so it gets the
+General tier's 100 requests per hour, with the same headers. 429 bodies are UNVERIFIED, so we
+send a small errorModel-like body that a client should not rely on.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +41,12 @@ from starlette.routing import BaseRoute, Route
 from crmsync.sandbox.common import (
     BadRequestBody,
     ContactStore,
-    FixedWindow,
     JSONResponse,
     RawHeaders,
     StoredContact,
     Vendor,
+    Window,
+    Windows,
     is_valid_email,
     iso,
     read_json,
@@ -103,8 +108,7 @@ class BrevoFake(Vendor):
 
     def __init__(self, config: SandboxConfig) -> None:
         super().__init__(config, ContactStore())
-        self.per_second = FixedWindow(1.0)
-        self.per_hour = FixedWindow(3600.0)
+        self.windows = Windows()
         self.processes: dict[int, ImportProcess] = {}
         self.sms_owner: dict[str, str] = {}
         self.ext_id_owner: dict[str, str] = {}
@@ -142,7 +146,7 @@ class BrevoFake(Vendor):
                 e("PUT /contacts/{identifier}", self.update_contact),
                 methods=["PUT"],
             ),
-            # Not a /contacts* endpoint: no rate-limit bucket or headers.
+            # Not a /contacts* endpoint: its own (much smaller) hourly limit.
             Route(
                 "/processes/{process_id}",
                 e("GET /processes/{id}", self.get_process, limited=False),
@@ -168,51 +172,33 @@ class BrevoFake(Vendor):
     def not_found_response(self, request: Request) -> Response:
         return error(404, "document_not_found", f"No route {request.method} {request.url.path}")
 
-    def check_limits(self, now: float, *, burst: bool) -> tuple[Response | None, RawHeaders]:
+    def _window(self, name: str, seconds: float) -> Window:
+        return self.windows.get(name, self.options.rate_window, seconds)
+
+    def _limits(self) -> list[tuple[int, Window]]:
+        """(limit, window) of each limit switched on, the per-second one first."""
         second, hour = self.options.rate_limit_per_second, self.options.rate_limit_per_hour
-        refused = burst or (
-            (second > 0 and not self.per_second.allows(now, second))
-            or (hour > 0 and not self.per_hour.allows(now, hour))
-        )
-        if refused:
-            return self.rate_limited_response(now), []
+        limits = []
         if second > 0:
-            self.per_second.take(now)
+            limits.append((second, self._window("second", 1.0)))
         if hour > 0:
-            self.per_hour.take(now)
+            limits.append((hour, self._window("hour", 3600.0)))
+        return limits
+
+    def check_limits(self, now: float, *, burst: bool) -> tuple[Response | None, RawHeaders]:
+        limits = self._limits()
+        if burst or any(not window.allows(now, limit) for limit, window in limits):
+            return self.rate_limited_response(now), []
+        for _, window in limits:
+            window.take(now)
         return None, self.limit_headers(now)
 
     def limit_headers(self, now: float) -> RawHeaders:
         """Report the binding window: the hourly one once it is used up, else the per-second."""
-        second, hour = self.options.rate_limit_per_second, self.options.rate_limit_per_hour
-        if hour > 0 and (second <= 0 or self.per_hour.remaining(now, hour) == 0):
-            limit, remaining = hour, self.per_hour.remaining(now, hour)
-            reset = seconds_until(self.per_hour.reset_at(now), now)
-        elif second > 0:
-            limit, remaining = second, self.per_second.remaining(now, second)
-            reset = seconds_until(self.per_second.reset_at(now), now)
-        else:
-            return []
-        return [
-            (b"x-sib-ratelimit-limit", str(limit).encode()),
-            (b"x-sib-ratelimit-remaining", str(remaining).encode()),
-            (b"x-sib-ratelimit-reset", str(reset).encode()),
-        ]
+        return _headers(now, self._limits())
 
     def rate_limited_response(self, now: float) -> Response:
-        headers = self.limit_headers(now)
-        if not headers:  # burst_429 with limits off: still look like a used-up second
-            headers = [
-                (b"x-sib-ratelimit-limit", b"10"),
-                (b"x-sib-ratelimit-remaining", b"0"),
-                (b"x-sib-ratelimit-reset", b"1"),
-            ]
-        else:
-            headers[1] = (b"x-sib-ratelimit-remaining", b"0")
-        reset = int(headers[2][1])
-        response = error(429, "too_many_requests", "Too many requests (sandbox rate limit)")
-        response.raw_headers.extend(self.retry_after(headers, reset))
-        return response
+        return _too_many(now, self.limit_headers(now), self.retry_after)
 
     def reset(self, *, faults: bool) -> None:
         super().reset(faults=faults)
@@ -222,8 +208,7 @@ class BrevoFake(Vendor):
         self.processes.clear()
         self.sms_owner.clear()
         self.ext_id_owner.clear()
-        self.per_second.clear()
-        self.per_hour.clear()
+        self.windows.clear()
         self._next_process = 1
         self._load_attributes()
 
@@ -522,6 +507,18 @@ class BrevoFake(Vendor):
             process.imported += 1
 
     async def get_process(self, request: Request) -> Response:
+        now = self.clock()
+        limit = self.options.processes_limit_per_hour
+        limits = [(limit, self._window("processes", 3600.0))] if limit > 0 else []
+        if any(not window.allows(now, limit) for limit, window in limits):
+            return _too_many(now, _headers(now, limits), self.retry_after)
+        for _, window in limits:
+            window.take(now)
+        response = self._process_status(request)
+        response.raw_headers.extend(_headers(now, limits))
+        return response
+
+    def _process_status(self, request: Request) -> Response:
         raw_id = request.path_params["process_id"]
         process = self.processes.get(int(raw_id)) if raw_id.isdigit() else None
         if process is None:
@@ -559,6 +556,38 @@ def _fits(kind: str, value: Any) -> bool:
     if kind == "float":
         return isinstance(value, int | float) and not isinstance(value, bool)
     return value is None or isinstance(value, str | int | float)
+
+
+def _headers(now: float, limits: list[tuple[int, Window]]) -> RawHeaders:
+    """`x-sib-ratelimit-*` for the binding window: the first used up, else the first one."""
+    if not limits:
+        return []
+    limit, window = next(
+        ((limit, window) for limit, window in limits if window.remaining(now, limit) == 0),
+        limits[0],
+    )
+    reset = seconds_until(window.reset_at(now), now)
+    return [
+        (b"x-sib-ratelimit-limit", str(limit).encode()),
+        (b"x-sib-ratelimit-remaining", str(window.remaining(now, limit)).encode()),
+        (b"x-sib-ratelimit-reset", str(reset).encode()),
+    ]
+
+
+def _too_many(
+    now: float, headers: RawHeaders, retry_after: Callable[[RawHeaders, int], RawHeaders]
+) -> Response:
+    if not headers:  # burst_429 with limits off: still look like a used-up second
+        headers = [
+            (b"x-sib-ratelimit-limit", b"10"),
+            (b"x-sib-ratelimit-remaining", b"0"),
+            (b"x-sib-ratelimit-reset", b"1"),
+        ]
+    else:
+        headers[1] = (b"x-sib-ratelimit-remaining", b"0")
+    response = error(429, "too_many_requests", "Too many requests (sandbox rate limit)")
+    response.raw_headers.extend(retry_after(headers, int(headers[2][1])))
+    return response
 
 
 def _csv_rows(text: str) -> list[dict[str, Any]]:

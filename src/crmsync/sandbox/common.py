@@ -192,21 +192,31 @@ class ContactStore:
 
 
 class FixedWindow:
-    """At most `limit` hits per aligned window of `seconds` (Brevo per second/hour, Mautic)."""
+    """At most `limit` hits per window of `seconds`.
 
-    def __init__(self, seconds: float) -> None:
+    Windows are aligned on the clock (Brevo's second and hour, HubSpot's UTC day), or, with
+    `from_first_hit`, a window starts at the whole second of the first hit after the previous
+    one ended: noxlogic's RateLimitBundle behind Mautic stores `time() + period` at the first
+    call, and PHP's `time()` is whole seconds, so its reset timestamp is exact.
+    """
+
+    def __init__(self, seconds: float, *, from_first_hit: bool = False) -> None:
         self.seconds = seconds
+        self.from_first_hit = from_first_hit
         self.clear()
 
     def clear(self) -> None:
-        self._start = 0.0
+        self._start = -math.inf
         self._count = 0
 
     def _roll(self, now: float) -> None:
-        start = now - (now % self.seconds)
-        if start != self._start:
-            self._start = start
-            self._count = 0
+        if self._start <= now < self._start + self.seconds:
+            return
+        if self.from_first_hit:
+            self._start = float(math.floor(now))
+        else:
+            self._start = now - (now % self.seconds)
+        self._count = 0
 
     def allows(self, now: float, limit: int) -> bool:
         self._roll(now)
@@ -221,6 +231,7 @@ class FixedWindow:
         return max(0, limit - self._count)
 
     def reset_at(self, now: float) -> float:
+        """When the window ends and every slot frees at once."""
         self._roll(now)
         return self._start + self.seconds
 
@@ -252,9 +263,41 @@ class RollingWindow:
         return max(0, limit - len(self._hits))
 
     def reset_at(self, now: float) -> float:
-        """When the next slot frees up."""
+        """When the next slot frees up (the oldest hit leaves the window)."""
         self._prune(now)
         return self._hits[0] + self.seconds if self._hits else now
+
+
+Window = FixedWindow | RollingWindow
+
+
+class Windows:
+    """A vendor's limit windows by name, of the kind its `rate_window` option names.
+
+    Changing the option at run time (`PUT /_sandbox/{crm}/faults`) starts fresh windows of the
+    new kind; `clear` forgets every window (a reset).
+    """
+
+    def __init__(self, *, from_first_hit: bool = False) -> None:
+        self._from_first_hit = from_first_hit
+        self._windows: dict[tuple[str, str, float], Window] = {}
+
+    def get(self, name: str, kind: str, seconds: float) -> Window:
+        key = (name, kind, seconds)
+        window = self._windows.get(key)
+        if window is None:
+            stale = [k for k in self._windows if k[0] == name]
+            for k in stale:
+                del self._windows[k]
+            if kind == "rolling":
+                window = RollingWindow(seconds)
+            else:
+                window = FixedWindow(seconds, from_first_hit=self._from_first_hit)
+            self._windows[key] = window
+        return window
+
+    def clear(self) -> None:
+        self._windows.clear()
 
 
 class ManualClock:
@@ -342,7 +385,7 @@ class Vendor:
     Subclasses set `name`, build their routes, and implement `authenticate`, `error_response`
     and `check_limits`. `endpoint(...)` wraps a handler with, in this order:
     outage -> latency -> timeout -> random 5xx -> authentication -> burst_429 -> rate limits ->
-    handler.
+    handler -> apply_then_drop (the handler's write is kept, its answer is not sent).
     Faults come before authentication because in production they happen in front of the app
     (load balancer, overloaded worker); rate limits come after it because vendors count them
     per account or app.
@@ -499,9 +542,20 @@ class Vendor:
             if refused is not None:
                 return refused
         response = await handler(request)
+        if self._drop_after_apply(options):
+            # The write is done; the answer never reaches the client (reset connection).
+            return DropConnection()
         if headers:
             response.raw_headers.extend(headers)
         return response
+
+    def _drop_after_apply(self, options: FaultOptions) -> bool:
+        if options.apply_then_drop > 0:
+            options.apply_then_drop -= 1
+            return True
+        return bool(
+            options.apply_then_drop_rate and self.rng.random() < options.apply_then_drop_rate
+        )
 
     def _with_limit_headers(self, response: Response, limited: bool) -> Response:
         if limited and self.limit_headers_on_rejections:

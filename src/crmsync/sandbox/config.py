@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 VENDORS: tuple[str, ...] = ("brevo", "hubspot", "mautic", "n8n")
+# How a fake counts requests against a limit: per fixed window, or over a rolling one.
+WINDOW_KINDS: tuple[str, ...] = ("fixed", "rolling")
 
 _RATE = {"min": 0.0, "max": 1.0}
 _NON_NEGATIVE = {"min": 0}
@@ -64,6 +66,14 @@ class FaultOptions:
         "504", "after hanging: answer 504, or drop the connection", choices=("504", "drop")
     )
     burst_429: int = _opt(0, "answer the next N rate-limited requests 429", **_NON_NEGATIVE)
+    # A lost answer: the vendor did the write, the client never hears of it (crm-apis.md has
+    # no source for how often; a reset connection or a proxy timeout does exactly this).
+    apply_then_drop: int = _opt(
+        0, "apply the next N requests, then drop the connection unanswered", **_NON_NEGATIVE
+    )
+    apply_then_drop_rate: float = _opt(
+        0.0, "share of requests applied, then dropped unanswered", **_RATE
+    )
     bad_credentials: bool = _opt(False, "refuse every credential")
     # No source shows Retry-After on these vendors' 429s (crm-apis.md 1.3, 2.5): off by default.
     retry_after: bool = _opt(False, "add a Retry-After header to 429 answers")
@@ -77,16 +87,37 @@ class BrevoOptions(FaultOptions):
     # General tier for /v3/contacts/* (crm-apis.md 1.3).
     rate_limit_per_second: int = _opt(10, "requests per second on /contacts*", **_NON_NEGATIVE)
     rate_limit_per_hour: int = _opt(36_000, "requests per hour on /contacts*", **_NON_NEGATIVE)
+    # Brevo does not say how it slices time; both kinds, so a client can be tested on each.
+    rate_window: str = _opt(
+        "fixed",
+        "count /contacts* limits per clock-aligned window, or over a rolling one",
+        choices=WINDOW_KINDS,
+    )
+    # Endpoints Brevo's limits table does not list get 100 requests/hour (General tier).
+    processes_limit_per_hour: int = _opt(
+        100, "requests per hour on /processes (import status)", **_NON_NEGATIVE
+    )
     import_queued_ms: float = _opt(200.0, "time an import stays 'queued'", **_NON_NEGATIVE)
     import_processing_ms: float = _opt(300.0, "time an import stays 'in_process'", **_NON_NEGATIVE)
 
-    limit_fields: ClassVar[tuple[str, ...]] = ("rate_limit_per_second", "rate_limit_per_hour")
+    limit_fields: ClassVar[tuple[str, ...]] = (
+        "rate_limit_per_second",
+        "rate_limit_per_hour",
+        "processes_limit_per_hour",
+    )
 
 
 @dataclass(slots=True)
 class HubSpotOptions(FaultOptions):
     # Free/Starter tier (crm-apis.md 2.5).
-    rate_limit_per_10s: int = _opt(100, "requests per rolling 10 s window", **_NON_NEGATIVE)
+    rate_limit_per_10s: int = _opt(100, "requests per 10 s window", **_NON_NEGATIVE)
+    # HubSpot reports the window's length in X-HubSpot-RateLimit-Interval-Milliseconds; a
+    # shorter one lets a test see several windows in seconds with the same semantics.
+    rate_limit_interval_ms: int = _opt(10_000, "length of that window", min=100)
+    # HubSpot's policy is TEN_SECONDLY_ROLLING; "fixed" counts per clock-aligned window.
+    rate_window: str = _opt(
+        "rolling", "count the window rolling, or per clock-aligned window", choices=WINDOW_KINDS
+    )
     daily_limit: int = _opt(250_000, "requests per UTC day", **_NON_NEGATIVE)
     # UNVERIFIED whether one invalid email in batch/upsert fails the row (207) or the batch (400).
     invalid_email_mode: str = _opt(
@@ -96,6 +127,12 @@ class HubSpotOptions(FaultOptions):
     )
     # Real batch answers are not promised in input order; turn on to catch clients that assume it.
     shuffle_results: bool = _opt(False, "return batch results in random order")
+    # A 207 error's `context` and message are not promised to name the input (crm-apis.md 2.2).
+    error_identity: str = _opt(
+        "context",
+        "207 errors name their input in context and message, or not at all",
+        choices=("context", "none"),
+    )
 
     limit_fields: ClassVar[tuple[str, ...]] = ("rate_limit_per_10s", "daily_limit")
 
@@ -104,6 +141,12 @@ class HubSpotOptions(FaultOptions):
 class MauticOptions(FaultOptions):
     # Mautic ships with the limiter off (`api_rate_limiter_limit: 0`, crm-apis.md 3.4).
     rate_limit_per_hour: int = _opt(0, "requests per hour on /api (0 = off)", **_NON_NEGATIVE)
+    # noxlogic's bundle counts a fixed hour from the first call; "rolling" is stricter.
+    rate_window: str = _opt(
+        "fixed",
+        "count the hour from the first call (noxlogic), or over a rolling hour",
+        choices=WINDOW_KINDS,
+    )
     batch_limit: int = _opt(200, "api_batch_max_limit", min=1)
     # 500 in the code read, 400 per a newer docs PR (crm-apis.md 3.3): version dependent.
     over_limit_status: int = _opt(500, "status for a batch over batch_limit", choices=(400, 500))

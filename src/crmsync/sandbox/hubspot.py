@@ -16,7 +16,8 @@ ids it does not have (the other inputs are applied). A new email that belongs to
 gives a `CONFLICT` error naming that input's id, "Contact already exists. Existing ID: N" (the
 single-contact 409's wording; how batch/update reports it is UNVERIFIED).
 
-Limits: a rolling 10-second window and a UTC-day counter, reported in
+Limits: a rolling 10-second window (option `rate_window=fixed`: per clock-aligned window; option
+`rate_limit_interval_ms`: another length) and a UTC-day counter, reported in
 `X-HubSpot-RateLimit-*` headers; a 429 names the policy (TEN_SECONDLY_ROLLING or DAILY).
 """
 
@@ -35,9 +36,10 @@ from crmsync.sandbox.common import (
     FixedWindow,
     JSONResponse,
     RawHeaders,
-    RollingWindow,
     StoredContact,
     Vendor,
+    Window,
+    Windows,
     is_valid_email,
     iso,
     read_json,
@@ -130,7 +132,7 @@ class HubSpotFake(Vendor):
 
     def __init__(self, config: SandboxConfig) -> None:
         super().__init__(config, ContactStore(string_ids=True, first_id=1001))
-        self.ten_seconds = RollingWindow(10.0)
+        self.windows = Windows()
         self.daily = FixedWindow(86_400.0)  # epoch-aligned: resets at UTC midnight
         self.properties: dict[str, dict[str, Any]] = {}
         self._load_properties()
@@ -205,6 +207,14 @@ class HubSpotFake(Vendor):
     def not_found_response(self, request: Request) -> Response:
         return self.error(404, "OBJECT_NOT_FOUND", f"No route {request.method} {request.url.path}")
 
+    @property
+    def ten_seconds(self) -> Window:
+        """The short window (ten seconds unless `rate_limit_interval_ms` says otherwise)."""
+        options = self.options
+        return self.windows.get(
+            "interval", options.rate_window, options.rate_limit_interval_ms / 1000
+        )
+
     def check_limits(self, now: float, *, burst: bool) -> tuple[Response | None, RawHeaders]:
         window, daily = self.options.rate_limit_per_10s, self.options.daily_limit
         if daily > 0 and not self.daily.allows(now, daily):
@@ -232,7 +242,8 @@ class HubSpotFake(Vendor):
                 left = self.ten_seconds.remaining(now, window)
             # With the window off, burst_429 reports the default Free-tier window.
             shown = window if window > 0 else FREE_TIER_WINDOW
-            headers.append((b"x-hubspot-ratelimit-interval-milliseconds", b"10000"))
+            interval = str(self.options.rate_limit_interval_ms).encode()
+            headers.append((b"x-hubspot-ratelimit-interval-milliseconds", interval))
             headers.append((b"x-hubspot-ratelimit-max", str(shown).encode()))
             headers.append((b"x-hubspot-ratelimit-remaining", str(left).encode()))
         return headers
@@ -261,7 +272,7 @@ class HubSpotFake(Vendor):
 
     def reset(self, *, faults: bool) -> None:
         super().reset(faults=faults)
-        self.ten_seconds.clear()
+        self.windows.clear()
         self.daily.clear()
         self._load_properties()
 
@@ -295,11 +306,13 @@ class HubSpotFake(Vendor):
         return self._validation_error(_not_valid(details))
 
     def _invalid_email_detail(self, email: Any) -> str:
+        """The INVALID_EMAIL detail; without an email (None), one that names no input."""
+        text = "Email address is invalid" if email is None else f"Email address {email} is invalid"
         return _not_valid(
             [
                 {
                     "isValid": False,
-                    "message": f"Email address {email} is invalid",
+                    "message": text,
                     "error": "INVALID_EMAIL",
                     "name": "email",
                 }
@@ -402,12 +415,13 @@ class HubSpotFake(Vendor):
         if not invalid:
             return JSONResponse(payload)
         payload["numErrors"] = len(invalid)
+        named = self.options.error_identity == "context"
         payload["errors"] = [
             {
                 "status": "error",
                 "category": "VALIDATION_ERROR",
-                "message": self._invalid_email_detail(inputs[i]["id"]),
-                "context": {"ids": [inputs[i]["id"]]},
+                "message": self._invalid_email_detail(inputs[i]["id"] if named else None),
+                "context": {"ids": [inputs[i]["id"]]} if named else {},
                 "errors": [],
                 "links": {},
             }

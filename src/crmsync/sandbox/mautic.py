@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import secrets
 from typing import Any
@@ -40,11 +41,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from crmsync.sandbox.common import (
     BadRequestBody,
     ContactStore,
-    FixedWindow,
     JSONResponse,
     RawHeaders,
     StoredContact,
     Vendor,
+    Window,
+    Windows,
     is_valid_email,
     iso,
     read_json,
@@ -164,7 +166,8 @@ class MauticFake(Vendor):
 
     def __init__(self, config: SandboxConfig) -> None:
         super().__init__(config, ContactStore())
-        self.per_hour = FixedWindow(3600.0)
+        # noxlogic's hour starts at the first call's whole second (PHP's time()).
+        self.windows = Windows(from_first_hit=True)
         # OAuth2 access token -> expiry. Kept across resets: a client's token stays valid.
         self.tokens: dict[str, float] = {}
         self.fields: dict[str, dict[str, Any]] = {}
@@ -247,6 +250,10 @@ class MauticFake(Vendor):
     def not_found_response(self, request: Request) -> Response:
         return errors(404, f"Requested URL not found: {request.url.path}")
 
+    @property
+    def per_hour(self) -> Window:
+        return self.windows.get("hour", self.options.rate_window, 3600.0)
+
     def check_limits(self, now: float, *, burst: bool) -> tuple[Response | None, RawHeaders]:
         limit = self.options.rate_limit_per_hour
         if burst or (limit > 0 and not self.per_hour.allows(now, limit)):
@@ -263,8 +270,8 @@ class MauticFake(Vendor):
         return [
             (b"x-ratelimit-limit", str(limit).encode()),
             (b"x-ratelimit-remaining", str(self.per_hour.remaining(now, limit)).encode()),
-            # noxlogic reports the reset as a unix timestamp.
-            (b"x-ratelimit-reset", str(int(self.per_hour.reset_at(now))).encode()),
+            # noxlogic reports the reset as a unix timestamp (whole seconds).
+            (b"x-ratelimit-reset", str(math.ceil(self.per_hour.reset_at(now))).encode()),
         ]
 
     def rate_limited_response(self, now: float) -> Response:
@@ -273,7 +280,7 @@ class MauticFake(Vendor):
         headers = [
             (b"x-ratelimit-limit", str(limit).encode()),
             (b"x-ratelimit-remaining", b"0"),
-            (b"x-ratelimit-reset", str(int(reset_at)).encode()),
+            (b"x-ratelimit-reset", str(math.ceil(reset_at)).encode()),
         ]
         response = errors(429, f"You exceeded the rate limit of {limit} API calls per hour.")
         response.raw_headers.extend(self.retry_after(headers, seconds_until(reset_at, now)))
@@ -281,7 +288,7 @@ class MauticFake(Vendor):
 
     def reset(self, *, faults: bool) -> None:
         super().reset(faults=faults)
-        self.per_hour.clear()
+        self.windows.clear()
         self._load_fields()
 
     def _load_fields(self) -> None:

@@ -140,6 +140,8 @@ def apply_result(
             row.contact_id,
             Outcome.ok,
             attempts=0,
+            # Only the history shows it: a Complete row carries no processing error.
+            message=result.note,
             http_status=result.http_status,
             external_id=result.external_id,
             synced_hash=fingerprint,
