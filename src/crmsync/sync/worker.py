@@ -33,8 +33,10 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import httpx
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync import counts, db, metrics
@@ -75,6 +77,11 @@ log = logging.getLogger(__name__)
 WORKER_HEADER = "X-Crmsync-Worker"
 # How often in-memory views of shared state are refreshed.
 CONTROL_TTL = 1.0
+# A record transaction whose database connection was lost is tried this many times in all,
+# waiting RECORD_RETRY_SECONDS x the attempt number in between.
+RECORD_ATTEMPTS = 3
+RECORD_RETRY_SECONDS = 0.5
+T = TypeVar("T")
 SUMMARY_SECONDS = 10.0
 PRUNE_SECONDS = 3600.0
 # How often the count deltas (PostgreSQL) are folded: a busy sync adds a few per batch.
@@ -276,6 +283,29 @@ class CrmRunner:
             token = next_token
             self._log_summary()
 
+    async def _durably(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Run a record transaction, again on a new connection if the database connection was
+        lost during it (a restarted server, a terminated backend, a network cut).
+
+        A lost connection rolled the transaction back, so nothing was written and trying again
+        is safe; the vendor's answers are kept instead of being thrown away, and the lease
+        fence still decides whether they apply. Other errors, and a third loss, go up.
+        """
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            try:
+                return await write()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or attempt == RECORD_ATTEMPTS:
+                    raise
+                log.warning(
+                    "%s: the database connection was lost while recording a batch (%s); "
+                    "trying again",
+                    self.crm.value,
+                    type(exc.orig).__name__,
+                )
+                await asyncio.sleep(RECORD_RETRY_SECONDS * attempt)
+        raise AssertionError("unreachable")
+
     def _lane_done(self, lane: asyncio.Task[None]) -> None:
         if not lane.cancelled() and lane.exception() is not None:
             # Its rows stay Processing until the lease runs out; then any worker retries them.
@@ -375,13 +405,17 @@ class CrmRunner:
             then = queue.NextClaim(
                 self.crm, self.batch_size, self.worker.id, next_token, now, lease_until
             )
-            recorded, claimed = await queue.record_then_claim(
-                self.worker.engine, self.crm, token, updates, now, timing, then
+            recorded, claimed = await self._durably(
+                lambda: queue.record_then_claim(
+                    self.worker.engine, self.crm, token, updates, now, timing, then
+                )
             )
             self.last_cycle_at = now
             following = (claimed, next_token)
         else:
-            recorded = await queue.record(self.worker.engine, self.crm, token, updates, now, timing)
+            recorded = await self._durably(
+                lambda: queue.record(self.worker.engine, self.crm, token, updates, now, timing)
+            )
         if recorded.lost:
             metrics.LEASE_LOST.labels(self.crm.value).inc(len(recorded.lost))
             log.warning(
