@@ -71,13 +71,13 @@ def test_sources_and_redaction(tmp_path: Path) -> None:
 
 def test_table_and_only_set(tmp_path: Path) -> None:
     _write_env_file(tmp_path)
-    table = _show(tmp_path, JWT_SECRET_KEY="jwt-secret-value-123")
+    table = _show(tmp_path, JWT_SECRET_KEY="jwt-secret-value-123-long-enough-to-sign")
     assert table.returncode == 0, table.stderr
     assert f".env file: {tmp_path / '.env'}" in table.stdout
     assert "token secret: JWT_SECRET_KEY" in table.stdout
     line = next(line for line in table.stdout.splitlines() if "BREVO_LIST_ID" in line)
     assert line.split() == ["BREVO_LIST_ID", "9", ".env"]
-    for secret in (*SECRETS, "jwt-secret-value-123"):
+    for secret in (*SECRETS, "jwt-secret-value-123-long-enough-to-sign"):
         assert secret not in table.stdout
 
     only = _show(tmp_path, "--only-set", "--json")

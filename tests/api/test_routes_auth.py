@@ -31,6 +31,9 @@ PUBLIC = {
     ("GET", "/redoc"),
 }
 READ_ONLY = {"GET", "HEAD"}
+# The dashboard's sign-in page and form; its other routes need the session cookie (a bearer
+# token does not sign in to it) and send a browser to /login without one.
+DASHBOARD_PUBLIC = {("GET", "/login"), ("POST", "/login")}
 
 
 def _flat(app: FastAPI) -> list[Any]:
@@ -42,11 +45,15 @@ def _flat(app: FastAPI) -> list[Any]:
     return list(iter_route_contexts(app.routes))
 
 
-def routes(app: FastAPI) -> list[tuple[str, str]]:
-    """Every (method, path) the app answers, with path parameters filled in."""
+def routes(app: FastAPI, *, dashboard: bool = False) -> list[tuple[str, str]]:
+    """Every (method, path) the app answers, with path parameters filled in: the API's, or
+    with `dashboard` the dashboard's (`crmsync.web`)."""
     found = []
     for route in _flat(app):
         if route.path is None or not route.methods:
+            continue
+        module = getattr(getattr(route, "endpoint", None), "__module__", "")
+        if module.startswith("crmsync.web") != dashboard:
             continue
         path = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), route.path)
         for method in sorted(route.methods):
@@ -74,6 +81,24 @@ def test_the_enumeration_sees_every_kind_of_route(app: FastAPI) -> None:
     assert {"GET", "POST", "PUT", "PATCH", "DELETE"} <= methods
     assert PUBLIC <= found
     assert len(found) >= 20
+    pages = set(routes(app, dashboard=True))
+    assert DASHBOARD_PUBLIC <= pages and ("GET", "/") in pages and len(pages) >= 6
+
+
+async def test_every_dashboard_route_but_sign_in_needs_a_session(app: FastAPI) -> None:
+    """A bearer token, even a valid one, does not sign in to the dashboard: only its cookie."""
+    valid = mint_token(SECRET, "api-client", dt.timedelta(minutes=5))
+    for method, path in routes(app, dashboard=True):
+        if (method, path) in DASHBOARD_PUBLIC:
+            continue
+        for token in (None, "not-a-jwt", valid):
+            r = await _call(app, method, path, token)
+            if r.status_code == 303:
+                assert r.headers["location"].startswith("/login"), (method, path)
+            else:
+                # What the pages' own scripts fetch is told to sign in, not redirected.
+                assert r.status_code == 401, (method, path, r.text)
+                assert "Not signed in" in r.json()["detail"]
 
 
 async def test_every_route_but_the_public_ones_needs_a_token(app: FastAPI) -> None:

@@ -62,7 +62,12 @@ def contact(n: int = 1, **fields: Any) -> ContactPayload:
 
 def expected_object(n: int = 1) -> dict[str, Any]:
     item = base_object(n)
-    return {**item, "idempotency_key": f"{item['contact_id']}:{stable_hash(item)}"}
+    return {**item, "idempotency_key": f"{item['contact_id']}:{stable_hash(payload(item))}"}
+
+
+def payload(item: dict[str, Any]) -> dict[str, Any]:
+    """What the fingerprint covers: the object without `previous_email`."""
+    return {k: v for k, v in item.items() if k != "previous_email"}
 
 
 def base_object(n: int = 1) -> dict[str, Any]:
@@ -151,7 +156,7 @@ async def test_every_contact_carries_a_stable_idempotency_key() -> None:
     assert again["idempotency_key"] == first["idempotency_key"]
     assert changed["idempotency_key"] != first["idempotency_key"]
     # The key is derived from the payload, not part of what the fingerprint covers.
-    assert fingerprint == stable_hash(base_object(1))
+    assert fingerprint == stable_hash(payload(base_object(1)))
 
 
 async def test_single_mode_sends_one_bare_object_with_legacy_keys() -> None:
@@ -228,10 +233,14 @@ async def test_incomplete_settings_are_misconfigured(overrides: dict[str, Any], 
 
 def test_fingerprint_is_per_contact() -> None:
     conn = N8nConnector(make_settings(), httpx.AsyncClient())
-    assert conn.fingerprint(contact(1)) == stable_hash(contact_object(contact(1)))
-    # The idempotency key is derived from the rest: the fingerprint stays what it was before
-    # the key existed, so adding it did not make every contact look changed.
-    assert conn.fingerprint(contact(1)) == stable_hash(base_object(1))
+    assert conn.fingerprint(contact(1)) == stable_hash(payload(contact_object(contact(1))))
+    # The idempotency key is derived from the rest, and `previous_email` is left out: the
+    # fingerprint stays what it was before either existed, so adding them did not make every
+    # contact look changed, and what the workflow holds does not depend on the old email.
+    assert conn.fingerprint(contact(1)) == stable_hash(payload(base_object(1)))
+    moved = contact(1, synced_email="old@example.com", external_id="exec-1")
+    assert moved.previous_email == "old@example.com"
+    assert conn.fingerprint(moved) == conn.fingerprint(contact(1))
     assert conn.fingerprint(contact(1)) != conn.fingerprint(contact(1, context="changed"))
     single = N8nConnector(make_settings(batch_size=1), httpx.AsyncClient())
     # The timestamp and legacy keys of single mode do not make every push look changed.

@@ -17,7 +17,7 @@ SANDBOX = "http://127.0.0.1:18900"
 # What a user's environment and .env may hold: production data and real vendors.
 FOREIGN = {
     "DATABASE_URL": "postgresql+asyncpg://prod@db.example.com/crm",
-    "JWT_SECRET_KEY": "production-secret",
+    "JWT_SECRET_KEY": "production-secret-" + "p" * 32,
     "CRMSYNC_STATE_DIR": "/var/lib/crmsync",
     "CRMSYNC_LOG_LEVEL": "DEBUG",
     "CRMSYNC_SQLITE_WRITER_PROCESS": "false",

@@ -34,7 +34,7 @@ FIXED = "pat.fixed@acme-e2e.com"
 
 @pytest.fixture
 def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(SandboxConfig(no_rate_limits=True)) as server:
+    with SandboxServer(SandboxConfig(no_rate_limits=True, custom_fields=True)) as server:
         yield server
 
 

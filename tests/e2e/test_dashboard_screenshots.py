@@ -32,7 +32,11 @@ REFUSED = [f"lead.{n}@bad_domain{n}.com" for n in range(4)]
 
 @pytest.fixture
 def sandbox() -> Iterator[SandboxServer]:
-    config = SandboxConfig(no_rate_limits=True, faults={"mautic": {"error_rate": 1.0}})
+    config = SandboxConfig(
+        no_rate_limits=True,
+        custom_fields=True,
+        faults={"mautic": {"error_rate": 1.0, "faults_on": "writes"}},
+    )
     with SandboxServer(config) as server:
         yield server
 

@@ -52,6 +52,7 @@ def _secret(prefix: str) -> str:
 
 CONFIG = SandboxConfig(
     no_rate_limits=True,
+    custom_fields=True,
     brevo_api_key=_secret("xkeysib"),
     hubspot_access_token=_secret("pat-na1"),
     mautic_password=_secret("mautic-pw"),
