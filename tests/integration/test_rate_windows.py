@@ -185,5 +185,7 @@ async def test_mautic_uses_its_hour_and_stops_at_the_limit(
     assert len(sandbox.contacts("mautic")) >= MIN_SHARE * limit
     batches = sandbox.stats()["mautic"]["by_endpoint"]["POST /api/contacts/batch/new"]
     assert result.refused <= MAX_429 * batches, result
-    # ... then a pause until the hour ends, as the vendor's reset said.
-    assert result.waits and 3500 < result.waits[-1] <= 3600, result
+    # ... then a pause until the hour ends, as the vendor's reset said (in a rolling window the
+    # hour ends when the first request counted leaves it: up to a second after the reset the
+    # sandbox announced, depending on when the vendor counted it).
+    assert result.waits and 3500 < result.waits[-1] <= 3601, result
