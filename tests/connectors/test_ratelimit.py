@@ -4,6 +4,8 @@ and what a vendor's rate headers say (`Quota`) holds requests until its window h
 from __future__ import annotations
 
 import asyncio
+import heapq
+import random
 
 import pytest
 
@@ -53,18 +55,16 @@ async def test_burst_lets_requests_ahead_then_paces(time: FakeTime) -> None:
 
 
 async def test_headroom_keeps_every_window_under_the_limit(time: FakeTime) -> None:
-    """At 97% of 10/s, the 11th request goes 1.031 s after the first: no one-second window,
-    fixed or rolling, ever holds more than 10 (the margin absorbs 31 ms of jitter)."""
+    """At 97% of 10/s, no one-second window, fixed or rolling, ever holds more than 10."""
     limiter = RateLimiter(10, clock=time.clock, window=1.0)
     sent = []
     for _ in range(101):
         limiter.observe(await limiter.acquire(), None)  # answered at once
         sent.append(time.now)
     assert HEADROOM == 0.97
-    assert abs(sent[10] - sent[0] - 1 / 0.97 * 1.0) < 1e-9
-    assert all(later - first > 1.03 for first, later in zip(sent, sent[10:], strict=False))
+    assert all(later - first >= 1.0 for first, later in zip(sent, sent[10:], strict=False))
     # ... and 97% of the allowance is used.
-    assert abs(sent[-1] - 100 / 9.7) < 1e-9
+    assert 9.7 <= 100 / sent[-1] <= 10
 
 
 async def test_an_exhausted_window_holds_requests_until_our_oldest_leaves_it(
@@ -79,9 +79,9 @@ async def test_an_exhausted_window_holds_requests_until_our_oldest_leaves_it(
         limiter.observe(ticket, Quota(remaining=left, reset_after=1.0, limit=10))
     assert time.now == pytest.approx(0.5)
     await limiter.acquire()
-    # The first request went at 0 and was answered at 0.05: Brevo counted it half-way, and it
-    # leaves the window 1 / 0.97 s later (headroom for jitter).
-    assert time.slept == [pytest.approx(0.025 + 1 / 0.97 - 0.5)]
+    # The first request went at 0 and was answered at 0.05: Brevo counted it by then, so it
+    # has surely left the window a second after its answer.
+    assert time.slept == [pytest.approx(0.05 + 1.0 - 0.5)]
 
 
 async def test_requests_sent_since_an_answer_count_against_what_it_said_was_left(
@@ -131,3 +131,41 @@ async def test_rate_zero_does_not_pace() -> None:
         await limiter.acquire()
     assert asyncio.get_running_loop().time() - start < 0.5
     assert not limiter.enabled
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_no_window_overfills_however_late_requests_reach_the_vendor(
+    time: FakeTime, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Four lanes at Brevo's 10/s; most answers take 5 ms, but now and then the vendor (or our
+    host) stalls for up to 300 ms, and the vendor counts each request anywhere between our
+    sending it and its answer. No one-second interval, fixed or rolling, ever holds more than
+    10 counted requests, and the pace stays near the limit."""
+    rng = random.Random(seed)
+    limiter = RateLimiter(10, clock=time.clock, window=1.0)
+    in_flight: list[tuple[float, int]] = []  # (answered at, ticket), a heap
+    counted: list[float] = []
+
+    def deliver(until: float) -> None:
+        while in_flight and in_flight[0][0] <= until:
+            answered_at, ticket = heapq.heappop(in_flight)
+            time.now = max(time.now, answered_at)
+            limiter.observe(ticket, None)
+
+    async def sleep(seconds: float) -> None:
+        target = time.now + seconds
+        deliver(target)
+        time.now = target
+
+    monkeypatch.setattr(ratelimit.asyncio, "sleep", sleep)
+    for _ in range(400):
+        deliver(time.now)
+        if len(in_flight) >= 4:
+            deliver(in_flight[0][0])
+        ticket = await limiter.acquire()
+        latency = rng.uniform(0.1, 0.3) if rng.random() < 0.1 else 0.005
+        counted.append(time.now + rng.random() * latency)
+        heapq.heappush(in_flight, (time.now + latency, ticket))
+    counted.sort()
+    assert all(later - first >= 1.0 for first, later in zip(counted, counted[10:], strict=False))
+    assert 400 / counted[-1] >= 0.9 * 10

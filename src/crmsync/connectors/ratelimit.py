@@ -8,10 +8,13 @@ jitters. A `RateLimiter` therefore does three things:
   requests go evenly at `rate * headroom` (97%). Requests that came late (a busy moment on our
   side) may catch up on a quarter of the window's limit.
 - **Never more than the window takes.** With the window's length known (Brevo's second,
-  HubSpot's interval header), no `window / headroom` seconds ever hold more than its limit of
-  our requests: those in flight count, and an answered one counts from when the vendor counted
-  it (about half-way between sending and its answer). The 3% is the margin for jitter (30 ms of
-  Brevo's second, 300 ms of HubSpot's ten), whether the vendor's windows are fixed or rolling.
+  HubSpot's interval header), a request goes only while fewer than the window's limit of our
+  requests are in flight or were answered within the last window. The vendor counted each one
+  somewhere between our sending it and its answer, so counting it until a window after its
+  answer over-counts, never under-counts: however late a request reaches the vendor or its
+  answer reaches us (a busy host, a stalled vendor), no window the vendor may slice, fixed or
+  rolling, holds more than its limit of our requests. The price is the latency, once: at a
+  steady pace an answer's delay shifts when its slot frees, not how many go per window.
 - **What the vendor said.** After each answer the connector reports the vendor's rate headers
   as a `Quota` (`observe`). A request goes only while the vendor's window has room for it after
   our requests still in flight. When it is used up (another process shares the allowance, the
@@ -90,11 +93,11 @@ class RateLimiter:
         # float token count could settle just below 1 and make the wait loop spin on sleeps too
         # short to move the clock.
         self._next_at = clock()
-        # Tickets handed out; the send times of those not answered yet; and, sorted, when the
-        # vendor counted each answered one (estimated) while that may still be in its window.
+        # Tickets handed out; those not answered yet; and, sorted, when each answered one was
+        # answered, while the vendor's window may still hold it.
         self._sent = 0
-        self._unanswered: dict[int, float] = {}
-        self._counted: list[float] = []
+        self._unanswered: set[int] = set()
+        self._answered_at: list[float] = []
         # What the answers said: requests left in the vendor's window (see `observe`), and when
         # it next frees a slot. None when no answer said (or it no longer holds).
         self._left: int | None = None
@@ -124,7 +127,7 @@ class RateLimiter:
         while True:
             now = self._clock()
             if (wait := self._log_wait(now)) > 0:
-                if self._counted:
+                if self._answered_at:
                     await asyncio.sleep(wait)
                 else:
                     await self._next_answer(wait)  # all in flight: the next answer tells
@@ -140,7 +143,7 @@ class RateLimiter:
             else:
                 await asyncio.sleep(wait)
         self._sent += 1
-        self._unanswered[self._sent] = self._clock()
+        self._unanswered.add(self._sent)
         return self._sent
 
     def observe(self, ticket: int, quota: Quota | None) -> None:
@@ -154,13 +157,13 @@ class RateLimiter:
         may be counted after it.
         """
         now = self._clock()
-        sent_at = self._unanswered.pop(ticket, None)
-        if sent_at is not None:
-            # The vendor counted it between sending and answering: about half-way, for any
-            # steady latency; the headroom covers that latency's jitter.
-            bisect.insort(self._counted, (sent_at + now) / 2)
-            if len(self._counted) > SEND_LOG_SIZE:
-                del self._counted[0]
+        if ticket in self._unanswered:
+            self._unanswered.remove(ticket)
+            # The vendor counted it before now: counting it from now is on the safe side,
+            # whatever the jitter (see the module docstring).
+            bisect.insort(self._answered_at, now)
+            if len(self._answered_at) > SEND_LOG_SIZE:
+                del self._answered_at[0]
         if self._answer is not None:
             self._answer.set()
             self._answer = None
@@ -194,7 +197,7 @@ class RateLimiter:
 
         When the window's length is known, requests that came late (a busy moment on our side)
         may catch up on a quarter of the window's limit; the send log (`_log_wait`) still keeps
-        any `window / headroom` seconds to the limit, so a catch-up never overfills a window.
+        any window to its limit, so a catch-up never overfills a window.
         """
         burst = self.burst
         if (limit := self._window_limit()) is not None:
@@ -209,18 +212,19 @@ class RateLimiter:
 
     def _log_wait(self, now: float) -> float:
         """Seconds until fewer than the window's limit of our requests may be in the vendor's
-        window: those in flight, and those it counted in the last `window / headroom` seconds.
+        window: those in flight, and those answered in the last `window` seconds.
         """
         limit = self._window_limit()
         if limit is None or self.window is None:
             return 0.0
-        span = self.window / self.headroom
-        counted = self._counted
-        while counted and counted[0] <= now - span:
-            del counted[0]
-        if len(self._unanswered) + len(counted) < limit:
+        answered = self._answered_at
+        # Written as `leaves <= now` here and `leaves - now` below, so that a request still in
+        # the window always means a wait above zero (`now - window` may round the other way).
+        while answered and answered[0] + self.window <= now:
+            del answered[0]
+        if len(self._unanswered) + len(answered) < limit:
             return 0.0
-        return counted[0] + span - now if counted else span
+        return answered[0] + self.window - now if answered else self.window
 
     def _quota_wait(self, now: float) -> float:
         """Seconds until the vendor's window has room for one more request of ours."""
@@ -251,9 +255,9 @@ class RateLimiter:
         """When the oldest of our requests the vendor counted leaves its window.
 
         The window holds `limit - remaining` requests. If ours explain them (those answered
-        within the window, and those in flight), the oldest answered one leaves a rolling window
-        a window after it was counted (plus the headroom, for jitter); a fixed window has ended
-        by then too, as it began before that request. Unknown without the window's length and
+        within the window, and those in flight), the oldest answered one has left a rolling
+        window a window after its answer; a fixed window has ended by then too, as it began
+        before the vendor counted that request. Unknown without the window's length and
         limit, or when the vendor's reset is further away than that window (its headers speak
         of a longer one, like Brevo's hour).
         """
@@ -262,9 +266,9 @@ class RateLimiter:
         if quota.reset_after is not None and quota.reset_after > self.window + 1:
             return None
         answered = quota.limit - max(0, quota.remaining) - len(self._unanswered)
-        if not 0 < answered <= len(self._counted):
+        if not 0 < answered <= len(self._answered_at):
             return None
-        return self._counted[-answered] + self.window / self.headroom
+        return self._answered_at[-answered] + self.window
 
     def _exhausted_message(self, wait: float) -> str:
         limit = f" of {self._limit}" if self._limit else ""
