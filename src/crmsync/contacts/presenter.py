@@ -14,19 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from crmsync.contacts.columns import CONTACT_FIELDS
 from crmsync.enums import CRM_ID_FIELD, Crm, SyncStatus
 
 BASE_KEYS = (
-    "email",
-    "email_type",
-    "has_gmail",
-    "context",
-    "source_url",
-    "name",
-    "phone_number",
-    "domain_id",
-    "page_id",
-    "source_job_id",
+    *CONTACT_FIELDS,
     "id",
     "created_at",
     "updated_at",

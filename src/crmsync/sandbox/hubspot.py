@@ -288,6 +288,23 @@ class HubSpotFake(Vendor):
 
     # --- contacts --------------------------------------------------------------------------
 
+    async def _batch_inputs(self, request: Request) -> list[Any] | Response:
+        """A batch call's `inputs`, or the 400 HubSpot answers for a body it cannot take."""
+        try:
+            body = await read_json(request)
+        except BadRequestBody as exc:
+            return self._validation_error(f"Invalid input JSON: {exc.message}")
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        if not isinstance(inputs, list):
+            return self._validation_error("Invalid input JSON: 'inputs' must be an array")
+        self.stats.contacts_received += len(inputs)
+        if len(inputs) > MAX_BATCH:
+            return self._validation_error(
+                f"The maximum number of inputs supported in a batch is {MAX_BATCH}. "
+                "Please reduce the number of items and try again"
+            )
+        return inputs
+
     def _validation_error(self, message: str) -> JSONResponse:
         return self.error(400, "VALIDATION_ERROR", message)
 
@@ -340,19 +357,9 @@ class HubSpotFake(Vendor):
 
     async def batch_upsert(self, request: Request) -> Response:
         started = iso(self.clock())
-        try:
-            body = await read_json(request)
-        except BadRequestBody as exc:
-            return self._validation_error(f"Invalid input JSON: {exc.message}")
-        inputs = body.get("inputs") if isinstance(body, dict) else None
-        if not isinstance(inputs, list):
-            return self._validation_error("Invalid input JSON: 'inputs' must be an array")
-        self.stats.contacts_received += len(inputs)
-        if len(inputs) > MAX_BATCH:
-            return self._validation_error(
-                "The maximum number of inputs supported in a batch is 100. "
-                "Please reduce the number of items and try again"
-            )
+        inputs = await self._batch_inputs(request)
+        if isinstance(inputs, Response):
+            return inputs
 
         # Batch-wide checks first: HubSpot rejects the whole call for these.
         registry = self.properties
@@ -431,19 +438,9 @@ class HubSpotFake(Vendor):
 
     async def batch_update(self, request: Request) -> Response:
         started = iso(self.clock())
-        try:
-            body = await read_json(request)
-        except BadRequestBody as exc:
-            return self._validation_error(f"Invalid input JSON: {exc.message}")
-        inputs = body.get("inputs") if isinstance(body, dict) else None
-        if not isinstance(inputs, list):
-            return self._validation_error("Invalid input JSON: 'inputs' must be an array")
-        self.stats.contacts_received += len(inputs)
-        if len(inputs) > MAX_BATCH:
-            return self._validation_error(
-                "The maximum number of inputs supported in a batch is 100. "
-                "Please reduce the number of items and try again"
-            )
+        inputs = await self._batch_inputs(request)
+        if isinstance(inputs, Response):
+            return inputs
         unknown: list[str] = []
         for position, item in enumerate(inputs):
             properties = item.get("properties") if isinstance(item, dict) else None
