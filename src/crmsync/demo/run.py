@@ -38,6 +38,7 @@ from crmsync.demo.options import DemoOptions
 from crmsync.demo.progress import ProgressLines, drained, progress_of
 from crmsync.enums import Crm
 from crmsync.migrate import upgrade
+from crmsync.netutil import bind_tcp
 from crmsync.ops.service import OpsService
 from crmsync.runtime import embed_worker
 from crmsync.sandbox import SandboxServer
@@ -84,13 +85,9 @@ def run(options: DemoOptions, console: Console) -> int:
 
 def _listen(host: str, port: int, option: str) -> socket.socket:
     """Bind the API's port first, so that a port in use stops the demo before anything starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock = bind_tcp(host, port)
     except OSError as exc:
-        sock.close()
         raise DemoError(
             f"cannot listen on {host}:{port} ({exc.strerror}): is crmsync already running? "
             f"Choose another port with {option}"

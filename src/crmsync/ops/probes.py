@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from starlette.routing import Route
 
 from crmsync import __version__
 from crmsync.migrate import current_revision, head_revision
+from crmsync.netutil import bind_tcp
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +116,9 @@ class ProbeServer:
     async def start(self) -> None:
         """Bind (an OSError names a port in use at once) and serve in the background."""
         host, port = self.address
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
+            sock = bind_tcp(host, port)
         except OSError as exc:
-            sock.close()
             raise ProbeServerError(
                 f"cannot serve probes on {host}:{port}: {exc.strerror or exc}"
             ) from None

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from crmsync.netutil import bind_tcp
 from crmsync.sandbox.app import Sandbox, create_app
 from crmsync.sandbox.config import VENDORS, SandboxConfig, options_dict
 
@@ -280,9 +281,7 @@ class SandboxServer:
     def start(self) -> SandboxServer:
         if self._sock is not None:
             raise RuntimeError("sandbox already started")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        sock = bind_tcp(self.host, self.port)
         sock.listen(2048)
         self._sock = sock
         self.port = sock.getsockname()[1]
