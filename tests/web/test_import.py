@@ -12,6 +12,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -278,3 +279,23 @@ def test_results_expire_and_are_swept(tmp_path: Path) -> None:
     assert store.find(result_id, "owner") is None
     store.sweep()
     assert list((tmp_path / "imports").iterdir()) == []
+
+
+async def test_a_database_failure_partway_says_how_many_rows_were_imported(
+    signed_in: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from crmsync.contacts.importer import ImportSummary
+    from crmsync.web import imports
+
+    async def failing(*_args: object, on_progress: Any, **_kwargs: object) -> ImportSummary:
+        on_progress(ImportSummary(format="csv", dry_run=False, rows=2_000), 1_000)
+        raise OperationalError("INSERT", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(imports, "import_contacts", failing)
+    response = await _upload(signed_in, GOOD)
+    assert response.status_code == 503
+    text = html.unescape(response.text)
+    assert "leads.csv: the database failed while importing." in text
+    assert "The first 2,000 rows were imported: upload the same file again to finish" in text
