@@ -202,6 +202,34 @@ async def test_file_level_errors(engine: AsyncEngine, settings: Settings, name: 
     assert await stored(engine) == {}
 
 
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        (
+            b"email,name\n"
+            + b"a@example.com,A\n" * 3000
+            + b'b@example.com,"unclosed\n'
+            + b"x" * 140_000,
+            "field larger than field limit",
+        ),
+        (b"name\nA\n", "no email column"),
+        (b'{"email": "a@example.com"}\n[1, 2]\n', None),  # a bad JSON line is a rejected row
+    ],
+)
+def test_check_file_finds_what_would_stop_the_import_without_writing(
+    content: bytes, found: str | None
+) -> None:
+    fmt = "jsonl" if content.startswith(b"{") else "csv"
+    stream = io.BytesIO(content)
+    if found is None:
+        importer.check_file(stream, ImportOptions(format=fmt))
+        assert stream.tell() == len(content)
+        return
+    with pytest.raises(ImportFileError) as raised:
+        importer.check_file(stream, ImportOptions(format=fmt))
+    assert found in raised.value.message
+
+
 async def test_a_header_only_file_imports_nothing(engine: AsyncEngine, settings: Settings) -> None:
     summary, rejects = await run(engine, settings, "header_only.csv")
     assert counts(summary) == (0, 0, 0, 0, 0, 0) and rejects == ""

@@ -147,6 +147,8 @@ def _walk(page: Page, served: Served, sandbox: SandboxServer) -> None:
     page.reload()
     expect(page.get_by_text("No contact is in Error.")).to_be_visible()
 
+    _import(page, served)
+
     # The keyboard reaches everything: the first Tab lands on "Skip to content".
     page.get_by_role("link", name="Contacts").click()
     page.keyboard.press("Tab")
@@ -157,6 +159,42 @@ def _walk(page: Page, served: Served, sandbox: SandboxServer) -> None:
     expect(page).to_have_url(f"{served.url}/login")
     page.goto(f"{served.url}/")
     expect(page).to_have_url(f"{served.url}/login")
+
+
+IMPORTED = (
+    "E-mail;Full Name;Phone\r\n"
+    "imp.ana@import-e2e.com;Ana Importée;+33 1 23 45 67 89\r\n"
+    "imp.bo@import-e2e.com;Bo Import;\r\n"
+    "not an email;Rejected Row;\r\n"
+    f"{GOOD[0]};E2E an, renamed;\r\n"
+)
+
+
+def _import(page: Page, served: Served) -> None:
+    """Import: upload a CSV file, read its summary, download its rejected rows."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("link", name="Import").click()
+    expect(page.get_by_role("heading", name="Import", exact=True)).to_be_visible()
+    page.get_by_label("CSV file").set_input_files(
+        files=[{"name": "leads.csv", "mimeType": "text/csv", "buffer": IMPORTED.encode()}]
+    )
+    page.get_by_role("button", name="Import", exact=True).click()
+    result = page.get_by_role("region", name="Imported leads.csv")
+    expect(result).to_contain_text("4 rows read (UTF-8, semicolon-separated)")
+    summary = result.locator(".import-summary")
+    for label, count in (("Created", 2), ("Updated", 1), ("Unchanged", 0), ("Rejected", 1)):
+        expect(summary.locator(f"div:has(dt:text-is('{label}')) dd")).to_have_text(str(count))
+    assert "import-e2e" not in page.url
+    with page.expect_download() as info:
+        result.get_by_role("link", name="Download rejected rows").click()
+    download = info.value
+    assert download.suggested_filename == "leads.csv.rejected.csv"
+    rejected = Path(download.path()).read_text(encoding="utf-8").splitlines()
+    assert rejected[0] == "rejected_line,rejected_reason,E-mail,Full Name,Phone"
+    assert len(rejected) == 2 and rejected[1].startswith("4,") and "not an email" in rejected[1]
+    found = served.api.get("/api/v3/contacts", params={"email_contains": "import-e2e"}).json()
+    assert sorted(c["email"] for c in found) == ["imp.ana@import-e2e.com", "imp.bo@import-e2e.com"]
 
 
 def _until(condition: object, what: str, within: float = 30.0) -> None:

@@ -91,6 +91,19 @@ def _populate(served: Served, url: str) -> str:
     return str(found.json()[0]["id"])
 
 
+def _leads() -> bytes:
+    """A spreadsheet's export: semicolons, Windows-1252, new leads, a few known, a few refused."""
+    rows = ["Email;First Name;Last Name;Phone;Website;Notes"]
+    for n, contact in enumerate(realistic_contacts(60)[::2]):
+        first, _, last = str(contact.get("name") or "Lead").partition(" ")
+        phone = contact.get("phone_number") or ""
+        rows.append(f"{contact['email']};{first};{last};{phone};https://example.com/{n};")
+    for n in range(120):
+        rows.append(f"new.lead{n}@societe{n % 7}.fr;Zoé;Lefèvre {n};+33 6 12 34 56 {n % 90:02d};;")
+    rows += ["jean.dupont(at)mail.fr;Jean;Dupont;;;", ";Sans;Adresse;;;", "x@;Half;Address;;;"]
+    return ("\r\n".join(rows) + "\r\n").encode("cp1252", errors="replace")
+
+
 def _wait(condition: object, what: str, within: float) -> None:
     import time
 
@@ -140,6 +153,16 @@ def test_screenshots_of_every_page(sandbox: SandboxServer, tmp_path: Path) -> No
                 expect(page.get_by_role("heading", name="Sync history")).to_be_visible()
                 page.screenshot(path=target / "contact.png", full_page=True)
 
+                page.goto(f"{served.url}/import")
+                page.get_by_label("CSV file").set_input_files(
+                    files=[{"name": "leads.csv", "mimeType": "text/csv", "buffer": _leads()}]
+                )
+                page.get_by_role("button", name="Import", exact=True).click()
+                expect(page.get_by_role("region", name="Imported leads.csv")).to_contain_text(
+                    "Download rejected rows"
+                )
+                page.screenshot(path=target / "import.png", full_page=True)
+
                 # Signed out: a page of its own context, without the session cookie.
                 signed_out = browser.new_page(viewport={"width": 1280, "height": 640})
                 signed_out.goto(f"{served.url}/login")
@@ -151,6 +174,7 @@ def test_screenshots_of_every_page(sandbox: SandboxServer, tmp_path: Path) -> No
         "contact.png",
         "contacts.png",
         "failed.png",
+        "import.png",
         "login.png",
         "overview.png",
     ]

@@ -81,7 +81,7 @@ def create_app(
     # API answers are live data: never cached by a browser or proxy (as the customer's app).
     app.add_middleware(NoStore)
     # Added late, so it runs early: bodies are limited before anything reads them.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, page_headers=web.HEADERS)
     # Outermost: the access line times and ids everything, refusals included.
     app.add_middleware(AccessLog, enabled=settings.access_log)
     return app

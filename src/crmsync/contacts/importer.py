@@ -16,7 +16,8 @@ earlier one (the last row wins) and the contact is counted once, by its first ro
 (and JSON nulls) leave a field as it is; invalid rows go to `rejects` (CSV, with the line they
 start on and the reason) and never stop the file. A file-level problem (no email column, a file
 that cannot be decoded or parsed) raises `ImportFileError`, whose `summary` says what was
-written before it.
+written before it. `check_file` finds those problems in a whole file before anything is
+written: a caller that holds the file (an upload) runs it first, and a bad file writes nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ __all__ = [
     "ImportFileError",
     "ImportOptions",
     "ImportSummary",
+    "check_file",
     "format_for",
     "import_contacts",
 ]
@@ -149,6 +151,17 @@ async def import_contacts(
     return summary
 
 
+def check_file(stream: IO[bytes], options: ImportOptions | None = None) -> None:
+    """Read all of `stream` as `import_contacts` would, without validating rows or writing:
+    ImportFileError for any problem that would stop the file (so before its first chunk is
+    written). Blocking: run it in a thread. The stream is read to its end; seek back to import.
+    """
+    reader = _Reader(stream, options or ImportOptions(), None)
+    with reader.file.counting():
+        for _ in reader.records:
+            pass
+
+
 @dataclass
 class _Chunk:
     """Rows read together and written in one transaction."""
@@ -215,9 +228,9 @@ class _Reader:
         self._mapped: dict[tuple[str, ...], list[tuple[int, str]]] = {}
         with self.file.counting():
             if options.format == "csv":
-                self._records = self._open_csv()
+                self.records = self._open_csv()
             else:
-                self._records = self._open_jsonl()
+                self.records = self._open_jsonl()
         self.summary.encoding = self.file.describe_encoding()
 
     # -- opening -------------------------------------------------------------------------------
@@ -294,7 +307,7 @@ class _Reader:
     def next_chunk(self) -> _Chunk | None:
         chunk = _Chunk()
         with self.file.counting():
-            for line, raw, values in itertools.islice(self._records, self.options.chunk_size):
+            for line, raw, values in itertools.islice(self.records, self.options.chunk_size):
                 chunk.read += 1
                 contact = _validate(values)
                 if isinstance(contact, str):

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crmsync.api.errors import error_body
 from crmsync.auth import ScopeError
-from crmsync.web import actions, login, pages
+from crmsync.web import actions, imports, login, pages
 from crmsync.web.session import CsrfRefused, SignInRequired, read
 from crmsync.web.templating import render
 
@@ -71,6 +71,7 @@ def install(app: FastAPI) -> None:
     app.include_router(login.router)
     app.include_router(pages.router)
     app.include_router(actions.router)
+    app.include_router(imports.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(SecurityHeaders)
 

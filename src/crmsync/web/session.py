@@ -25,7 +25,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Response
 from fastapi.datastructures import FormData
 
-from crmsync.auth import AuthError, User, check_scope, verify_token
+from crmsync.auth import AuthError, ScopeError, User, check_scope, verify_token
 
 COOKIE = "crmsync_session"
 LOGIN_COOKIE = "crmsync_login"
@@ -112,14 +112,20 @@ async def write_session(request: Request) -> Session:
         referer_path = _same_origin_path(request, request.headers.get("referer"))
         raise SignInRequired(referer_path or "/")
     sent = request.headers.get(CSRF_HEADER)
+    form: FormData | None = None
     if sent is None:
         form = await request.form()
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
-    if sent is None or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-        raise CsrfRefused
-    # A read-only token signs in to look, never to change anything (as with the API).
-    check_scope(session.user, request.method)
+    try:
+        if sent is None or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+            raise CsrfRefused
+        # A read-only token signs in to look, never to change anything (as with the API).
+        check_scope(session.user, request.method)
+    except (CsrfRefused, ScopeError):
+        if form is not None:
+            await form.close()  # an upload's temporary file: the route never sees it
+        raise
     return session
 
 
