@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event
@@ -278,6 +278,23 @@ def _thread_writer(engine: AsyncEngine) -> _ThreadWriter | None:
             own.engine.dispose()
 
     return writer
+
+
+class Transaction(functools.partial[T], Generic[T]):
+    """A write transaction's body: a module-level function and its leading arguments.
+
+    Called with the transaction's `Connection` as its last argument: `Transaction(f, a, b)(conn)`
+    is `f(a, b, conn)`. A value, never a closure: on SQLite `write` may run it in the writer
+    process, which receives it pickled; a lambda or a nested function is refused here, when it
+    is built, instead of when the pickling fails.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, func: Callable[..., T], /, *args: Any) -> Self:
+        if "<" in getattr(func, "__qualname__", "<unknown>"):
+            raise TypeError(f"a transaction body must be a module-level function, not {func!r}")
+        return super().__new__(cls, func, *args)
 
 
 def in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:

@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import sqlutil
 from crmsync.connectors.base import (
     AuthFailed,
     ContactPayload,
@@ -157,16 +156,10 @@ async def test_a_claim_takes_expired_leases_first_then_waiting_rows(
     assert await queue.claim(engine, HUB, 10, "w2", "tok-4", later, until) == []
 
 
-@pytest.fixture(params=[True, False], ids=["json-rows", "row-by-row"])
-def json_rows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Both SQLite paths: batches as JSON (one statement) and, as on older SQLite, row by row."""
-    if not request.param:
-        monkeypatch.setattr(sqlutil, "sqlite_reads_json_rows", lambda: False)
-    return bool(request.param)
-
-
 async def test_a_claim_marks_exactly_its_rows_processing_under_its_lease(
-    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock, json_rows: bool
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    clock: FrozenClock,
 ) -> None:
     ids = await add_contacts(client, 5)
     await select_for(client, ids)
@@ -187,7 +180,9 @@ async def test_a_claim_marks_exactly_its_rows_processing_under_its_lease(
 
 
 async def test_every_outcome_kind_is_written_behind_the_lease(
-    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock, json_rows: bool
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    clock: FrozenClock,
 ) -> None:
     # On SQLite a batch's outcomes go in one statement over json_each, or (older SQLite, and
     # PostgreSQL) one parameter set per row: both must write the same thing.
@@ -227,7 +222,9 @@ async def test_every_outcome_kind_is_written_behind_the_lease(
 
 
 async def test_a_claim_carries_every_field_as_stored(
-    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock, json_rows: bool
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    clock: FrozenClock,
 ) -> None:
     # SQLite reads a claimed batch as one JSON array (or, older SQLite, row by row): text with
     # quotes and non-ASCII, booleans, nulls and UUIDs must come through either way unchanged.
