@@ -30,7 +30,8 @@ from crmsync.enums import Crm
 from crmsync.settings import Settings
 from crmsync.sync import queue
 from crmsync.sync.state import Outcome, RowUpdate
-from crmsync.sync.worker import Worker, _process_tuning
+from crmsync.sync.tuning import process_tuning
+from crmsync.sync.worker import Worker
 from crmsync.tables import crm_control, crm_sync_state, sync_events
 from tests.conftest import add_contacts
 from tests.sync.fakes import FakeConnector, FrozenClock
@@ -386,7 +387,7 @@ async def test_rate_limit_spends_no_attempt_and_pauses_the_crm(
         ctl = (await conn.execute(select(crm_control))).one()
     assert ctl.crm == "hubspot" and ctl.pause_kind == "rate_limit"
     assert ctl.paused_until == clock.now + dt.timedelta(seconds=10)
-    assert await runner._pause_left(clock.now) == pytest.approx(5.0)  # min(left, interval)
+    assert await runner.gate.pause_left(clock.now) == pytest.approx(5.0)  # min(left, interval)
 
     # A later 429 after some rows were answered: those are recorded, the rest released.
     clock.advance(11)
@@ -433,11 +434,11 @@ async def test_auth_or_config_failure_pauses_without_spending_attempts(
         ctl = (await conn.execute(select(crm_control))).one()
     assert ctl.pause_kind == ("auth" if isinstance(error, AuthFailed) else "configuration")
     assert ctl.pause_reason == str(error)
-    assert await runner._pause_left(clock.now) is not None
+    assert await runner.gate.pause_left(clock.now) is not None
     # Credentials fixed: after the pause the rows go through.
     fake.error = None
     clock.advance(wait + 1)
-    assert await runner._pause_left(clock.now + dt.timedelta(seconds=2)) is None
+    assert await runner.gate.pause_left(clock.now + dt.timedelta(seconds=2)) is None
     assert await runner.run_once() == 2
     assert all(r["sync_status"] == "Complete" for r in (await states(engine)).values())
 
@@ -672,7 +673,7 @@ async def test_a_running_worker_freezes_the_startup_heap_and_restores_the_collec
 
 def test_workers_side_by_side_share_the_process_tuning_until_the_last_stops() -> None:
     before, interval = gc.get_threshold(), sys.getswitchinterval()
-    first, second = _process_tuning(0.2), _process_tuning(0.2)
+    first, second = process_tuning(0.2), process_tuning(0.2)
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)

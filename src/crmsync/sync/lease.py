@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from crmsync import db
 from crmsync.db import Transaction
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
-from crmsync.sync.record import Timing, insert_events
+from crmsync.sync.events import Timing, insert_events
 from crmsync.sync.state import NO_LEASE, Outcome, RowUpdate
 from crmsync.tables import crm_sync_state
 

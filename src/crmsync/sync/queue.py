@@ -11,16 +11,10 @@ short transaction with no network call inside it: claim and commit, push, record
 from __future__ import annotations
 
 from crmsync.sync.claim import claim
+from crmsync.sync.events import NOT_APPLIED, Timing
 from crmsync.sync.lease import release as release_lease
 from crmsync.sync.lease import renew
-from crmsync.sync.record import (
-    NOT_APPLIED,
-    NextClaim,
-    Recorded,
-    Timing,
-    record,
-    record_then_claim,
-)
+from crmsync.sync.record import NextClaim, Recorded, record, record_then_claim
 from crmsync.sync.state import Claimed, RowUpdate
 
 __all__ = [

@@ -18,7 +18,7 @@ SQLite, `sqlutil.ArrayWrite` on PostgreSQL), chosen once per call through `DIALE
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,9 +28,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    Uuid,
     func,
-    insert,
     select,
     update,
 )
@@ -42,24 +40,21 @@ from crmsync.db import Transaction
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import ArrayRows, ArrayWrite, DriverValues, JsonRows, JsonWrite, chunks
 from crmsync.sync.claim import RawClaim, claim_work
+from crmsync.sync.events import Timing, insert_events
 from crmsync.sync.state import NO_LEASE, Claimed, Outcome, RowUpdate
-from crmsync.tables import crm_sync_state, sync_events
+from crmsync.tables import crm_sync_state
 
 __all__ = [
     "DIALECTS",
-    "NOT_APPLIED",
     "NextClaim",
     "PostgreSQL",
     "Recorded",
     "SQLite",
-    "Timing",
-    "insert_events",
     "record",
     "record_then_claim",
 ]
 
 s = crm_sync_state.c
-NOT_APPLIED = "[not applied: the row changed while this attempt was in flight] "
 _CHUNK = 5_000
 
 # An outcome write's values: these differ per row, the others are shared by the batch.
@@ -169,26 +164,6 @@ for _kind in (
 ):
     _OUTCOME_VALUES[_kind] = _released
 
-_EVENT_PER_ROW = ("contact_id", "outcome", "http_status", "message", "attempt")
-_EVENT_SHARED = ("crm", "duration_ms", "worker", "created_at")
-_EVENT_KEYS = (*_EVENT_PER_ROW, *_EVENT_SHARED)
-_EVENT_ROWS = JsonRows(_EVENT_PER_ROW)
-_EVENT_ARRAYS = ArrayRows(
-    (
-        ("contact_id", Uuid()),
-        ("outcome", String()),
-        ("http_status", Integer()),
-        ("message", Text()),
-        ("attempt", Integer()),
-    )
-)
-
-
-def _insert_events_from(rows: JsonRows | ArrayRows) -> Any:
-    return insert(sync_events).from_select(
-        list(_EVENT_KEYS), select(*(rows(key) for key in _EVENT_KEYS))
-    )
-
 
 def _json_outcomes() -> dict[Outcome, JsonWrite]:
     # One statement per distinct row-values function: kinds sharing one share the statement.
@@ -210,9 +185,6 @@ class PostgreSQL:
     # Other workers write too: only the careful path knows which rows are ours.
     SOLE_WRITER = False
     OUTCOMES: ClassVar[dict[Outcome, JsonWrite | ArrayWrite]] = dict(_array_outcomes())
-    EVENTS: JsonWrite | ArrayWrite = ArrayWrite(
-        _EVENT_ARRAYS, _insert_events_from(_EVENT_ARRAYS), _EVENT_SHARED
-    )
 
     @staticmethod
     def owned(conn: Connection, token: str, ids: list[int]) -> set[int]:
@@ -226,7 +198,6 @@ class SQLite:
     VALUES = DriverValues("sqlite")
     SOLE_WRITER = True
     OUTCOMES: ClassVar[dict[Outcome, JsonWrite | ArrayWrite]] = dict(_json_outcomes())
-    EVENTS: JsonWrite | ArrayWrite = JsonWrite(_insert_events_from(_EVENT_ROWS), _EVENT_SHARED)
 
     @staticmethod
     def owned(conn: Connection, token: str, ids: list[int]) -> set[int]:
@@ -243,15 +214,6 @@ class Recorded:
     applied: int
     # Rows whose lease we had lost: their outcome went to the history only.
     lost: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """When and how long an attempt ran, for its history rows."""
-
-    worker: str
-    started: dt.datetime
-    duration_ms: int
 
 
 async def record(
@@ -413,28 +375,3 @@ def _owned(conn: Connection, token: str, ids: list[int], *, lock: bool) -> set[i
             query = query.with_for_update()
         found.update(conn.execute(query).scalars())
     return found
-
-
-def insert_events(
-    conn: Connection,
-    crm: Crm,
-    updates: Iterable[RowUpdate],
-    applied: set[int],
-    now: dt.datetime,
-    timing: Timing,
-) -> None:
-    """One history row per update; those not `applied` are marked so (`NOT_APPLIED`)."""
-    sql = DIALECTS[conn.dialect.name]
-    values = sql.VALUES
-    rows = [
-        (
-            values.uuid(u.contact_id),
-            u.outcome.value,
-            u.http_status,
-            u.message if u.state_id in applied else NOT_APPLIED + (u.message or ""),
-            u.attempts if u.outcome in (Outcome.retry, Outcome.error) else 0,
-        )
-        for u in updates
-    ]
-    shared = (crm.value, timing.duration_ms, timing.worker, values.ts(now))
-    sql.EVENTS.run(conn, rows, shared)
