@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, func, literal_column, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import db
+from crmsync import writer_process
 from crmsync.connectors.base import ContactPayload
 from crmsync.db import Transaction
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
@@ -114,7 +114,7 @@ async def claim(
 ) -> list[Claimed]:
     """Take up to `limit` due rows of `crm` and mark them Processing under `token`."""
     work = claim_work(engine.dialect.name, crm, limit, owner, token, now, lease_until)
-    return (await db.write(engine, work)).claimed()
+    return (await writer_process.write(engine, work)).claimed()
 
 
 def claim_work(

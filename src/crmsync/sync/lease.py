@@ -17,7 +17,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import db
+from crmsync import writer_process
 from crmsync.db import Transaction
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sync.events import Timing, insert_events
@@ -33,7 +33,7 @@ async def renew(engine: AsyncEngine, tokens: Sequence[str], until: dt.datetime) 
     """Extend the leases of batches still in flight (slow vendors, long imports)."""
     if not tokens:
         return 0
-    return await db.write(engine, Transaction(_renew_rows, list(tokens), until))
+    return await writer_process.write(engine, Transaction(_renew_rows, list(tokens), until))
 
 
 def _renew_rows(tokens: list[str], until: dt.datetime, conn: Connection) -> int:
@@ -49,7 +49,7 @@ async def release(
     engine: AsyncEngine, crm: Crm, token: str, now: dt.datetime, timing: Timing
 ) -> int:
     """Hand back every row still held under `token`, unattempted and due now (shutdown)."""
-    return await db.write(engine, Transaction(_release_rows, crm, token, now, timing))
+    return await writer_process.write(engine, Transaction(_release_rows, crm, token, now, timing))
 
 
 def _release_rows(crm: Crm, token: str, now: dt.datetime, timing: Timing, conn: Connection) -> int:

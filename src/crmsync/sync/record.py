@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import db
+from crmsync import writer_process
 from crmsync.db import Transaction
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import ArrayRows, ArrayWrite, DriverValues, JsonRows, JsonWrite, chunks
@@ -230,12 +230,14 @@ async def record(
     name = engine.dialect.name
     if DIALECTS[name].SOLE_WRITER:
         try:
-            return await db.write(
+            return await writer_process.write(
                 engine, _record_work(name, crm, token, updates, now, timing, True)
             )
         except _LeaseLost:
             pass
-    return await db.write(engine, _record_work(name, crm, token, updates, now, timing, False))
+    return await writer_process.write(
+        engine, _record_work(name, crm, token, updates, now, timing, False)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,17 +275,17 @@ async def record_then_claim(
     if DIALECTS[name].SOLE_WRITER and updates:
         optimistic = _record_work(name, crm, token, updates, now, timing, True)
         try:
-            recorded, raw = await db.write(
+            recorded, raw = await writer_process.write(
                 engine, Transaction(_record_and_claim, optimistic, claim)
             )
             return recorded, raw.claimed()
         except _LeaseLost:
             # The optimistic write already failed: go to the careful one, not through it again.
             careful = _record_work(name, crm, token, updates, now, timing, False)
-            recorded = await db.write(engine, careful)
+            recorded = await writer_process.write(engine, careful)
     else:
         recorded = await record(engine, crm, token, updates, now, timing)
-    return recorded, (await db.write(engine, claim)).claimed()
+    return recorded, (await writer_process.write(engine, claim)).claimed()
 
 
 def _record_and_claim(

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import counts, db, metrics
+from crmsync import counts, db, metrics, writer_process
 from crmsync.clock import Clock, utcnow
 from crmsync.connectors.base import Connector, make_client
 from crmsync.connectors.registry import create_connector
@@ -160,7 +160,7 @@ class Worker:
             await heartbeat.register(conn, self.id, list(self.runners), now)
         self.beat_at = time.monotonic()
         if self.runners and self.settings.sqlite_writer_process:
-            await db.start_writer(self.engine)
+            await writer_process.start(self.engine)
         log.info(
             "worker %s started for %s",
             self.id,
@@ -191,7 +191,7 @@ class Worker:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await db.stop_writer(self.engine)  # after `_drain`, which writes through it
+            await writer_process.stop(self.engine)  # after `_drain`, which writes through it
             async with self.engine.begin() as conn:
                 await heartbeat.stopped(conn, self.id, self.clock())
             for connector in self._own_connectors:
