@@ -25,7 +25,8 @@ from pathlib import Path
 import benchlib
 import drt_peer
 import sync_throughput
-from benchlib import DEFAULT_PG_URL, Databases, SandboxServer, prepared_database, stop_on_sigterm
+from benchlib import DEFAULT_PG_URL, Databases, prepared_database, stop_on_sigterm
+from crmsync.sandbox import SandboxServer
 
 SANDBOX = sync_throughput.SANDBOX
 

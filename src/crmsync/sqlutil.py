@@ -34,9 +34,9 @@ class Compiled:
     """A Core statement compiled once per dialect, executed many times with plain tuples.
 
     SQLAlchemy's executemany builds and type-processes a parameter dict per row, which costs
-    more than the SQL itself on the hot paths (measured: ~35 us per row). Here the statement is
-    still written in Core, compiled once, and each row is a tuple of values already in the
-    driver's form (see `DriverValues`).
+    more than the SQL itself on the hot paths (bench/README.md, "Figures behind the code").
+    Here the statement is still written in Core, compiled once, and each row is a tuple of
+    values already in the driver's form (see `DriverValues`).
     """
 
     def __init__(self, stmt: ClauseElement, row_keys: Sequence[str]) -> None:
@@ -83,9 +83,9 @@ def _sqlite_cursor(conn: Connection, sql: str, params: Sequence[Any]) -> sqlite3
     """Run `sql` on the connection's own sqlite3 connection, in its open transaction.
 
     The queue's statements run a few times per batch, and SQLAlchemy's per-execution machinery
-    (execution context, cursor wrapper, result object) cost about 40 us each, several rows'
-    worth of SQLite's own work (measured in the writer process, 6 statements per batch). Errors
-    still come out as SQLAlchemy's exceptions, as `exec_driver_sql` would raise them.
+    (execution context, cursor wrapper, result object) costs several rows' worth of SQLite's
+    own work each time (bench/README.md, "Figures behind the code"). Errors still come out as
+    SQLAlchemy's exceptions, as `exec_driver_sql` would raise them.
     """
     driver: Any = conn.connection.driver_connection
     try:
@@ -188,9 +188,8 @@ def uuid_from_hex(value: str) -> uuid.UUID:
     """A UUID from the 32 hex digits SQLite stores, for about half of `uuid.UUID(value)`'s cost.
 
     The claim converts four ids per row on the sync hot path; `UUID.__init__` parses every
-    accepted spelling (braces, dashes, URN): measured with timeit, 2.1 us a call against 1.2 us
-    for this. It sets the two slots `UUID` has (`int`, `is_safe`) directly, from a value the
-    database wrote (the `Uuid` type).
+    accepted spelling (braces, dashes, URN), which this skips. It sets the two slots `UUID` has
+    (`int`, `is_safe`) directly, from a value the database wrote (the `Uuid` type).
     """
     result = _new_object(uuid.UUID)  # uuid_from_int's body: a call less on the hot path
     _set_slot(result, "int", int(value, 16))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gc
+import logging
 import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -34,7 +35,7 @@ from crmsync.sync.tuning import process_tuning
 from crmsync.sync.worker import Worker
 from crmsync.tables import crm_control, crm_sync_state, sync_events
 from tests.conftest import add_contacts
-from tests.sync.fakes import FakeConnector, FrozenClock
+from tests.sync.fakes import FakeConnector, FrozenClock, idle, until
 
 SELECT = "/api/v3/contacts/crm/select"
 HUB = Crm.hubspot
@@ -555,7 +556,7 @@ async def test_a_crm_without_credentials_is_disabled(
     assert worker.runners == {} and "MAUTIC_BASE_URL" in worker.disabled[Crm.mautic]
     assert "mautic is disabled" in caplog.text
     task = asyncio.create_task(worker.run())
-    await asyncio.sleep(0.2)
+    await until(lambda: worker.beat_at is not None, "the worker to register")
     worker.stop()
     await asyncio.wait_for(task, 10)
     contact = (await client.get(f"/api/v3/contacts/{ids[0]}")).json()
@@ -570,7 +571,7 @@ async def test_worker_run_drains_the_queue_and_wakes_on_selection(
     worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
     client._transport.app.state.contacts.on_queued = worker.wakeup.notify  # type: ignore[attr-defined]
     task = asyncio.create_task(worker.run())
-    await asyncio.sleep(0.3)  # the worker finds nothing and goes idle for 30 s
+    await until(lambda: idle(worker), "the worker to find nothing and rest for 30 s")
     ids = await add_contacts(client, 250)
     await select_for(client, ids)
     for _ in range(100):
@@ -617,13 +618,18 @@ async def test_graceful_shutdown_hands_back_unfinished_batches(
 
 
 async def test_graceful_shutdown_lets_a_batch_finish_within_grace(
-    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, fake: FakeConnector
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+    fake: FakeConnector,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings.shutdown_grace_seconds = 5
+    caplog.set_level(logging.INFO, logger="crmsync.sync.worker")
     worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
     task, gate = await start_held_worker(client, worker, fake)
     worker.stop()
-    await asyncio.sleep(0.2)
+    await until(lambda: "waiting up to 5" in caplog.text, "the shutdown to wait for the batch")
     gate.set()  # the vendor answers during the grace period
     await asyncio.wait_for(task, 10)
     assert all(r["sync_status"] == "Complete" for r in (await states(engine)).values())

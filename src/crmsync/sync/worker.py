@@ -94,6 +94,9 @@ class Worker:
         self.hooks = hooks or Hooks()
         self.id = heartbeat.worker_id(uuid.uuid4().hex[:6])
         self.stopping = asyncio.Event()
+        # Set once this worker hears commits made by other processes (LISTEN on PostgreSQL, the
+        # first look at `PRAGMA data_version` on a SQLite file).
+        self.listening = asyncio.Event()
         self.rows_done = 0
         # time.monotonic() of the last heartbeat written (registration counts): readiness.
         self.beat_at: float | None = None
@@ -289,6 +292,7 @@ class Worker:
                         if seen is not None and version != seen:
                             self.wakeup.notify(self.runners)
                         seen = version
+                        self.listening.set()
                         await asyncio.sleep(WATCH_SECONDS)
             except asyncio.CancelledError:
                 raise
@@ -311,6 +315,7 @@ class Worker:
                         self.wakeup.notify_payload(payload)
 
                     await driver.add_listener(CHANNEL, _on_notify)
+                    self.listening.set()
                     try:
                         await asyncio.Event().wait()
                     finally:
