@@ -2,9 +2,8 @@
 
 Each revision is a `crmsync` executable of its own (a worktree's `.venv/bin/crmsync`, so its
 code). One template database is loaded once per database kind; every round then runs each
-revision on a fresh copy, in turn (the order rotated every round, so that each revision takes
-each place in the order and drift hits every revision alike), and drt on the same contacts (a
-SQLite copy): the same run as
+revision on a fresh copy, in turn (the order reversed every other round, so that drift hits
+every revision alike), and, on SQLite, drt on the same contacts: the same run as
 `sync_throughput.py --workers 1` (embedded worker, HubSpot, no rate limit).
 
 Unlike `sync_throughput.py` it does not rerun a disturbed run: on a machine others share, that
@@ -67,9 +66,7 @@ def main() -> None:
                 sb.config.hubspot_access_token,
             )  # fmt: skip
         for round_ in range(args.rounds):
-            labels = list(revisions)
-            shift = round_ % len(labels)
-            order = labels[shift:] + labels[:shift]
+            order = list(revisions) if round_ % 2 == 0 else list(reversed(revisions))
             for label in order:
                 benchlib.CRMSYNC = revisions[label]
                 run = sync_throughput.run_crmsync(databases, sb, template, 1, True, args)

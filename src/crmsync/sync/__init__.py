@@ -3,7 +3,7 @@
 What other packages use: `worker` (`Worker`, `Hooks`), `selection` (what enters the queue),
 `state` (the state machine, `Outcome`, `RowUpdate`), `control` (pauses), `events` (history),
 `heartbeat`, `budget`, `wakeup`. The queue's steps (`claim`, `record`, `lease`, through `queue`)
-and the worker's parts (`runner`, `gate`, `push`, `hooks`) are the core's own.
+and the worker's parts (`runner`, `gate`, `push`, `hooks`, `tuning`) are the core's own.
 """
 
 __all__ = [

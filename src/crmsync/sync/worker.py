@@ -33,7 +33,7 @@ from crmsync.connectors.base import Connector, make_client
 from crmsync.connectors.registry import create_connector
 from crmsync.enums import Crm
 from crmsync.settings import Settings
-from crmsync.sync import events, heartbeat, queue
+from crmsync.sync import events, heartbeat, queue, tuning
 from crmsync.sync.gate import CONTROL_TTL
 from crmsync.sync.hooks import BatchListener, Hooks, OutageListener, PauseListener
 from crmsync.sync.runner import CrmRunner
@@ -154,6 +154,10 @@ class Worker:
 
     async def run(self) -> None:
         """Run until `stop()`; then shut down gracefully. Connectors are closed on the way out."""
+        with tuning.process_tuning(self.settings.thread_switch_interval_ms):
+            await self._run()
+
+    async def _run(self) -> None:
         now = self.clock()
         async with self.engine.begin() as conn:
             await heartbeat.register(conn, self.id, list(self.runners), now)
