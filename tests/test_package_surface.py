@@ -62,3 +62,15 @@ def test_other_packages_use_only_what_a_package_declares() -> None:
         if name.startswith("_") or (declared is not None and name not in declared):
             wrong.append(f"{where}: {module.__name__}.{name} is not public")
     assert not wrong
+
+
+def test_db_knows_nothing_of_the_writer_process() -> None:
+    """Imports go one way: `writer_process` uses `db`, never the reverse (no import cycle)."""
+    tree = ast.parse((ROOT / "db.py").read_text())
+    imported = {
+        alias.name if isinstance(node, ast.Import) else f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert not any("writer_process" in name for name in imported)
