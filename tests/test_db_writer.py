@@ -1,5 +1,6 @@
-"""`db.write` on a SQLite file: every write transaction runs on one thread of its own, in order,
-with the caller's context, rolls back on error, and comes back after the engine is disposed.
+"""`writer_process.write` on a SQLite file: every write transaction runs on one thread of its
+own, in order, with the caller's context, rolls back on error, and comes back after the engine
+is disposed.
 While a worker runs, its loop's writes run in a writer process instead: in order, errors coming
 back as themselves, and no process left behind when it dies, is signalled or its parent dies."""
 
@@ -24,6 +25,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
 from crmsync import db
+from crmsync import writer_process as writers
 from crmsync.writer_process import WriterDied, WriterProcess
 
 _CALLER = contextvars.ContextVar("caller", default="none")
@@ -43,11 +45,11 @@ def _insert(value: int) -> Callable[[Connection], tuple[str, str, int]]:
 async def test_sqlite_writes_share_one_thread_and_survive_a_dispose(tmp_path: Path) -> None:
     engine = db.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
     try:
-        await db.write(engine, lambda conn: conn.execute(text("CREATE TABLE t (v INTEGER)")))
+        await writers.write(engine, lambda conn: conn.execute(text("CREATE TABLE t (v INTEGER)")))
 
         async def insert(value: int) -> tuple[str, str, int]:
             _CALLER.set(f"caller-{value}")
-            return await db.write(engine, _insert(value))
+            return await writers.write(engine, _insert(value))
 
         done = await asyncio.gather(*(insert(v) for v in range(20)))
         names = {name for name, _, _ in done}
@@ -61,8 +63,10 @@ async def test_sqlite_writes_share_one_thread_and_survive_a_dispose(tmp_path: Pa
             raise RuntimeError("boom")
 
         with pytest.raises(RuntimeError, match="boom"):
-            await db.write(engine, fail)
-        rows = await db.write(engine, lambda c: c.execute(text("SELECT v FROM t")).scalars().all())
+            await writers.write(engine, fail)
+        rows = await writers.write(
+            engine, lambda c: c.execute(text("SELECT v FROM t")).scalars().all()
+        )
         assert sorted(rows) == list(range(20))  # the failed transaction left nothing
 
         old = {t for t in threading.enumerate() if t.name.startswith("crmsync-sqlite-writer")}
@@ -70,7 +74,7 @@ async def test_sqlite_writes_share_one_thread_and_survive_a_dispose(tmp_path: Pa
         for thread in old:
             await asyncio.to_thread(thread.join, 10)
             assert not thread.is_alive()
-        name, _, count = await db.write(engine, _insert(20))
+        name, _, count = await writers.write(engine, _insert(20))
         assert count == 21 and name.startswith("crmsync-sqlite-writer")
     finally:
         await engine.dispose()
@@ -130,10 +134,10 @@ def _gone(pid: int, within: float = 15.0) -> bool:
 async def test_a_writer_process_runs_writes_in_order_and_errors_come_back(tmp_path: Path) -> None:
     engine = db.create_engine(f"sqlite:///{tmp_path / 'p.db'}")
     try:
-        await db.write(engine, _create)
-        assert await db.start_writer(engine)
+        await writers.write(engine, _create)
+        assert await writers.start(engine)
         done = await asyncio.gather(
-            *(db.write(engine, functools.partial(_insert_in, v)) for v in range(20))
+            *(writers.write(engine, functools.partial(_insert_in, v)) for v in range(20))
         )
         pids = {pid for pid, _ in done}
         assert len(pids) == 1 and os.getpid() not in pids
@@ -142,27 +146,27 @@ async def test_a_writer_process_runs_writes_in_order_and_errors_come_back(tmp_pa
 
         # A failure comes back as itself, and its transaction left nothing behind.
         with pytest.raises(IntegrityError, match="UNIQUE"):
-            await db.write(engine, functools.partial(_insert_in, 5))
-        assert await db.write(engine, _values) == list(range(20))
+            await writers.write(engine, functools.partial(_insert_in, 5))
+        assert await writers.write(engine, _values) == list(range(20))
 
         # A write that cannot be pickled (a closure) fails clearly instead of silently.
         with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
-            await db.write(engine, lambda conn: None)
+            await writers.write(engine, lambda conn: None)
 
         # SIGTERM and SIGINT (a terminal's or a service manager's, sent to every process) leave
         # the writer serving: the worker's graceful shutdown still writes through it.
         (pid,) = pids
         os.kill(pid, signal.SIGTERM)
         os.kill(pid, signal.SIGINT)
-        assert (await db.write(engine, _where))[0] == pid
+        assert (await writers.write(engine, _where))[0] == pid
 
         # Stopped: the child exits, and writes go to the writer thread again.
-        await db.stop_writer(engine)
+        await writers.stop(engine)
         assert _gone(pid)
-        where_pid, thread = await db.write(engine, _where)
+        where_pid, thread = await writers.write(engine, _where)
         assert where_pid == os.getpid() and thread.startswith("crmsync-sqlite-writer")
     finally:
-        await db.stop_writer(engine)
+        await writers.stop(engine)
         await engine.dispose()
 
 
@@ -174,7 +178,7 @@ async def test_a_ctrl_c_while_the_writer_process_starts_does_not_kill_it(
     it must ignore the signal from its first instruction, not only once it can say so."""
     engine = db.create_engine(f"sqlite:///{tmp_path / 's.db'}")
     try:
-        await db.write(engine, _create)
+        await writers.write(engine, _create)
         writer = WriterProcess(f"sqlite:///{tmp_path / 's.db'}")
         try:
             os.kill(writer.pid, sig)  # at once: the child is still starting its interpreter
@@ -191,14 +195,14 @@ async def test_a_writer_process_that_dies_fails_its_writes_and_is_replaced(
 ) -> None:
     engine = db.create_engine(f"sqlite:///{tmp_path / 'd.db'}")
     try:
-        await db.write(engine, _create)
-        await db.start_writer(engine)
-        first = await db.write(engine, functools.partial(_sleep, 0))
+        await writers.write(engine, _create)
+        await writers.start(engine)
+        first = await writers.write(engine, functools.partial(_sleep, 0))
         started = tmp_path / "slow-started"
         slow = asyncio.ensure_future(
-            db.write(engine, functools.partial(_sleep, 30, started=str(started)))
+            writers.write(engine, functools.partial(_sleep, 30, started=str(started)))
         )
-        queued = asyncio.ensure_future(db.write(engine, functools.partial(_insert_in, 1)))
+        queued = asyncio.ensure_future(writers.write(engine, functools.partial(_insert_in, 1)))
         await _until(started.exists, "the slow write to run in the writer process")
         os.kill(first, signal.SIGKILL)
         for pending in (slow, queued):
@@ -206,10 +210,10 @@ async def test_a_writer_process_that_dies_fails_its_writes_and_is_replaced(
                 await asyncio.wait_for(pending, 10)
         # The next write starts a new writer process; the write queued behind the dead one never
         # ran (it was never committed), so nothing half-done is left.
-        second, count = await db.write(engine, functools.partial(_insert_in, 2))
+        second, count = await writers.write(engine, functools.partial(_insert_in, 2))
         assert second not in (first, os.getpid()) and count == 1
     finally:
-        await db.stop_writer(engine)
+        await writers.stop(engine)
         await engine.dispose()
 
 
@@ -218,50 +222,50 @@ async def test_a_writer_process_that_cannot_start_leaves_the_writes_in_a_thread(
 ) -> None:
     engine = db.create_engine(f"sqlite:///{tmp_path / 's.db'}")
     try:
-        await db.write(engine, _create)
+        await writers.write(engine, _create)
         # A child that exits at once, as one that cannot import crmsync would.
         with monkeypatch.context() as patch:
             patch.setattr(sys, "executable", "/bin/false")
-            assert not await db.start_writer(engine)  # the worker still starts
+            assert not await writers.start(engine)  # the worker still starts
         assert "writes stay in a thread" in caplog.text
-        pid, thread = await db.write(engine, _where)
+        pid, thread = await writers.write(engine, _where)
         assert pid == os.getpid() and thread.startswith("crmsync-sqlite-writer")
 
         # One that worked and died is replaced; if its replacement cannot start, the writes
         # after that go to the thread instead of starting child after child.
-        assert await db.start_writer(engine)
-        first, _ = await db.write(engine, _where)
+        assert await writers.start(engine)
+        first, _ = await writers.write(engine, _where)
         assert first != os.getpid()
         with monkeypatch.context() as patch:
             patch.setattr(sys, "executable", "/bin/false")
-            writer = db._PROCESS_WRITERS[engine.sync_engine]
+            writer = writers._PROCESS_WRITERS[engine.sync_engine]
             os.kill(first, signal.SIGKILL)
             assert _gone(first)
             await _until(lambda: writer.dead, "the event loop to see the socket close")
             with pytest.raises(WriterDied):
-                await db.write(engine, _where)
+                await writers.write(engine, _where)
             caplog.clear()
-            pid, thread = await db.write(engine, _where)
+            pid, thread = await writers.write(engine, _where)
         assert pid == os.getpid() and thread.startswith("crmsync-sqlite-writer")
         assert "did not start" in caplog.text
-        assert (await db.write(engine, functools.partial(_insert_in, 7)))[1] == 1
+        assert (await writers.write(engine, functools.partial(_insert_in, 7)))[1] == 1
     finally:
-        await db.stop_writer(engine)
+        await writers.stop(engine)
         await engine.dispose()
 
 
 async def test_stopping_the_writer_process_lets_the_writes_sent_finish(tmp_path: Path) -> None:
     engine = db.create_engine(f"sqlite:///{tmp_path / 'f.db'}")
     try:
-        await db.write(engine, _create)
-        await db.start_writer(engine)
+        await writers.write(engine, _create)
+        await writers.start(engine)
         started = tmp_path / "slow-started"
         slow = asyncio.ensure_future(
-            db.write(engine, functools.partial(_sleep, 0.5, started=str(started)))
+            writers.write(engine, functools.partial(_sleep, 0.5, started=str(started)))
         )
-        queued = asyncio.ensure_future(db.write(engine, functools.partial(_insert_in, 3)))
+        queued = asyncio.ensure_future(writers.write(engine, functools.partial(_insert_in, 3)))
         await _until(started.exists, "the slow write to run in the writer process")
-        await db.stop_writer(engine)
+        await writers.stop(engine)
         child = await slow
         assert child != os.getpid() and (await queued) == (child, 1)
         assert _gone(child)
@@ -272,17 +276,17 @@ async def test_stopping_the_writer_process_lets_the_writes_sent_finish(tmp_path:
 async def test_writes_from_another_event_loop_use_the_writer_thread(tmp_path: Path) -> None:
     engine = db.create_engine(f"sqlite:///{tmp_path / 'l.db'}")
     try:
-        await db.start_writer(engine)
-        child, _ = await db.write(engine, _where)
+        await writers.start(engine)
+        child, _ = await writers.write(engine, _where)
 
         def elsewhere() -> tuple[int, str]:
-            return asyncio.run(db.write(engine, _where))
+            return asyncio.run(writers.write(engine, _where))
 
         pid, thread = await asyncio.to_thread(elsewhere)
         assert child != os.getpid() and pid == os.getpid()
         assert thread.startswith("crmsync-sqlite-writer")
     finally:
-        await db.stop_writer(engine)
+        await writers.stop(engine)
         await engine.dispose()
 
 
@@ -291,12 +295,13 @@ def test_the_writer_process_exits_when_its_parent_is_killed(tmp_path: Path) -> N
         f"""
         import asyncio, os, sys, time
         from crmsync import db
+        from crmsync import writer_process as writers
         from tests.test_db_writer import _where
 
         async def main():
             engine = db.create_engine("sqlite:///{tmp_path / "k.db"}")
-            await db.start_writer(engine)
-            pid, _ = await db.write(engine, _where)
+            await writers.start(engine)
+            pid, _ = await writers.write(engine, _where)
             print(pid, flush=True)
             await asyncio.sleep(60)
 

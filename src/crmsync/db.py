@@ -1,38 +1,37 @@
-"""Database engines and sessions for SQLite (embedded default) and PostgreSQL.
+"""Database engines for SQLite (embedded default) and PostgreSQL.
 
 SQLite runs in WAL mode with a busy timeout, and every write transaction starts with
 `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes can fail at once with
 "database is locked" when another process wrote in between, while an immediate one waits its turn.
-
-SQLite has one writer at a time, so the write engine of a process holds a single connection,
-used by a single thread: writers of the same process queue for that thread (each starts the
-moment the one before commits) instead of in SQLite's busy handler, which sleeps and polls
-(measured: half the sync engine's time went there).
+SQLite has one writer at a time, so an async engine on a SQLite file holds one connection.
+The sync core's write transactions (`Transaction`) take another way to the same file:
+`writer_process.write` runs them on one plain sqlite3 connection of its own (`sqlite_write_engine`),
+in the worker's writer process or, as its fallback, one thread of this process.
 Reads go through `read_only(engine)`: for SQLite a sibling engine with its own pool whose
 transactions begin deferred and never wait for writers; for PostgreSQL the same engine.
+
+The SQLite linked into Python must be 3.35 or newer (`RETURNING`, `DROP COLUMN`) with the JSON
+functions (`json_each`, on which every batch write relies): `check_sqlite` says so, once, when
+the first SQLite engine is made.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
+import contextlib
 import functools
 import logging
 import math
+import sqlite3
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-
-from crmsync.writer_process import WriterDied, WriterProcess
 
 if TYPE_CHECKING:
     from crmsync.settings import Settings
@@ -41,13 +40,12 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_MIN_VERSION = (3, 35, 0)
 # Page cache of the sync engine's SQLite write connection, in KiB (allocated only as pages are
 # read). SQLite's default of 2 MiB is smaller than the queue's indexes from a few tens of
-# thousands of contacts on: every status change then rereads index pages from the file and WAL
-# (measured: a guarded outcome UPDATE took 160 us per row with 50,000 contacts, 15 us with an
-# 8 MiB cache). Not more, and only on that connection: a worker syncing 200,000 contacts peaked
-# at 107 MB RSS with the default, 116 MB with 8 MiB, 194-217 MB with 32 MiB on this connection
-# and 194-295 MB with 64 MiB on every connection (bench/worker_rss.py).
+# thousands of contacts on: every status change then rereads index pages from the file and WAL.
+# Not more, and only on that connection: the worker's peak RSS grows with it (bench/README.md,
+# "SQLite page cache", bench/worker_rss.py).
 SQLITE_WRITER_CACHE_KIB = 8 * 1024
 
 
@@ -103,6 +101,7 @@ def create_engine(
     kwargs.setdefault("hide_parameters", True)
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
+        _check_sqlite_once()
         if _is_file(parsed):
             kwargs.setdefault("pool_size", 1)
             kwargs.setdefault("max_overflow", 0)
@@ -242,45 +241,25 @@ def _configure_sqlite(engine: AsyncEngine | Engine, cache_kib: int | None = None
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-@dataclass(frozen=True)
-class _ThreadWriter:
-    """A SQLite file's write engine (one plain sqlite3 connection) and the one thread using it."""
+class Transaction(functools.partial[T], Generic[T]):
+    """A write transaction's body: a module-level function and its leading arguments.
 
-    engine: Engine
-    # One thread for every write transaction: writers queue here instead of as several threads
-    # blocked on the single-connection pool, each of which must take the GIL back from the event
-    # loop just to wait again (measured: less CPU per contact, see bench/README.md).
-    thread: ThreadPoolExecutor
+    Called with the transaction's `Connection` as its last argument: `Transaction(f, a, b)(conn)`
+    is `f(a, b, conn)`. A value, never a closure: on SQLite `write` may run it in the writer
+    process, which receives it pickled; a lambda or a nested function is refused here, when it
+    is built, instead of when the pickling fails.
+    """
 
+    __slots__ = ()
 
-_SYNC_WRITERS: weakref.WeakKeyDictionary[Engine, _ThreadWriter] = weakref.WeakKeyDictionary()
-
-
-def _thread_writer(engine: AsyncEngine) -> _ThreadWriter | None:
-    """For a SQLite file: a plain sqlite3 engine (one connection) and the thread that uses it."""
-    if not is_sqlite_file(engine):
-        return None
-    writer = _SYNC_WRITERS.get(engine.sync_engine)
-    if writer is None:
-        writer = _ThreadWriter(
-            sqlite_write_engine(engine.url, threaded=True),
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="crmsync-sqlite-writer"),
-        )
-        _SYNC_WRITERS[engine.sync_engine] = writer
-        own = writer
-
-        @event.listens_for(engine.sync_engine, "engine_disposed")
-        def _dispose_writer(disposed: Engine) -> None:
-            # The next write after a dispose builds a new writer (and thread).
-            if _SYNC_WRITERS.get(disposed) is own:
-                del _SYNC_WRITERS[disposed]
-            own.thread.shutdown(wait=False)
-            own.engine.dispose()
-
-    return writer
+    def __new__(cls, func: Callable[..., T], /, *args: Any) -> Self:
+        if "<" in getattr(func, "__qualname__", "<unknown>"):
+            raise TypeError(f"a transaction body must be a module-level function, not {func!r}")
+        return super().__new__(cls, func, *args)
 
 
 def in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run `work(conn)` in one transaction of `engine`: committed, or rolled back if it raises."""
     with engine.begin() as conn:
         return work(conn)
 
@@ -300,84 +279,39 @@ def sqlite_write_engine(url: URL, *, threaded: bool) -> Engine:
     return sync
 
 
-_PROCESS_WRITERS: weakref.WeakKeyDictionary[Engine, WriterProcess] = weakref.WeakKeyDictionary()
+class SQLiteUnsupported(RuntimeError):
+    """The SQLite linked into this Python cannot run crmsync."""
 
 
-async def start_writer(engine: AsyncEngine) -> bool:
-    """From now on, run this event loop's `write`s on a SQLite file in a writer process.
+def check_sqlite(
+    version: tuple[int, int, int] = sqlite3.sqlite_version_info,
+    has_json: Callable[[], bool] | None = None,
+) -> None:
+    """Refuse an SQLite older than 3.35 or without the JSON functions, saying what to do."""
+    found = ".".join(map(str, version))
+    if version < SQLITE_MIN_VERSION:
+        raise SQLiteUnsupported(
+            f"crmsync needs SQLite 3.35 or newer (RETURNING, DROP COLUMN); this Python's sqlite3 "
+            f"module uses SQLite {found}. Use a Python built against a newer SQLite, or "
+            "PostgreSQL (CRMSYNC_DATABASE_URL=postgresql://...)."
+        )
+    if not (has_json or _has_json)():
+        raise SQLiteUnsupported(
+            f"crmsync needs SQLite's JSON functions (json_each, json_group_array); SQLite {found} "
+            "in this Python was built without them. Use a Python built against an SQLite with "
+            "JSON (the default since 3.38), or PostgreSQL."
+        )
 
-    A worker calls this when it starts (`CRMSYNC_SQLITE_WRITER_PROCESS`) and `stop_writer` when
-    it stops; other loops, and everything before and after, use the writer thread. Returns
-    whether a writer process runs (never for PostgreSQL or an in-memory database).
-    """
-    if not is_sqlite_file(engine):
-        return False
-    writer = _PROCESS_WRITERS.get(engine.sync_engine)
-    if writer is None:
-        writer = _PROCESS_WRITERS[engine.sync_engine] = WriterProcess(_url(engine))
 
-        @event.listens_for(engine.sync_engine, "engine_disposed")
-        def _dispose_writer(disposed: Engine) -> None:
-            writer = _PROCESS_WRITERS.pop(disposed, None)
-            if writer is not None:
-                writer.stop_now()
-
+def _has_json() -> bool:
     try:
-        await writer.run(_nothing)  # the child is up and has opened the database
-    except WriterDied as exc:
-        log.error("%s; SQLite writes stay in a thread of this process", exc)
-        _PROCESS_WRITERS.pop(engine.sync_engine, None)
+        with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+            conn.execute("SELECT value FROM json_each(json_array(1))")
+    except sqlite3.Error:
         return False
     return True
 
 
-async def stop_writer(engine: AsyncEngine) -> None:
-    writer = _PROCESS_WRITERS.pop(engine.sync_engine, None)
-    if writer is not None:
-        await writer.stop()
-
-
-def _nothing(_conn: Connection) -> None:
-    return None
-
-
-def _process_writer(engine: AsyncEngine) -> WriterProcess | None:
-    writer = _PROCESS_WRITERS.get(engine.sync_engine)
-    if writer is None or writer.loop is not asyncio.get_running_loop():
-        return None
-    if writer.dead:
-        if not writer.answered:  # it never started: writes stay in a thread from now on
-            log.error("the SQLite writer process did not start; writes stay in a thread")
-            del _PROCESS_WRITERS[engine.sync_engine]
-            return None
-        # It died after working: a new one for this write and the next.
-        writer = _PROCESS_WRITERS[engine.sync_engine] = WriterProcess(_url(engine))
-    return writer
-
-
-def _url(engine: AsyncEngine) -> str:
-    return engine.url.render_as_string(hide_password=False)
-
-
-async def write(engine: AsyncEngine, work: Callable[[Connection], T]) -> T:
-    """Run `work(conn)`, synchronous SQLAlchemy code, in one write transaction.
-
-    The sync engine's hot paths use this. On SQLite the whole transaction runs on a plain sqlite3
-    connection in one worker thread (or, while a worker runs, in its writer process; `work` must
-    then be picklable: module functions bound with `functools.partial`): aiosqlite hops between
-    threads several times per statement, and on a busy event loop each hop waits for the GIL
-    (measured: most of a claim's time). On PostgreSQL it runs in the async engine's greenlet,
-    every statement awaited on asyncpg.
-    """
-    process = _process_writer(engine)
-    if process is not None:
-        return await process.run(work)
-    threaded = _thread_writer(engine)
-    if threaded is not None:
-        # As asyncio.to_thread does, on this engine's own thread: the caller's context goes along.
-        call = functools.partial(
-            contextvars.copy_context().run, in_transaction, threaded.engine, work
-        )
-        return await asyncio.get_running_loop().run_in_executor(threaded.thread, call)
-    async with engine.begin() as conn:
-        return await conn.run_sync(work)
+@functools.cache
+def _check_sqlite_once() -> None:
+    check_sqlite()

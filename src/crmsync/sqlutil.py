@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import functools
 import operator
 import sqlite3
 import uuid
@@ -36,9 +34,9 @@ class Compiled:
     """A Core statement compiled once per dialect, executed many times with plain tuples.
 
     SQLAlchemy's executemany builds and type-processes a parameter dict per row, which costs
-    more than the SQL itself on the hot paths (measured: ~35 us per row). Here the statement is
-    still written in Core, compiled once, and each row is a tuple of values already in the
-    driver's form (see `DriverValues`).
+    more than the SQL itself on the hot paths (bench/README.md, "Figures behind the code").
+    Here the statement is still written in Core, compiled once, and each row is a tuple of
+    values already in the driver's form (see `DriverValues`).
     """
 
     def __init__(self, stmt: ClauseElement, row_keys: Sequence[str]) -> None:
@@ -80,22 +78,14 @@ class Compiled:
             return int(_sqlite_cursor(conn, sql, pick(row + constants)).rowcount)
         return int(conn.exec_driver_sql(sql, pick(row + constants)).rowcount)
 
-    def executemany(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Run the statement once per row; the number of rows it changed in all."""
-        if not rows:
-            return 0
-        sql, constants, pick = self._compile(conn.dialect)
-        params = [pick(row + constants) for row in rows]
-        return int(conn.exec_driver_sql(sql, params).rowcount)
-
 
 def _sqlite_cursor(conn: Connection, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
     """Run `sql` on the connection's own sqlite3 connection, in its open transaction.
 
     The queue's statements run a few times per batch, and SQLAlchemy's per-execution machinery
-    (execution context, cursor wrapper, result object) cost about 40 us each, several rows'
-    worth of SQLite's own work (measured in the writer process, 6 statements per batch). Errors
-    still come out as SQLAlchemy's exceptions, as `exec_driver_sql` would raise them.
+    (execution context, cursor wrapper, result object) costs several rows' worth of SQLite's
+    own work each time (bench/README.md, "Figures behind the code"). Errors still come out as
+    SQLAlchemy's exceptions, as `exec_driver_sql` would raise them.
     """
     driver: Any = conn.connection.driver_connection
     try:
@@ -104,19 +94,6 @@ def _sqlite_cursor(conn: Connection, sql: str, params: Sequence[Any]) -> sqlite3
         raise DBAPIError.instance(
             sql, params, exc, sqlite3.Error, hide_parameters=conn.engine.hide_parameters
         ) from exc
-
-
-@functools.cache
-def sqlite_reads_json_rows() -> bool:
-    """Whether this process's SQLite has `UPDATE ... FROM` (3.33) and the JSON functions."""
-    if sqlite3.sqlite_version_info < (3, 33, 0):
-        return False
-    try:
-        with contextlib.closing(sqlite3.connect(":memory:")) as conn:
-            conn.execute("SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')")
-    except sqlite3.Error:
-        return False
-    return True
 
 
 class JsonRows:
@@ -161,36 +138,16 @@ class ArrayRows:
         return bindparam(name)
 
 
-class RowWrite:
-    """One write (UPDATE or INSERT) applied to every row of a batch, in one call.
+class JsonWrite:
+    """SQLite: one write (UPDATE or INSERT) applied to every row of a batch, in one statement.
 
-    On SQLite the rows travel as one JSON array and the statement reads them through
-    `json_each`: one statement step for the batch. An executemany steps once per row, releasing
-    and retaking the GIL each time, and builds a parameter tuple per row in Python (measured:
-    outcome UPDATE 7-9 us per row instead of 11-12, history INSERT 4-5 instead of 5-6, before
-    the Python saved). Elsewhere (PostgreSQL, or an SQLite without `UPDATE ... FROM`) it is the
-    same statement written with one parameter set per row, run as an executemany, unless
-    `from_arrays` is given: on PostgreSQL the rows then travel as one array per column and the
-    statement reads them through `unnest` (`ArrayRows`). One statement per batch also fires the
-    count triggers of migration 0003 once per batch instead of once per row (measured with an
-    executemany: 30% more PostgreSQL CPU per synced contact).
+    The rows travel as one JSON array and the statement reads them through `json_each`
+    (`JsonRows`): one statement step for the batch, where an executemany steps once per row,
+    releasing and retaking the GIL each time, and builds a parameter tuple per row in Python.
     """
 
-    def __init__(
-        self,
-        per_row: Sequence[str],
-        shared: Sequence[str],
-        many: ClauseElement,
-        from_json: ClauseElement,
-        from_arrays: tuple[ArrayRows, ClauseElement] | None = None,
-    ) -> None:
-        self._many = Compiled(many, (*per_row, *shared))
-        self._json = Compiled(from_json, (JsonRows.PARAM, *shared))
-        self._arrays = (
-            None
-            if from_arrays is None
-            else Compiled(from_arrays[1], (*from_arrays[0].params, *shared))
-        )
+    def __init__(self, stmt: ClauseElement, shared: Sequence[str]) -> None:
+        self._compiled = Compiled(stmt, (JsonRows.PARAM, *shared))
 
     def run(
         self, conn: Connection, rows: Sequence[tuple[Any, ...]], shared: tuple[Any, ...]
@@ -198,12 +155,28 @@ class RowWrite:
         """Write `rows` (per-row values) with the batch's `shared` values; rows changed."""
         if not rows:
             return 0
-        if conn.dialect.name == "sqlite" and sqlite_reads_json_rows():
-            return self._json.execute(conn, (orjson.dumps(rows).decode(), *shared))
-        if self._arrays is not None and conn.dialect.name == "postgresql":
-            columns = (list(column) for column in zip(*rows, strict=True))
-            return self._arrays.execute(conn, (*columns, *shared))
-        return self._many.executemany(conn, [row + shared for row in rows])
+        return self._compiled.execute(conn, (orjson.dumps(rows).decode(), *shared))
+
+
+class ArrayWrite:
+    """PostgreSQL: one write applied to every row of a batch, in one statement.
+
+    The rows travel as one typed array per column and the statement reads them through
+    `unnest` (`ArrayRows`). One statement per batch also fires the count triggers of migration
+    0003 once per batch instead of once per row, as an executemany would.
+    """
+
+    def __init__(self, arrays: ArrayRows, stmt: ClauseElement, shared: Sequence[str]) -> None:
+        self._compiled = Compiled(stmt, (*arrays.params, *shared))
+
+    def run(
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]], shared: tuple[Any, ...]
+    ) -> int:
+        """Write `rows` (per-row values) with the batch's `shared` values; rows changed."""
+        if not rows:
+            return 0
+        columns = (list(column) for column in zip(*rows, strict=True))
+        return self._compiled.execute(conn, (*columns, *shared))
 
 
 _new_object = object.__new__
@@ -215,9 +188,8 @@ def uuid_from_hex(value: str) -> uuid.UUID:
     """A UUID from the 32 hex digits SQLite stores, for about half of `uuid.UUID(value)`'s cost.
 
     The claim converts four ids per row on the sync hot path; `UUID.__init__` parses every
-    accepted spelling (braces, dashes, URN): measured with timeit, 2.1 us a call against 1.2 us
-    for this. It sets the two slots `UUID` has (`int`, `is_safe`) directly, from a value the
-    database wrote (the `Uuid` type).
+    accepted spelling (braces, dashes, URN), which this skips. It sets the two slots `UUID` has
+    (`int`, `is_safe`) directly, from a value the database wrote (the `Uuid` type).
     """
     result = _new_object(uuid.UUID)  # uuid_from_int's body: a call less on the hot path
     _set_slot(result, "int", int(value, 16))

@@ -1,29 +1,36 @@
-"""A SQLite worker's write transactions, run in a process of their own.
+"""The one way the sync core writes to a SQLite file: a writer process, or a thread as fallback.
 
-Python runs one thread at a time, so the worker's event loop (payloads, HTTP, vendor answers)
-and its SQLite writer thread take turns on one core: measured, the writer spent about half its
-time waiting for the event loop to let go, and the loop as long waiting for it. In a child
-process the two run on two cores: +32% contacts/s (bench/README.md, "Sync throughput").
+`write(engine, transaction)` runs a `db.Transaction` (a module-level function and its arguments)
+in one write transaction on a plain sqlite3 connection of its own (`db.sqlite_write_engine`):
 
-The parent sends each transaction body (a picklable callable taking a `Connection`: module
-functions bound with `functools.partial`) over a socket pair; the child runs them one at a time,
-in order, each in one transaction on its own sqlite3 connection, and answers each with its
-result or its exception. Context variables do not travel.
+- while a worker runs (`start` .. `stop`, `CRMSYNC_SQLITE_WRITER_PROCESS`, default on), in its
+  writer process: a child with its own interpreter, so the worker's event loop and the writes
+  use two cores instead of taking turns on one for the GIL (bench/README.md, "Sync throughput");
+- otherwise (the API, other event loops, the setting off, a child that could not start), on the
+  one writer thread of this process, where writes queue in order;
+- on PostgreSQL or an in-memory SQLite, in the async engine, statement by statement.
+
+The parent sends each transaction pickled over a socket pair; the child runs them one at a time,
+in order, each in one transaction, and answers each with its result or its exception. Context
+variables do not travel.
 
 Lifetimes: the child exits when its socket closes: when the parent stops it or dies, even by
 SIGKILL. It ignores SIGINT and SIGTERM, which a terminal or a service manager also sends to the
 children, so that the parent's graceful shutdown can still hand its leases back through it; from
-its first instruction (it starts with them blocked), so a Ctrl-C while it imports is dropped too. If
-the child dies, the writes waiting for it fail with `WriterDied` (each is one transaction:
-committed or not; the lease rules cover a commit whose answer was lost) and the next write
-starts a new child, unless that one died before its first answer: then `db` writes from its
-thread from then on (see `db.start_writer`).
+its first instruction (it starts with them blocked), so a Ctrl-C while it imports is dropped too.
+If the child dies, the writes waiting for it fail with `WriterDied` (each is one transaction:
+committed or not; the lease rules cover a commit whose answer was lost) and the next write starts
+a new child, unless that one died before its first answer: then writes stay in the thread.
+
+Imports go one way: this module uses `db` (engines, `Transaction`); `db` knows nothing of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
+import functools
 import logging
 import pickle
 import signal
@@ -32,10 +39,17 @@ import struct
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crmsync import db
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -216,6 +230,130 @@ class _Frames:
         return frames
 
 
+# -- which writer runs a write -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ThreadWriter:
+    """A SQLite file's write engine (one plain sqlite3 connection) and the one thread using it."""
+
+    engine: Engine
+    # One thread for every write transaction: writers queue here instead of as several threads
+    # blocked on the single-connection pool, each of which must take the GIL back from the event
+    # loop just to wait again (measured: less CPU per contact, see bench/README.md).
+    thread: ThreadPoolExecutor
+
+
+_SYNC_WRITERS: weakref.WeakKeyDictionary[Engine, _ThreadWriter] = weakref.WeakKeyDictionary()
+
+
+def _thread_writer(engine: AsyncEngine) -> _ThreadWriter | None:
+    """For a SQLite file: a plain sqlite3 engine (one connection) and the thread that uses it."""
+    if not db.is_sqlite_file(engine):
+        return None
+    writer = _SYNC_WRITERS.get(engine.sync_engine)
+    if writer is None:
+        writer = _ThreadWriter(
+            db.sqlite_write_engine(engine.url, threaded=True),
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="crmsync-sqlite-writer"),
+        )
+        _SYNC_WRITERS[engine.sync_engine] = writer
+        own = writer
+
+        @event.listens_for(engine.sync_engine, "engine_disposed")
+        def _dispose_writer(disposed: Engine) -> None:
+            # The next write after a dispose builds a new writer (and thread).
+            if _SYNC_WRITERS.get(disposed) is own:
+                del _SYNC_WRITERS[disposed]
+            own.thread.shutdown(wait=False)
+            own.engine.dispose()
+
+    return writer
+
+
+_PROCESS_WRITERS: weakref.WeakKeyDictionary[Engine, WriterProcess] = weakref.WeakKeyDictionary()
+
+
+async def start(engine: AsyncEngine) -> bool:
+    """From now on, run this event loop's `write`s on a SQLite file in a writer process.
+
+    A worker calls this when it starts (`CRMSYNC_SQLITE_WRITER_PROCESS`) and `stop` when
+    it stops; other loops, and everything before and after, use the writer thread. Returns
+    whether a writer process runs (never for PostgreSQL or an in-memory database).
+    """
+    if not db.is_sqlite_file(engine):
+        return False
+    writer = _PROCESS_WRITERS.get(engine.sync_engine)
+    if writer is None:
+        writer = _PROCESS_WRITERS[engine.sync_engine] = WriterProcess(_url(engine))
+
+        @event.listens_for(engine.sync_engine, "engine_disposed")
+        def _dispose_writer(disposed: Engine) -> None:
+            writer = _PROCESS_WRITERS.pop(disposed, None)
+            if writer is not None:
+                writer.stop_now()
+
+    try:
+        await writer.run(db.Transaction(_nothing))  # the child is up and has opened the database
+    except WriterDied as exc:
+        log.error("%s; SQLite writes stay in a thread of this process", exc)
+        _PROCESS_WRITERS.pop(engine.sync_engine, None)
+        return False
+    return True
+
+
+async def stop(engine: AsyncEngine) -> None:
+    writer = _PROCESS_WRITERS.pop(engine.sync_engine, None)
+    if writer is not None:
+        await writer.stop()
+
+
+def _nothing(_conn: Connection) -> None:
+    return None
+
+
+def _process_writer(engine: AsyncEngine) -> WriterProcess | None:
+    writer = _PROCESS_WRITERS.get(engine.sync_engine)
+    if writer is None or writer.loop is not asyncio.get_running_loop():
+        return None
+    if writer.dead:
+        if not writer.answered:  # it never started: writes stay in a thread from now on
+            log.error("the SQLite writer process did not start; writes stay in a thread")
+            del _PROCESS_WRITERS[engine.sync_engine]
+            return None
+        # It died after working: a new one for this write and the next.
+        writer = _PROCESS_WRITERS[engine.sync_engine] = WriterProcess(_url(engine))
+    return writer
+
+
+def _url(engine: AsyncEngine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+async def write(engine: AsyncEngine, work: db.Transaction[T]) -> T:
+    """Run `work(conn)`, synchronous SQLAlchemy code, in one write transaction.
+
+    The sync core's writes go through here. On a SQLite file the whole transaction runs on a
+    plain sqlite3 connection: in the worker's writer process while one runs for this event loop,
+    else (its fallback) on the one writer thread of this process; aiosqlite would hop between
+    threads several times per statement, each hop waiting for the GIL on a busy event loop.
+    On PostgreSQL (and in-memory SQLite) it runs in the async engine's greenlet, every statement
+    awaited on the driver.
+    """
+    process = _process_writer(engine)
+    if process is not None:
+        return await process.run(work)
+    threaded = _thread_writer(engine)
+    if threaded is not None:
+        # As asyncio.to_thread does, on this engine's own thread: the caller's context goes along.
+        call = functools.partial(
+            contextvars.copy_context().run, db.in_transaction, threaded.engine, work
+        )
+        return await asyncio.get_running_loop().run_in_executor(threaded.thread, call)
+    async with engine.begin() as conn:
+        return await conn.run_sync(work)
+
+
 # -- the child --------------------------------------------------------------------------------
 
 
@@ -231,8 +369,6 @@ def _serve(sock: socket.socket) -> None:
     path, url = pickle.loads(setup)
     sys.path[:] = path
     from sqlalchemy.engine import make_url
-
-    from crmsync import db
 
     engine = db.sqlite_write_engine(make_url(url), threaded=False)
     try:
@@ -252,8 +388,6 @@ def _read_frame(stream: BinaryIO) -> bytes | None:
 
 
 def _answer(engine: Engine, data: bytes) -> bytes:
-    from crmsync import db
-
     try:
         work = pickle.loads(data)
         answer: tuple[bool, Any] = (True, db.in_transaction(engine, work))

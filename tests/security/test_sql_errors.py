@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync import db, logs
+from crmsync import writer_process as writers
 from crmsync.api.app import create_app
 from crmsync.contacts import repository
 from crmsync.settings import Settings
@@ -61,20 +62,20 @@ def _broken_compiled(conn: Connection) -> None:
 @pytest.mark.parametrize("work", [_broken_write, _broken_compiled])
 async def test_the_writers_hide_parameters(engine: AsyncEngine, work: object) -> None:
     with pytest.raises(DBAPIError) as caught:
-        await db.write(engine, functools.partial(work))  # type: ignore[call-overload]
+        await writers.write(engine, functools.partial(work))  # type: ignore[call-overload]
     _assert_hidden(caught.value)
 
 
 async def test_the_writer_process_hides_parameters(engine: AsyncEngine) -> None:
     if not db.is_sqlite_file(engine):
         pytest.skip("the writer process exists for SQLite files only")
-    assert await db.start_writer(engine)
+    assert await writers.start(engine)
     try:
         with pytest.raises(Exception) as caught:
-            await db.write(engine, functools.partial(_broken_compiled))
+            await writers.write(engine, functools.partial(_broken_compiled))
         _assert_hidden(caught.value)
     finally:
-        await db.stop_writer(engine)
+        await writers.stop(engine)
 
 
 @pytest.fixture

@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from crmsync.connectors.base import ContactPayload, Ok, RowResult, stable_hash
 from crmsync.enums import Crm
 
 Script = Callable[[Sequence[ContactPayload]], list[RowResult]]
+
+
+if TYPE_CHECKING:
+    from crmsync.sync.worker import Worker
+
+
+async def until(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    """Wait for `condition` (looked at every 10 ms), failing the test after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def idle(worker: Worker) -> bool:
+    """Every runner has claimed and holds no lane: its loop rests until woken or polled."""
+    return all(r.last_cycle_at is not None and not r.lanes for r in worker.runners.values())
 
 
 class FrozenClock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from crmsync.sync import queue
+from crmsync.sync import claim
 
 
 def test_a_raw_sqlite_row_converts_like_a_typed_one() -> None:
@@ -14,17 +14,17 @@ def test_a_raw_sqlite_row_converts_like_a_typed_one() -> None:
            "ctx", "https://b.com", domain.hex, page.hex, job.hex)  # fmt: skip
     typed = (7, 2, "ext-1", "hash", "old@b.com", cid, "a@b.com", "Ann Lee", "+44", "FREE", True,
              "ctx", "https://b.com", domain, page, job)  # fmt: skip
-    assert queue._from_sqlite(raw) == queue._claimed(*typed)
-    assert queue._from_sqlite(raw).payload.previous_email == "old@b.com"
+    assert claim.from_sqlite(raw) == claim.claimed(*typed)
+    assert claim.from_sqlite(raw).payload.previous_email == "old@b.com"
     nulls = (*raw[:10], None, None, None, None, None, None)
-    converted = queue._from_sqlite(nulls).payload
+    converted = claim.from_sqlite(nulls).payload
     assert converted.has_gmail is None and converted.domain_id is None
     assert converted.page_id is None and converted.source_job_id is None
-    assert queue._from_sqlite((*raw[:10], 0, *raw[11:])).payload.has_gmail is False
+    assert claim.from_sqlite((*raw[:10], 0, *raw[11:])).payload.has_gmail is False
 
 
 def test_shared_ids_are_built_once_and_the_memo_stays_bounded() -> None:
-    shared = queue._SharedIds(size=2)
+    shared = claim.SharedIds(size=2)
     a, b, c = (uuid.uuid4() for _ in range(3))
     first = shared(a.hex)
     assert first == a and shared(a.hex) is first

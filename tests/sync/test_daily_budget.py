@@ -84,7 +84,7 @@ async def test_the_budget_pauses_the_crm_until_the_vendor_day_resets(
         assert ctl.budget_used == 3 and ctl.pause_kind == "budget"
         assert ctl.paused_until == reset
         assert "3 of 3 requests" in (ctl.pause_reason or "")
-        assert await runner._pause_left(clock.now) is not None  # claims nothing more today
+        assert await runner.gate.pause_left(clock.now) is not None  # claims nothing more today
         assert len(sandbox.requests("hubspot")) == 3
 
         health = (await client.get("/api/v3/crm/health")).json()["crms"]["hubspot"]
@@ -100,8 +100,8 @@ async def test_the_budget_pauses_the_crm_until_the_vendor_day_resets(
 
         # The vendor's day resets: the CRM goes on, and the count starts again.
         clock.now = reset + dt.timedelta(seconds=1)
-        runner._control_read = -10.0
-        assert await runner._pause_left(clock.now) is None
+        runner.gate.control_read = -10.0
+        assert await runner.gate.pause_left(clock.now) is None
         assert await runner.run_once() == 10
         async with engine.connect() as conn:
             ctl = (await control.load(conn))[HUB]

@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gc
-import sys
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import httpx
 import pytest
-from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import sqlutil
 from crmsync.connectors.base import (
     AuthFailed,
     ContactPayload,
@@ -31,10 +29,10 @@ from crmsync.enums import Crm
 from crmsync.settings import Settings
 from crmsync.sync import queue
 from crmsync.sync.state import Outcome, RowUpdate
-from crmsync.sync.worker import Worker, _process_tuning
+from crmsync.sync.worker import Worker
 from crmsync.tables import crm_control, crm_sync_state, sync_events
 from tests.conftest import add_contacts
-from tests.sync.fakes import FakeConnector, FrozenClock
+from tests.sync.fakes import FakeConnector, FrozenClock, idle, until
 
 SELECT = "/api/v3/contacts/crm/select"
 HUB = Crm.hubspot
@@ -157,16 +155,10 @@ async def test_a_claim_takes_expired_leases_first_then_waiting_rows(
     assert await queue.claim(engine, HUB, 10, "w2", "tok-4", later, until) == []
 
 
-@pytest.fixture(params=[True, False], ids=["json-rows", "row-by-row"])
-def json_rows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Both SQLite paths: batches as JSON (one statement) and, as on older SQLite, row by row."""
-    if not request.param:
-        monkeypatch.setattr(sqlutil, "sqlite_reads_json_rows", lambda: False)
-    return bool(request.param)
-
-
 async def test_a_claim_marks_exactly_its_rows_processing_under_its_lease(
-    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock, json_rows: bool
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    clock: FrozenClock,
 ) -> None:
     ids = await add_contacts(client, 5)
     await select_for(client, ids)
@@ -187,7 +179,9 @@ async def test_a_claim_marks_exactly_its_rows_processing_under_its_lease(
 
 
 async def test_every_outcome_kind_is_written_behind_the_lease(
-    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock, json_rows: bool
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    clock: FrozenClock,
 ) -> None:
     # On SQLite a batch's outcomes go in one statement over json_each, or (older SQLite, and
     # PostgreSQL) one parameter set per row: both must write the same thing.
@@ -227,7 +221,9 @@ async def test_every_outcome_kind_is_written_behind_the_lease(
 
 
 async def test_a_claim_carries_every_field_as_stored(
-    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock, json_rows: bool
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    clock: FrozenClock,
 ) -> None:
     # SQLite reads a claimed batch as one JSON array (or, older SQLite, row by row): text with
     # quotes and non-ASCII, booleans, nulls and UUIDs must come through either way unchanged.
@@ -389,7 +385,7 @@ async def test_rate_limit_spends_no_attempt_and_pauses_the_crm(
         ctl = (await conn.execute(select(crm_control))).one()
     assert ctl.crm == "hubspot" and ctl.pause_kind == "rate_limit"
     assert ctl.paused_until == clock.now + dt.timedelta(seconds=10)
-    assert await runner._pause_left(clock.now) == pytest.approx(5.0)  # min(left, interval)
+    assert await runner.gate.pause_left(clock.now) == pytest.approx(5.0)  # min(left, interval)
 
     # A later 429 after some rows were answered: those are recorded, the rest released.
     clock.advance(11)
@@ -436,11 +432,11 @@ async def test_auth_or_config_failure_pauses_without_spending_attempts(
         ctl = (await conn.execute(select(crm_control))).one()
     assert ctl.pause_kind == ("auth" if isinstance(error, AuthFailed) else "configuration")
     assert ctl.pause_reason == str(error)
-    assert await runner._pause_left(clock.now) is not None
+    assert await runner.gate.pause_left(clock.now) is not None
     # Credentials fixed: after the pause the rows go through.
     fake.error = None
     clock.advance(wait + 1)
-    assert await runner._pause_left(clock.now + dt.timedelta(seconds=2)) is None
+    assert await runner.gate.pause_left(clock.now + dt.timedelta(seconds=2)) is None
     assert await runner.run_once() == 2
     assert all(r["sync_status"] == "Complete" for r in (await states(engine)).values())
 
@@ -557,7 +553,7 @@ async def test_a_crm_without_credentials_is_disabled(
     assert worker.runners == {} and "MAUTIC_BASE_URL" in worker.disabled[Crm.mautic]
     assert "mautic is disabled" in caplog.text
     task = asyncio.create_task(worker.run())
-    await asyncio.sleep(0.2)
+    await until(lambda: worker.beat_at is not None, "the worker to register")
     worker.stop()
     await asyncio.wait_for(task, 10)
     contact = (await client.get(f"/api/v3/contacts/{ids[0]}")).json()
@@ -572,7 +568,7 @@ async def test_worker_run_drains_the_queue_and_wakes_on_selection(
     worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
     client._transport.app.state.contacts.on_queued = worker.wakeup.notify  # type: ignore[attr-defined]
     task = asyncio.create_task(worker.run())
-    await asyncio.sleep(0.3)  # the worker finds nothing and goes idle for 30 s
+    await until(lambda: idle(worker), "the worker to find nothing and rest for 30 s")
     ids = await add_contacts(client, 250)
     await select_for(client, ids)
     for _ in range(100):
@@ -619,13 +615,18 @@ async def test_graceful_shutdown_hands_back_unfinished_batches(
 
 
 async def test_graceful_shutdown_lets_a_batch_finish_within_grace(
-    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, fake: FakeConnector
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+    fake: FakeConnector,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings.shutdown_grace_seconds = 5
+    caplog.set_level(logging.INFO, logger="crmsync.sync.worker")
     worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
     task, gate = await start_held_worker(client, worker, fake)
     worker.stop()
-    await asyncio.sleep(0.2)
+    await until(lambda: "waiting up to 5" in caplog.text, "the shutdown to wait for the batch")
     gate.set()  # the vendor answers during the grace period
     await asyncio.wait_for(task, 10)
     assert all(r["sync_status"] == "Complete" for r in (await states(engine)).values())
@@ -634,27 +635,6 @@ async def test_graceful_shutdown_lets_a_batch_finish_within_grace(
 async def test_sync_history_of_an_unknown_contact_is_404(client: httpx.AsyncClient) -> None:
     r = await client.get(f"/api/v3/contacts/{uuid.uuid4()}/sync-history")
     assert r.status_code == 404
-
-
-@pytest.mark.parametrize("setting_ms", [0.2, 0.0])
-async def test_a_running_worker_sets_the_thread_switch_interval_and_restores_it(
-    client: httpx.AsyncClient,
-    engine: AsyncEngine,
-    settings: Settings,
-    fake: FakeConnector,
-    setting_ms: float,
-) -> None:
-    before = sys.getswitchinterval()
-    settings.thread_switch_interval_ms = setting_ms
-    worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
-    task, gate = await start_held_worker(client, worker, fake)
-    during = sys.getswitchinterval()
-    gate.set()
-    worker.stop()
-    await asyncio.wait_for(task, 10)
-    # 0 leaves Python's own value alone; any other is set while the worker runs, then undone.
-    assert during == pytest.approx(setting_ms / 1000 if setting_ms else before)
-    assert sys.getswitchinterval() == before
 
 
 async def test_a_running_worker_freezes_the_startup_heap_and_restores_the_collector(
@@ -671,25 +651,3 @@ async def test_a_running_worker_freezes_the_startup_heap_and_restores_the_collec
     assert frozen > 10_000  # the app, its modules, the test's own objects
     assert during == (2_000, *before[1:])
     assert (gc.get_freeze_count(), gc.get_threshold()) == (0, before)
-
-
-def test_workers_side_by_side_share_the_process_tuning_until_the_last_stops() -> None:
-    before, interval = gc.get_threshold(), sys.getswitchinterval()
-    first, second = _process_tuning(0.2), _process_tuning(0.2)
-    first.__enter__()
-    second.__enter__()
-    first.__exit__(None, None, None)
-    assert gc.get_freeze_count() > 0 and gc.get_threshold() == (2_000, *before[1:])
-    assert sys.getswitchinterval() == pytest.approx(0.0002)
-    second.__exit__(None, None, None)
-    assert (gc.get_freeze_count(), gc.get_threshold()) == (0, before)
-    assert sys.getswitchinterval() == interval
-
-
-@pytest.mark.parametrize("value", ["-1", "101", "fast"])
-def test_a_bad_thread_switch_interval_is_refused_by_name(
-    monkeypatch: pytest.MonkeyPatch, value: str
-) -> None:
-    monkeypatch.setenv("CRMSYNC_THREAD_SWITCH_INTERVAL_MS", value)
-    with pytest.raises(ValidationError, match="CRMSYNC_THREAD_SWITCH_INTERVAL_MS"):
-        Settings(_env_file=None)  # type: ignore[call-arg]

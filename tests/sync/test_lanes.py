@@ -29,7 +29,7 @@ from crmsync.sync.state import Outcome, RowUpdate
 from crmsync.sync.worker import Worker
 from crmsync.tables import crm_sync_state
 from tests.conftest import add_contacts
-from tests.sync.fakes import FakeConnector, FrozenClock, all_ok
+from tests.sync.fakes import FakeConnector, FrozenClock, all_ok, idle, until
 
 HUB = Crm.hubspot
 SELECT = "/api/v3/contacts/crm/select"
@@ -163,7 +163,9 @@ async def test_a_paused_crm_stops_the_lane(
             if statuses.count("Queued") == 1:
                 break
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)  # time enough for a lane that ignored the pause to claim
+        # The loop saw the pause and rests: no lane is left (one that ignored the pause would
+        # still be pushing the batch it claimed).
+        await until(lambda: idle(worker), "the runner to rest")
     finally:
         worker.stop()
         await asyncio.wait_for(task, 10)

@@ -93,7 +93,7 @@ async def settle(worker: Worker) -> None:
 async def cycle(worker: Worker) -> float:
     """One turn of the CRM's loop, and the batches it started, to the end."""
     runner = worker.runners[HUB]
-    runner._control_read = -10.0  # read the shared state afresh, as a second later
+    runner.gate.control_read = -10.0  # read the shared state afresh, as a second later
     wait = await runner._cycle()
     await settle(worker)
     return wait
@@ -153,7 +153,7 @@ async def test_a_bad_batch_among_good_ones_counts_as_today(
     await select_for(client, ids)
     for n in range(12):
         fake.script = down if n % 3 else all_ok  # two bad batches, one good, four times
-        runner._control_read = -10.0
+        runner.gate.control_read = -10.0
         assert await runner.run_once() == 2
     ctl = await breaker(engine)
     assert not ctl.in_outage and ctl.outage_failures == 2
@@ -177,7 +177,7 @@ async def test_answers_of_the_vendor_reset_the_count(
             fake.script = lambda b: [Fail("invalid email", 400) for _ in b]
         else:
             fake.script = down
-        runner._control_read = -10.0
+        runner.gate.control_read = -10.0
         await runner.run_once()
     assert not (await breaker(engine)).in_outage
 
@@ -253,7 +253,7 @@ async def test_only_one_of_several_workers_sends_the_probe(
     for _round in range(3):
         clock.advance(3600)  # every probe due; all four race for it at once
         for worker, _ in workers:
-            worker.runners[HUB]._control_read = -10.0
+            worker.runners[HUB].gate.control_read = -10.0
         await asyncio.gather(*(worker.runners[HUB]._cycle() for worker, _ in workers))
         await asyncio.gather(*(settle(worker) for worker, _ in workers))
         sent = sum(len(fake.pushes) for _, fake in workers)
@@ -322,6 +322,6 @@ async def test_the_outage_is_kept_in_the_shared_control_row(
     assert row.outage_failures == 5 and row.outage_probes == 0
     # A fresh worker (another process, another host) sees it and claims nothing.
     other, other_fake = make_worker(engine, worker.settings, clock)
-    assert await other.runners[HUB]._pause_left(clock.now) == pytest.approx(5.0)
+    assert await other.runners[HUB].gate.pause_left(clock.now) == pytest.approx(5.0)
     await cycle(other)
     assert other_fake.pushes == []

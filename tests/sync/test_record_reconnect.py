@@ -58,7 +58,7 @@ async def test_a_record_whose_connection_is_lost_is_tried_again(
 
     event.listen(engine.sync_engine, "before_cursor_execute", kill_once)
     try:
-        with caplog.at_level(logging.WARNING, logger="crmsync.sync.worker"):
+        with caplog.at_level(logging.WARNING, logger="crmsync.sync.runner"):
             assert await worker.runners[HUB].run_once() == 3
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", kill_once)

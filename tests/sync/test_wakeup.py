@@ -17,7 +17,7 @@ from crmsync.sync.wakeup import Wakeup
 from crmsync.sync.worker import Worker
 from crmsync.tables import crm_sync_state
 from tests.conftest import add_contacts
-from tests.sync.fakes import FakeConnector
+from tests.sync.fakes import FakeConnector, idle, until
 
 
 async def _complete(engine: AsyncEngine) -> int:
@@ -39,7 +39,9 @@ async def test_a_commit_wakes_a_worker_that_shares_only_the_database(
     task = asyncio.create_task(worker.run())
     try:
         ids = await add_contacts(client, 30)
-        await asyncio.sleep(1.0)  # the worker has found nothing and is idle, listening
+        # The worker listens for other processes' commits, has found nothing and is idle.
+        await asyncio.wait_for(worker.listening.wait(), 10)
+        await until(lambda: idle(worker), "the worker to find nothing and rest")
         started = time.monotonic()
         r = await client.put(
             "/api/v3/contacts/crm/select", json={"contact_ids": ids, "crms": ["hubspot"]}

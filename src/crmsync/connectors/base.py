@@ -38,8 +38,9 @@ MAX_MESSAGE_CHARS = 1000
 
 
 # Not frozen: a worker builds one per synced row, and a frozen dataclass's __init__ sets each
-# field through object.__setattr__ (measured with timeit: 1.28 us against 0.24 us). Treat it as
-# immutable all the same: connectors remember payloads by object (`MappedOnce`).
+# field through object.__setattr__, several times slower (bench/README.md, "Figures behind the
+# code"). Treat it as immutable all the same: connectors remember payloads by object
+# (`MappedOnce`).
 @dataclass(slots=True)
 class ContactPayload:
     """One queued (contact, CRM) row as a connector sees it."""

@@ -4,3 +4,5 @@
 generates realistic leads, `seed` puts them in and selects a segment per CRM, `progress` shows
 the sync, and `run` starts and stops it all.
 """
+
+__all__ = ["options", "run"]

@@ -1,1 +1,3 @@
 """Alembic migrations, shipped inside the package so `crmsync db upgrade` works when installed."""
+
+__all__: list[str] = []

@@ -1,8 +1,8 @@
 """Local fakes of the four vendor APIs (Brevo, HubSpot, Mautic, n8n) with fault injection.
 
 Public surface: `create_app`, `SandboxConfig`, `parse_faults`, `serve`, `SandboxServer`,
-`sandbox_env`,
-`auth_headers`, `ManualClock`. See `app.py` for the URL layout and `control.py` for `/_sandbox`.
+`sandbox_env`, `auth_headers`, `ManualClock`, and `envfile` (writing the sandbox's settings).
+See `app.py` for the URL layout and `control.py` for `/_sandbox`.
 """
 
 from crmsync.sandbox.app import Sandbox, create_app
@@ -17,6 +17,7 @@ __all__ = [
     "SandboxServer",
     "auth_headers",
     "create_app",
+    "envfile",
     "parse_faults",
     "sandbox_env",
     "serve",

@@ -4,7 +4,7 @@ reset, and releasing rows a pause held back.
 Every function is one set-based statement per CRM, run inside the caller's transaction, so that a
 selection and its queue entry commit together (a transactional outbox). Each also voids any lease
 on the rows it touches: a person's newer action wins over a result still in flight, whose late
-write is then refused by the lease guard (see `sync/queue.py`).
+write is then refused by the lease guard (see `sync/record.py`).
 """
 
 from __future__ import annotations

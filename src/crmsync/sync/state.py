@@ -16,7 +16,10 @@ Queued), Processing, Complete, Error. Selected/Queued/Processing rows are "activ
 takes them when `next_attempt_at <= now`; a claim moves `next_attempt_at` to the lease's expiry,
 so a row whose worker died becomes due again exactly when its lease runs out.
 
-This module is pure: it turns results into `RowUpdate`s and `Event`s; `queue.py` writes them.
+Each arrow is one step, in one module: select (`selection.py`), claim (`claim.py`), the outcome
+arrows out of Processing (`record.py`, behind the lease), the hand-back on shutdown and the
+lease's renewal and expiry (`lease.py`). This module is pure: it turns results into
+`RowUpdate`s, and those modules write them.
 """
 
 from __future__ import annotations

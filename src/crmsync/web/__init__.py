@@ -22,6 +22,8 @@ from crmsync.web import actions, imports, login, pages
 from crmsync.web.session import CsrfRefused, SignInRequired, read
 from crmsync.web.templating import render
 
+__all__ = ["install"]
+
 STATIC = Path(__file__).parent / "static"
 
 # No inline script or style anywhere: scripts and styles come from /static only.

@@ -120,6 +120,8 @@ def _key(crm: Crm, name: str) -> str:
 
 
 __all__ = [
+    "FIELD_NOUN_PLURAL",
+    "VENDOR_NAME",
     "FieldApi",
     "FieldResult",
     "FieldSpec",

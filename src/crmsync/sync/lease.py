@@ -1,0 +1,74 @@
+"""Lease: how long a claim holds its rows, and how a worker extends or gives them back.
+
+A claim (`claim.py`) takes rows under a new token until `lease_expires_at`, and sets
+`next_attempt_at` to the same instant. Expiry needs no statement of its own: a row whose worker
+died (or stopped renewing) is simply due again when its lease runs out, and the next claim of
+any worker takes such rows first. While a batch is in flight its worker's heartbeat renews the
+lease (`renew`); on shutdown, a batch cut short is handed back at once (`release`).
+Every statement here is guarded like an outcome write (`record.py`): token and Processing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crmsync import writer_process
+from crmsync.db import Transaction
+from crmsync.enums import Crm, ProcessingStatus, SyncStatus
+from crmsync.sync.events import Timing, insert_events
+from crmsync.sync.state import NO_LEASE, Outcome, RowUpdate
+from crmsync.tables import crm_sync_state
+
+__all__ = ["release", "renew"]
+
+s = crm_sync_state.c
+
+
+async def renew(engine: AsyncEngine, tokens: Sequence[str], until: dt.datetime) -> int:
+    """Extend the leases of batches still in flight (slow vendors, long imports)."""
+    if not tokens:
+        return 0
+    return await writer_process.write(engine, Transaction(_renew_rows, list(tokens), until))
+
+
+def _renew_rows(tokens: list[str], until: dt.datetime, conn: Connection) -> int:
+    stmt = (
+        update(crm_sync_state)
+        .where(s.lease_token.in_(tokens), s.sync_status == SyncStatus.Processing.value)
+        .values(lease_expires_at=until, next_attempt_at=until)
+    )
+    return int(conn.execute(stmt).rowcount)
+
+
+async def release(
+    engine: AsyncEngine, crm: Crm, token: str, now: dt.datetime, timing: Timing
+) -> int:
+    """Hand back every row still held under `token`, unattempted and due now (shutdown)."""
+    return await writer_process.write(engine, Transaction(_release_rows, crm, token, now, timing))
+
+
+def _release_rows(crm: Crm, token: str, now: dt.datetime, timing: Timing, conn: Connection) -> int:
+    stmt = (
+        update(crm_sync_state)
+        .where(s.lease_token == token, s.sync_status == SyncStatus.Processing.value)
+        .values(
+            sync_status=SyncStatus.Queued.value,
+            processing_status=ProcessingStatus.Queued.value,
+            next_attempt_at=now,
+            **NO_LEASE,
+            updated_at=now,
+        )
+        .returning(s.id, s.contact_id, s.attempts)
+    )
+    rows = conn.execute(stmt).all()
+    released = [
+        RowUpdate(row.id, row.contact_id, Outcome.released, row.attempts, "worker stopped")
+        for row in rows
+    ]
+    insert_events(conn, crm, released, {u.state_id for u in released}, now, timing)
+    return len(rows)
