@@ -3,12 +3,14 @@ reset, and releasing rows a pause held back.
 
 Every function is one set-based statement per CRM, run inside the caller's transaction, so that a
 selection and its queue entry commit together (a transactional outbox). On PostgreSQL each takes
-its rows in one global order, (contact_id, crm), so that two people's writes over overlapping
-sets queue instead of deadlocking: the INSERT reads its source in that order, and an UPDATE
-first locks its rows in that order (`sqlutil.lock_in_order`). Callers acting on several CRMs go
-through them in `Crm` order. Each also voids any lease
-on the rows it touches: a person's newer action wins over a result still in flight, whose late
-write is then refused by the lease guard (see `sync/queue.py`).
+its rows in one global order, the state rows' primary key, so that writes over overlapping
+sets queue instead of deadlocking: every statement here first locks the existing rows it will
+write in that order (`sqlutil.lock_in_order`). It is the order in which the worker's outcome
+write locks its rows (`queue._owned`, an index scan of the primary key), so a person's action
+and a worker's outcome queue too. Callers acting on several CRMs go through them in `Crm` order.
+
+Each also voids any lease on the rows it touches: a person's newer action wins over a result
+still in flight, whose late write is then refused by the lease guard (see `sync/queue.py`).
 """
 
 from __future__ import annotations
@@ -75,7 +77,10 @@ async def _upsert_states(
         *(literal(v, type_=crm_sync_state.c[k].type) for k, v in values.items()),
     ).where(contact_where)
     if conn.dialect.name == "postgresql":
-        # Rows are inserted (or, on conflict, locked and updated) in the source's order.
+        # The rows that exist are locked first, in the global order; new ones are inserted in
+        # the contacts' order (two inserts of the same new row wait on its index entry).
+        matching = select(contacts.c.id).where(contact_where)
+        await _lock(conn, [s.crm == crm.value, s.contact_id.in_(matching)])
         source = source.order_by(contacts.c.id)
     insert = upsert_insert(conn, crm_sync_state).from_select(
         ["contact_id", "contact_created_at", "crm", *values.keys()], source
@@ -225,4 +230,4 @@ async def release_held(
 
 async def _lock(conn: AsyncConnection, where: Sequence[ColumnElement[bool]]) -> None:
     """Lock the state rows an UPDATE is about to write, in the global order (PostgreSQL)."""
-    await lock_in_order(conn, crm_sync_state, where, [s.contact_id, s.crm])
+    await lock_in_order(conn, crm_sync_state, where, [s.id])
