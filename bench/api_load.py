@@ -231,6 +231,8 @@ def run(kind: str, databases: Databases, sb: SandboxServer, args: argparse.Names
         sb.reset()
         results, loaded = asyncio.run(drive(api, database, args))
         lost_db, lost_vendor = lost_updates(results, database, sb)
+        served = api.process.log_path.read_text(errors="replace")
+        conflicts = served.count("conflict with another transaction")
     except BaseException:
         for process in [api.process, *workers]:
             print(f"--- {process.name} log:\n{process.log_tail()}", file=sys.stderr)
@@ -257,7 +259,7 @@ def run(kind: str, databases: Databases, sb: SandboxServer, args: argparse.Names
         f"{database.label}: {args.contacts:,} contacts synced to HubSpot under {args.clients} "
         f"clients for {loaded:.1f} s; errors {len(results.errors)}; lost updates: "
         f"{lost_db} in the database, {lost_vendor} at HubSpot (of {len(results.last_edit)} "
-        "edited contacts)"
+        f"edited contacts); {conflicts} transactions run again after a deadlock"
     )
     for error in results.errors[:10]:
         print("  error:", error)
