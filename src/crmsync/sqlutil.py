@@ -10,7 +10,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import ClauseElement, Dialect, Table, bindparam, func
+from sqlalchemy import (
+    ClauseElement,
+    ColumnElement,
+    Dialect,
+    Table,
+    bindparam,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -23,6 +32,27 @@ def upsert_insert(conn: AsyncConnection, table: Table) -> Any:
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+async def lock_in_order(
+    conn: AsyncConnection,
+    table: Table,
+    where: Sequence[ColumnElement[bool]],
+    order_by: Sequence[ColumnElement[Any]],
+) -> None:
+    """PostgreSQL: lock the rows of `table` matching `where` (`FOR UPDATE`), in `order_by` order.
+
+    A multi-row UPDATE locks its rows in whatever order its plan reads them, so two transactions
+    writing overlapping sets could each hold a row the other waits for (a deadlock, which
+    PostgreSQL breaks by failing one of them). Taking the locks first, all in one global order
+    (the primary key), makes such writers queue instead: the one that locked the first shared row
+    goes on, the other waits for it. One statement that answers a single count, so the rows are
+    not sent to the client. SQLite has one writer at a time: nothing to do there.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    rows = select(literal(1)).select_from(table).where(*where).order_by(*order_by)
+    await conn.execute(select(func.count()).select_from(rows.with_for_update().subquery()))
 
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
@@ -342,16 +342,45 @@ async def write(engine: AsyncEngine, work: db.Transaction[T]) -> T:
     """
     process = _process_writer(engine)
     if process is not None:
-        return await process.run(work)
+        return await _said_while_waiting(process.run(work))
     threaded = _thread_writer(engine)
     if threaded is not None:
         # As asyncio.to_thread does, on this engine's own thread: the caller's context goes along.
         call = functools.partial(
             contextvars.copy_context().run, db.in_transaction, threaded.engine, work
         )
-        return await asyncio.get_running_loop().run_in_executor(threaded.thread, call)
+        loop = asyncio.get_running_loop()
+        return await _said_while_waiting(loop.run_in_executor(threaded.thread, call))
     async with engine.begin() as conn:
         return await conn.run_sync(work)
+
+
+# A SQLite write that has not finished after this long says so (and again as long as it waits).
+SQLITE_WAIT_LOG_SECONDS = 2.0
+
+
+async def _said_while_waiting(write: Awaitable[T]) -> T:
+    """Await a SQLite write transaction; while it takes longer than `SQLITE_WAIT_LOG_SECONDS`,
+    log what it is most likely waiting for: the write lock, held by another connection or process
+    (a backup, a `sqlite3` shell left in a transaction, another crmsync process). It waits for it
+    up to the busy timeout and then fails; the worker's outcomes are kept meanwhile."""
+    task = asyncio.ensure_future(write)
+    waited = 0.0
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=SQLITE_WAIT_LOG_SECONDS)
+            if done:
+                return task.result()
+            waited += SQLITE_WAIT_LOG_SECONDS
+            log.warning(
+                "a SQLite write transaction has waited %.0f s: another connection or process "
+                "holds the database's write lock (waiting for it up to %d s)",
+                waited,
+                db.SQLITE_BUSY_TIMEOUT_MS // 1000,
+            )
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
 
 
 # -- the child --------------------------------------------------------------------------------

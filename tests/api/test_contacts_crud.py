@@ -154,6 +154,11 @@ async def test_list_filters(client: httpx.AsyncClient) -> None:
     # LIKE wildcards in the search text are matched literally.
     assert await emails(name_contains="100%") == ["bob@gmail.com"]
     assert await emails(email_contains="_x") == ["cy_x@corp.com"]
+    # In every substring filter (each one fails on its own when its escaping is removed).
+    assert await emails(search="100%") == ["bob@gmail.com"]
+    assert await emails(search="_x") == ["cy_x@corp.com"]
+    assert await emails(name_contains="n 10_0") == []
+    assert await emails(email_contains="%@") == []
     assert await emails(email_type="CORPORATE", name_contains="cy") == ["cy_x@corp.com"]
     assert await emails(contact_curation_status="New") == sorted(r["email"] for r in rows)
     assert await emails(brevo_sync_status="New") == sorted(r["email"] for r in rows)

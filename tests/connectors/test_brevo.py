@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -432,10 +432,15 @@ async def test_unreachable_brevo_is_transient() -> None:
 
 
 async def test_unreachable_after_some_answers_carries_them() -> None:
+    # Both requests are in flight before person2's fails (an event, not a delay): person1's
+    # answer, whenever it comes, is carried in `partial`.
+    person1_in_flight = asyncio.Event()
+
     async def answer(request: httpx.Request) -> httpx.Response:
         if body(request)["email"] == "person2@example.com":
-            await asyncio.sleep(0.05)  # person1 is answered first
+            await asyncio.wait_for(person1_in_flight.wait(), 10)
             raise httpx.ConnectTimeout("connect timeout", request=request)
+        person1_in_flight.set()
         return httpx.Response(204)
 
     conn, _ = connector(Vendor(answer))
@@ -444,18 +449,43 @@ async def test_unreachable_after_some_answers_carries_them() -> None:
     assert caught.value.partial == [Ok("person1@example.com", 204), None]
 
 
-async def test_of_two_rate_limits_the_longer_wait_is_raised() -> None:
+@pytest.mark.parametrize("longer_first", [False, True])
+async def test_of_two_rate_limits_the_longer_wait_is_raised(longer_first: bool) -> None:
+    # Both requests are in flight before either answers (a barrier, not a delay); then one
+    # answers and the other only once the first answer was read, in both orders.
+    arrived: list[str] = []
+    both_in_flight = asyncio.Event()
+    first_read = asyncio.Event()
+    reset = {"person1@example.com": "1", "person2@example.com": "3600"}
+    first = "person2@example.com" if longer_first else "person1@example.com"
+
     async def answer(request: httpx.Request) -> httpx.Response:
-        if body(request)["email"] == "person2@example.com":
-            await asyncio.sleep(0.05)
-            return httpx.Response(429, headers={"x-sib-ratelimit-reset": "3600"})
-        await asyncio.sleep(0.01)  # both requests are in flight before either answers
-        return httpx.Response(429, headers={"x-sib-ratelimit-reset": "1"})
+        email = body(request)["email"]
+        arrived.append(email)
+        if len(arrived) == 2:
+            both_in_flight.set()
+        await asyncio.wait_for(both_in_flight.wait(), 10)
+        headers = {"x-sib-ratelimit-reset": reset[email]}
+        if email == first:
+            return httpx.Response(429, headers=headers, stream=_Signalling(first_read))
+        await asyncio.wait_for(first_read.wait(), 10)
+        return httpx.Response(429, headers=headers)
 
     conn, _ = connector(Vendor(answer))
     with pytest.raises(RateLimited) as caught:
         await conn.push([contact(1), contact(2)])
     assert caught.value.retry_after == pytest.approx(3600, abs=0.05)
+
+
+class _Signalling(httpx.AsyncByteStream):
+    """An empty answer body that sets `read` once the client has read it."""
+
+    def __init__(self, read: asyncio.Event) -> None:
+        self.read = read
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b""
+        self.read.set()
 
 
 # -- fan-out and pacing --------------------------------------------------------------------------

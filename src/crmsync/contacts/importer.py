@@ -36,7 +36,7 @@ import orjson
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import db
+from crmsync import db, writes
 from crmsync.clock import Clock, utcnow
 from crmsync.contacts import repository as repo
 from crmsync.contacts.columns import (
@@ -50,7 +50,7 @@ from crmsync.contacts.columns import (
 from crmsync.contacts.schemas import ContactCreate
 from crmsync.contacts.seen import EmailSet
 from crmsync.contacts.textfile import CsvRecords, TextFile, jsonl_lines
-from crmsync.contacts.upsert import upsert_by_email
+from crmsync.contacts.upsert import Upserted, upsert_by_email
 from crmsync.enums import Crm
 from crmsync.settings import Settings
 from crmsync.sync import selection, wakeup
@@ -126,6 +126,7 @@ async def import_contacts(
     options = options or ImportOptions()
     reader = await asyncio.to_thread(_Reader, stream, options, rejects)
     summary = reader.summary
+    statistics = writes.Statistics(engine)
     # The next chunk is read while this one is written (SQLite and PostgreSQL work outside the
     # GIL): the file is read once either way, and a read error still comes after the chunks
     # before it are written.
@@ -133,7 +134,7 @@ async def import_contacts(
     try:
         while (chunk := await pending) is not None:
             pending = asyncio.ensure_future(asyncio.to_thread(reader.next_chunk))
-            await _write(engine, settings, chunk, options, summary, clock)
+            await _write(engine, settings, chunk, options, summary, clock, statistics)
             if options.select and not options.dry_run and on_queued is not None:
                 on_queued(options.select)
             if on_progress is not None:
@@ -180,6 +181,7 @@ async def _write(
     options: ImportOptions,
     summary: ImportSummary,
     clock: Clock,
+    statistics: writes.Statistics | None = None,
 ) -> None:
     now = clock()
     queued = 0
@@ -191,13 +193,22 @@ async def _write(
             )
         queued = (len(chunk.rows) - len(chunk.repeats)) * len(options.select)
     elif chunk.rows:
-        async with engine.begin() as conn:
-            done = await upsert_by_email(conn, chunk.rows, now, resync_on_change=resync)
-            if options.select:
-                ids = repo.by_ids(list(done.ids.values()))
-                for crm in options.select:
-                    queued += await selection.select_contacts(conn, crm, ids, now)
-                await wakeup.announce(conn, options.select)
+
+        async def write() -> tuple[Upserted, int]:
+            queued = 0
+            async with engine.begin() as conn:
+                done = await upsert_by_email(conn, chunk.rows, now, resync_on_change=resync)
+                if options.select:
+                    ids = repo.by_ids(list(done.ids.values()))
+                    for crm in sorted(options.select):  # one global order (`sync.selection`)
+                        queued += await selection.select_contacts(conn, crm, ids, now)
+                    await wakeup.announce(conn, options.select)
+            return done, queued
+
+        done, queued = await writes.retry_conflicts(write, "import")
+        if statistics is not None:
+            await statistics.wrote(["contacts"], len(done.created) + len(done.changed))
+            await statistics.wrote(["crm_sync_state"], queued)
     else:
         done = None
     # Counted only once committed: a failure above leaves the summary at the chunks written.

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from crmsync import counts
 from crmsync.contacts.schemas import ContactFilters
 from crmsync.enums import Crm, CurationStatus, ProcessingStatus, SyncStatus
-from crmsync.sqlutil import ArrayRows, chunks, upsert_insert
+from crmsync.sqlutil import ArrayRows, chunks, lock_in_order, upsert_insert
 from crmsync.tables import contact_change_images, contacts, crm_sync_state
 
 # SQLite allows 32,766 bound parameters per statement and asyncpg 32,767.
@@ -371,6 +371,9 @@ async def insert_new(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[s
     """
     if not rows:
         return set()
+    # In one global order (the unique email key), so two imports of overlapping sets queue
+    # instead of deadlocking on each other's new index entries.
+    rows = sorted(rows, key=lambda row: str(row["email"]).lower())
     # An executemany: SQLAlchemy compiles the statement once and sends the rows as multi-row
     # VALUES pages within the drivers' parameter limits ("insertmanyvalues"). Building one
     # `.values(rows)` statement instead compiled a bind parameter per value on every request:
@@ -390,6 +393,11 @@ async def update_many(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None
         return
     columns = [k for k in rows[0] if k != "id"]
     if conn.dialect.name == "postgresql":
+        # The rows locked in id order first: the join below visits them in its plan's order.
+        ids = sorted(row["id"] for row in rows)
+        await lock_in_order(
+            conn, contacts, [contacts.c.id == any_(_uuid_array(ids))], [contacts.c.id]
+        )
         # One statement, the rows as one array per column (`unnest`): 10,000 single-row
         # UPDATEs fired the statement triggers of the kept counts (migrations 0003, 0006)
         # 10,000 times, 1.9 s of a 10,000-contact bulk request that renamed every contact.
@@ -421,5 +429,11 @@ async def set_curation_status(
     if status is CurationStatus.Queued:
         values["contact_processing_status"] = ProcessingStatus.Queued.value
         values["contact_processing_error"] = None
+    await lock_in_order(conn, contacts, [cond], [contacts.c.id])
     result = await conn.execute(update(contacts).where(cond).values(**values))
     return int(result.rowcount)
+
+
+def _uuid_array(ids: list[uuid.UUID]) -> Any:
+    """One array parameter of contact ids (PostgreSQL)."""
+    return bindparam("lock_ids", ids, type_=postgresql.ARRAY(contacts.c.id.type))

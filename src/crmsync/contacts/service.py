@@ -1,6 +1,11 @@
 """Contact use cases: CRUD, bulk upsert, curation status, and CRM selection.
 
-Each public method is one short transaction. Editing a contact's synced fields re-queues it, in
+Each public method is one short transaction (or, for an action over a filter, one per range of
+contacts). On PostgreSQL a transaction aborted to break a deadlock or a serialization conflict
+is run again (`writes.retry_conflicts`), so a client never gets a 500 for it; the writes take
+their rows in one global order, so such conflicts come only from the worker's own writes. A
+write that changed many rows refreshes the planner's statistics before answering
+(`writes.Statistics`). Editing a contact's synced fields re-queues it, in
 that same transaction, for every CRM where it was Complete (`CRMSYNC_RESYNC_ON_CHANGE`).
 """
 
@@ -15,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import ColumnElement, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from crmsync import counts, db
+from crmsync import counts, db, writes
 from crmsync.clock import Clock, utcnow
 from crmsync.contacts import cursors
 from crmsync.contacts import repository as repo
@@ -31,7 +36,7 @@ from crmsync.contacts.schemas import (
     StatusUpdateResponse,
     unstorable,
 )
-from crmsync.contacts.upsert import new_row, synced_fields_changed, upsert_by_email
+from crmsync.contacts.upsert import Upserted, new_row, synced_fields_changed, upsert_by_email
 from crmsync.enums import CRM_NAMES, Crm, CurationStatus, SyncStatus
 from crmsync.errors import BadRequest, Conflict, NotFound, Unprocessable
 from crmsync.settings import Settings
@@ -93,11 +98,13 @@ class ContactService:
     # Called after a selection commits, to wake this process's idle workers at once.
     on_queued: Callable[[Sequence[Crm]], None] | None = None
     read_engine: AsyncEngine = field(init=False)
+    statistics: writes.Statistics = field(init=False)
     # Substring counts of this process, reused until the contacts change (PostgreSQL).
     kept_counts: counts.ContactCounts = field(init=False, default_factory=counts.ContactCounts)
 
     def __post_init__(self) -> None:
         self.read_engine = db.read_only(self.engine)
+        self.statistics = writes.Statistics(self.engine)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -178,11 +185,16 @@ class ContactService:
     async def create(self, body: ContactCreate) -> dict[str, Any]:
         now = self.clock()
         crm_changes = body.crm_statuses()
-        async with self.engine.begin() as conn:
-            await self._ensure_email_free(conn, body.email)
-            row = await repo.insert(conn, new_row(body, now))
-            await self._apply_crm_statuses(conn, crm_changes, repo.by_ids([row["id"]]))
-            states = await repo.states_for(conn, [row["id"]]) if crm_changes else ()
+
+        async def write() -> tuple[RowMapping, Sequence[RowMapping]]:
+            async with self.engine.begin() as conn:
+                await self._ensure_email_free(conn, body.email)
+                row = await repo.insert(conn, new_row(body, now))
+                await self._apply_crm_statuses(conn, crm_changes, repo.by_ids([row["id"]]))
+                states = await repo.states_for(conn, [row["id"]]) if crm_changes else ()
+            return row, states
+
+        row, states = await writes.retry_conflicts(write, "create contact")
         self._wake(_queueing(crm_changes))
         return present(row, states)
 
@@ -203,25 +215,33 @@ class ContactService:
             if values.get(key) is not None:
                 values[key] = values[key].value
         now = self.clock()
-        async with self.engine.begin() as conn:
-            before = await repo.get(conn, contact_id)
-            if before is None:
-                raise NotFound(f"Contact {contact_id} not found")
-            if "email" in values and values["email"].lower() != before["email"].lower():
-                await self._ensure_email_free(conn, values["email"])
-            row = await repo.update_one(conn, contact_id, {**values, "updated_at": now})
-            assert row is not None
-            if self.settings.resync_on_change and synced_fields_changed(before, values):
-                await selection.requeue_after_edit(conn, [contact_id], now)
-            await self._apply_crm_statuses(conn, crm_changes, repo.by_ids([contact_id]))
-            states = await repo.states_for(conn, [contact_id])
+
+        async def write() -> tuple[RowMapping, Sequence[RowMapping]]:
+            async with self.engine.begin() as conn:
+                before = await repo.get(conn, contact_id)
+                if before is None:
+                    raise NotFound(f"Contact {contact_id} not found")
+                if "email" in values and values["email"].lower() != before["email"].lower():
+                    await self._ensure_email_free(conn, values["email"])
+                row = await repo.update_one(conn, contact_id, {**values, "updated_at": now})
+                assert row is not None
+                if self.settings.resync_on_change and synced_fields_changed(before, values):
+                    await selection.requeue_after_edit(conn, [contact_id], now)
+                await self._apply_crm_statuses(conn, crm_changes, repo.by_ids([contact_id]))
+                states = await repo.states_for(conn, [contact_id])
+            return row, states
+
+        row, states = await writes.retry_conflicts(write, "edit contact")
         self._wake(_queueing(crm_changes))
         return present(row, states)
 
     async def delete(self, contact_id: uuid.UUID) -> None:
-        async with self.engine.begin() as conn:
-            if not await repo.delete_one(conn, contact_id):
-                raise NotFound(f"Contact {contact_id} not found")
+        async def write() -> None:
+            async with self.engine.begin() as conn:
+                if not await repo.delete_one(conn, contact_id):
+                    raise NotFound(f"Contact {contact_id} not found")
+
+        await writes.retry_conflicts(write, "delete contact")
 
     async def _ensure_email_free(self, conn: AsyncConnection, email: str) -> None:
         existing = await repo.find_by_email(conn, email)
@@ -238,7 +258,7 @@ class ContactService:
         where: ColumnElement[bool],
     ) -> None:
         now = self.clock()
-        for crm, status in changes.items():
+        for crm, status in sorted(changes.items()):
             if status in (SyncStatus.Selected, SyncStatus.Queued):
                 await selection.select_contacts(conn, crm, where, now)
             elif status is SyncStatus.New:
@@ -276,17 +296,25 @@ class ContactService:
 
         rows = {key: contact for key, (_, contact) in valid.items()}
         now = self.clock()
-        async with self.engine.begin() as conn:
-            done = await upsert_by_email(
-                conn, rows, now, resync_on_change=self.settings.resync_on_change
-            )
-            # Rows that set the same CRM to the same status move together, in one statement.
-            by_status: dict[tuple[Crm, SyncStatus], list[uuid.UUID]] = {}
-            for key, contact in rows.items():
-                for crm, status in contact.crm_statuses().items():
-                    by_status.setdefault((crm, status), []).append(done.ids[key])
-            for (crm, status), ids in by_status.items():
-                await self._apply_crm_statuses(conn, {crm: status}, repo.by_ids(ids))
+        # Rows that set the same CRM to the same status move together, in one statement.
+        by_status: dict[tuple[Crm, SyncStatus], list[uuid.UUID]] = {}
+
+        async def write() -> Upserted:
+            by_status.clear()
+            async with self.engine.begin() as conn:
+                done = await upsert_by_email(
+                    conn, rows, now, resync_on_change=self.settings.resync_on_change
+                )
+                for key, contact in rows.items():
+                    for crm, status in contact.crm_statuses().items():
+                        by_status.setdefault((crm, status), []).append(done.ids[key])
+                for (crm, status), ids in sorted(by_status.items()):
+                    await self._apply_crm_statuses(conn, {crm: status}, repo.by_ids(ids))
+            return done
+
+        done = await writes.retry_conflicts(write, "bulk upsert")
+        await self.statistics.wrote(["contacts"], len(done.created) + len(done.changed))
+        await self.statistics.wrote(["crm_sync_state"], sum(map(len, by_status.values())))
         self._wake(sorted({crm for crm, status in by_status if status is not SyncStatus.New}))
         return BulkResponse(
             created_count=len(done.created),
@@ -307,29 +335,31 @@ class ContactService:
     ) -> StatusUpdateResponse:
         where = repo.where(require_filter(request))
         now = self.clock()
-        count = 0
 
-        async def update(conn: AsyncConnection, cond: ColumnElement[bool]) -> None:
-            nonlocal count
-            count += await repo.set_curation_status(conn, cond, status, now)
+        async def update(conn: AsyncConnection, cond: ColumnElement[bool]) -> tuple[int, int]:
+            return await repo.set_curation_status(conn, cond, status, now), 0
 
-        await self._in_chunks(where, update)
+        count, _ = await self._in_chunks(where, update)
         return _status_response(count, status)
 
     async def _set_status(
         self, cond: ColumnElement[bool], status: CurationStatus
     ) -> StatusUpdateResponse:
-        async with self.engine.begin() as conn:
-            count = await repo.set_curation_status(conn, cond, status, self.clock())
+        async def write() -> int:
+            async with self.engine.begin() as conn:
+                return await repo.set_curation_status(conn, cond, status, self.clock())
+
+        count = await writes.retry_conflicts(write, "set curation status")
         return _status_response(count, status)
 
     async def _in_chunks(
         self,
         where: ColumnElement[bool],
-        work: Callable[[AsyncConnection, ColumnElement[bool]], Awaitable[None]],
-    ) -> None:
+        work: Callable[[AsyncConnection, ColumnElement[bool]], Awaitable[tuple[int, int]]],
+    ) -> tuple[int, int]:
         """Run `work(conn, cond)` over the contacts matching `where`, as consecutive id ranges
-        of at most `CHUNK` contacts (`cond` is `where` within one), each in its own transaction.
+        of at most `CHUNK` contacts (`cond` is `where` within one), each in its own transaction;
+        the sums of the pairs of counts `work` returned for the ranges committed.
 
         An action over every contact that matches a filter ("all": true over a million) runs
         range by range, so that no transaction holds SQLite's write lock (which every other
@@ -339,12 +369,21 @@ class ContactService:
         finishes it (every filtered action is idempotent).
         """
         after: uuid.UUID | None = None
+        first = second = 0
         while True:
-            async with self.engine.begin() as conn:
-                end = await repo.chunk_end(conn, after, CHUNK)
-                await work(conn, repo.in_range(conn, where, after, end))
+
+            async def one_range(
+                start: uuid.UUID | None = after,
+            ) -> tuple[uuid.UUID | None, tuple[int, int]]:
+                async with self.engine.begin() as conn:
+                    end = await repo.chunk_end(conn, start, CHUNK)
+                    counts = await work(conn, repo.in_range(conn, where, start, end))
+                return end, counts
+
+            end, (one, two) = await writes.retry_conflicts(one_range, "filtered action")
+            first, second = first + one, second + two
             if end is None:
-                return
+                return first, second
             after = end
 
     # -- CRM selection -------------------------------------------------------------------------
@@ -368,14 +407,12 @@ class ContactService:
         where = repo.where(require_filter(request))
         if not crms:
             return _empty(crms, action, "No CRMs specified")
-        matched = queued = 0
 
-        async def apply(conn: AsyncConnection, cond: ColumnElement[bool]) -> None:
-            nonlocal matched, queued
-            got, added = await self._select_rows(conn, cond, crms, action, force)
-            matched, queued = matched + got, queued + added
+        async def apply(conn: AsyncConnection, cond: ColumnElement[bool]) -> tuple[int, int]:
+            return await self._select_rows(conn, cond, crms, action, force)
 
-        await self._in_chunks(where, apply)
+        matched, queued = await self._in_chunks(where, apply)
+        await self.statistics.wrote(["crm_sync_state"], matched * len(crms))
         if action == "select" and matched:
             self._wake(crms)
         return self._selection_response(crms, action, matched, queued)
@@ -389,10 +426,15 @@ class ContactService:
         *,
         by_ids: bool,
     ) -> CrmSelectionResponse:
-        async with self.engine.begin() as conn:
-            matched, queued = await self._select_rows(conn, where, crms, action, force)
-            if matched == 0 and by_ids:
-                raise NotFound("No contacts found with provided IDs")
+        async def write() -> tuple[int, int]:
+            async with self.engine.begin() as conn:
+                matched, queued = await self._select_rows(conn, where, crms, action, force)
+                if matched == 0 and by_ids:
+                    raise NotFound("No contacts found with provided IDs")
+            return matched, queued
+
+        matched, queued = await writes.retry_conflicts(write, f"{action} contacts")
+        await self.statistics.wrote(["crm_sync_state"], matched * len(crms))
         if action == "select" and matched:
             self._wake(crms)
         return self._selection_response(crms, action, matched, queued)
@@ -411,7 +453,7 @@ class ContactService:
         matched = await repo.count(conn, [where])
         if matched == 0:
             return 0, 0
-        for crm in crms:
+        for crm in sorted(crms):  # in one global order (see `sync.selection`)
             if action == "select":
                 queued += await selection.select_contacts(conn, crm, where, now, force=force)
             else:

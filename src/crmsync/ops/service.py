@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import db
+from crmsync import db, writes
 from crmsync.clock import Clock, utcnow
 from crmsync.contacts.service import parse_crms
 from crmsync.enums import Crm, SyncStatus
@@ -169,12 +169,17 @@ class OpsService:
                 'Nothing to retry: send "contact_ids" (a list of contact ids) or "all_failed": true'
             )
         now = self.clock()
-        async with self.engine.begin() as conn:
-            count = await selection.retry_failed(
-                conn, crm, now, None if all_failed else contact_ids
-            )
-            if count:
-                await wakeup.announce(conn, [crm])
+
+        async def write() -> int:
+            async with self.engine.begin() as conn:
+                count = await selection.retry_failed(
+                    conn, crm, now, None if all_failed else contact_ids
+                )
+                if count:
+                    await wakeup.announce(conn, [crm])
+            return count
+
+        count = await writes.retry_conflicts(write, "retry failed contacts")
         if count:
             self._wake([crm])
         return count
@@ -183,10 +188,15 @@ class OpsService:
         """Error rows of one CRM that failed with this message back to Selected."""
         crm = parse_crm(crm_name)
         now = self.clock()
-        async with self.engine.begin() as conn:
-            count = await selection.retry_failed(conn, crm, now, error=error)
-            if count:
-                await wakeup.announce(conn, [crm])
+
+        async def write() -> int:
+            async with self.engine.begin() as conn:
+                count = await selection.retry_failed(conn, crm, now, error=error)
+                if count:
+                    await wakeup.announce(conn, [crm])
+            return count
+
+        count = await writes.retry_conflicts(write, "retry a group of failures")
         if count:
             self._wake([crm])
         return count
@@ -201,10 +211,15 @@ class OpsService:
         self, crm: Crm, from_statuses: Sequence[SyncStatus], to: SyncStatus, *, force: bool
     ) -> int:
         check_reset(from_statuses, to, force)
-        async with self.engine.begin() as conn:
-            count = await selection.reset_status(conn, crm, from_statuses, to, self.clock())
-            if count and to is SyncStatus.Selected:
-                await wakeup.announce(conn, [crm])
+
+        async def write() -> int:
+            async with self.engine.begin() as conn:
+                count = await selection.reset_status(conn, crm, from_statuses, to, self.clock())
+                if count and to is SyncStatus.Selected:
+                    await wakeup.announce(conn, [crm])
+            return count
+
+        count = await writes.retry_conflicts(write, "reset statuses")
         if count and to is SyncStatus.Selected:
             self._wake([crm])
         return count

@@ -2,9 +2,15 @@
 reset, and releasing rows a pause held back.
 
 Every function is one set-based statement per CRM, run inside the caller's transaction, so that a
-selection and its queue entry commit together (a transactional outbox). Each also voids any lease
-on the rows it touches: a person's newer action wins over a result still in flight, whose late
-write is then refused by the lease guard (see `sync/record.py`).
+selection and its queue entry commit together (a transactional outbox). On PostgreSQL each takes
+its rows in one global order, the state rows' primary key, so that writes over overlapping
+sets queue instead of deadlocking: every statement here first locks the existing rows it will
+write in that order (`sqlutil.lock_in_order`). It is the order in which the worker's outcome
+write locks its rows (`sync/record.py`'s owned-rows read, an index scan of the primary key), so
+a person's action and a worker's outcome queue too. Callers acting on several CRMs go through them in `Crm` order.
+
+Each also voids any lease on the rows it touches: a person's newer action wins over a result
+still in flight, whose late write is then refused by the lease guard (see `sync/record.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from sqlalchemy import ColumnElement, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
-from crmsync.sqlutil import chunks, upsert_insert
+from crmsync.sqlutil import chunks, lock_in_order, upsert_insert
 from crmsync.sync.state import NO_LEASE
 from crmsync.tables import ERROR_KEY, contacts, crm_sync_state
 
@@ -70,6 +76,12 @@ async def _upsert_states(
         literal(crm.value),
         *(literal(v, type_=crm_sync_state.c[k].type) for k, v in values.items()),
     ).where(contact_where)
+    if conn.dialect.name == "postgresql":
+        # The rows that exist are locked first, in the global order; new ones are inserted in
+        # the contacts' order (two inserts of the same new row wait on its index entry).
+        matching = select(contacts.c.id).where(contact_where)
+        await _lock(conn, [s.crm == crm.value, s.contact_id.in_(matching)])
+        source = source.order_by(contacts.c.id)
     insert = upsert_insert(conn, crm_sync_state).from_select(
         ["contact_id", "contact_created_at", "crm", *values.keys()], source
     )
@@ -83,9 +95,11 @@ async def unselect_contacts(
     conn: AsyncConnection, crm: Crm, contact_where: ColumnElement[bool], now: dt.datetime
 ) -> int:
     """Back to New: not queued, no error. The external id and payload hash are kept."""
+    where = [s.crm == crm.value, s.contact_id.in_(select(contacts.c.id).where(contact_where))]
+    await _lock(conn, where)
     stmt = (
         update(crm_sync_state)
-        .where(s.crm == crm.value, s.contact_id.in_(select(contacts.c.id).where(contact_where)))
+        .where(*where)
         .values(
             sync_status=SyncStatus.New.value,
             processing_status=None,
@@ -105,14 +119,12 @@ async def requeue_after_edit(
     """A contact's synced fields changed: push it again wherever it was Complete or in flight."""
     if not contact_ids:
         return 0
-    stmt = (
-        update(crm_sync_state)
-        .where(
-            s.contact_id.in_(contact_ids),
-            s.sync_status.in_([SyncStatus.Complete.value, SyncStatus.Processing.value]),
-        )
-        .values(**_queued(now))
-    )
+    where = [
+        s.contact_id.in_(contact_ids),
+        s.sync_status.in_([SyncStatus.Complete.value, SyncStatus.Processing.value]),
+    ]
+    await _lock(conn, where)
+    stmt = update(crm_sync_state).where(*where).values(**_queued(now))
     result = await conn.execute(stmt)
     return int(result.rowcount)
 
@@ -150,10 +162,12 @@ async def retry_failed(
     if error is not None:
         where.append(ERROR_KEY == error)
     if contact_ids is None:
+        await _lock(conn, where)
         result = await conn.execute(update(crm_sync_state).where(*where).values(**_queued(now)))
         return int(result.rowcount)
     count = 0
-    for part in chunks(list(contact_ids), _MAX_IDS):
+    for part in chunks(sorted(set(contact_ids)), _MAX_IDS):
+        await _lock(conn, [*where, s.contact_id.in_(part)])
         stmt = update(crm_sync_state).where(*where, s.contact_id.in_(part)).values(**_queued(now))
         count += int((await conn.execute(stmt)).rowcount)
     return count
@@ -187,11 +201,9 @@ async def reset_status(
         values = {**_queued(now), "synced_hash": None}
     else:
         raise ValueError(f"reset can only move rows to New or Selected, not {to.value}")
-    stmt = (
-        update(crm_sync_state)
-        .where(s.crm == crm.value, s.sync_status.in_([st.value for st in from_statuses]))
-        .values(**values)
-    )
+    where = [s.crm == crm.value, s.sync_status.in_([st.value for st in from_statuses])]
+    await _lock(conn, where)
+    stmt = update(crm_sync_state).where(*where).values(**values)
     return int((await conn.execute(stmt)).rowcount)
 
 
@@ -205,14 +217,17 @@ async def release_held(
     Backoff retries scheduled after `until` keep their time; those due before it come forward
     too (the rows do not record which pause released them, and the pause held them anyway).
     """
-    stmt = (
-        update(crm_sync_state)
-        .where(
-            s.crm == crm.value,
-            s.sync_status == SyncStatus.Queued.value,
-            s.next_attempt_at > now,
-            s.next_attempt_at <= until,
-        )
-        .values(next_attempt_at=now, updated_at=now)
-    )
+    where = [
+        s.crm == crm.value,
+        s.sync_status == SyncStatus.Queued.value,
+        s.next_attempt_at > now,
+        s.next_attempt_at <= until,
+    ]
+    await _lock(conn, where)
+    stmt = update(crm_sync_state).where(*where).values(next_attempt_at=now, updated_at=now)
     return int((await conn.execute(stmt)).rowcount)
+
+
+async def _lock(conn: AsyncConnection, where: Sequence[ColumnElement[bool]]) -> None:
+    """Lock the state rows an UPDATE is about to write, in the global order (PostgreSQL)."""
+    await lock_in_order(conn, crm_sync_state, where, [s.id])
