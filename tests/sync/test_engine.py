@@ -651,3 +651,43 @@ async def test_a_running_worker_freezes_the_startup_heap_and_restores_the_collec
     assert frozen > 10_000  # the app, its modules, the test's own objects
     assert during == (2_000, *before[1:])
     assert (gc.get_freeze_count(), gc.get_threshold()) == (0, before)
+
+
+@pytest.mark.parametrize("action", ["edit", "reselect"])
+async def test_a_row_queued_again_during_its_push_waits_for_that_push_to_end(
+    client: httpx.AsyncClient, engine: AsyncEngine, action: str
+) -> None:
+    """An edit (or a re-select) while a push is in flight: the row is queued again at once, but
+    nobody may push it beside the old push, which could reach the vendor after the new one and
+    leave the older data there. The old push's refused outcome ends the hold; a worker that died
+    ends it with its lease."""
+    ids = await add_contacts(client, 2)
+    await select_for(client, ids)
+    now = dt.datetime.now(dt.UTC)
+    lease = dt.timedelta(seconds=60)
+    first = await queue.claim(engine, HUB, 10, "w1", "tok-1", now, now + lease)
+    assert len(first) == 2
+    if action == "edit":
+        for contact_id in ids:
+            r = await client.put(f"/api/v3/contacts/{contact_id}", json={"name": "Newer Name"})
+            assert r.status_code == 200, r.text
+    else:
+        await select_for(client, ids)
+    assert {r["sync_status"] for r in (await states(engine)).values()} == {"Selected"}
+    later = dt.datetime.now(dt.UTC)
+    assert await queue.claim(engine, HUB, 10, "w2", "tok-2", later, later + lease) == []
+
+    # One push ends (its outcome refused: the lease was voided): that row is due at once.
+    done = first[0]
+    update_ = RowUpdate(done.state_id, done.contact_id, Outcome.ok, 0, external_id="x")
+    stale = await queue.record(engine, HUB, "tok-1", [update_], later, queue.Timing("w1", later, 1))
+    assert stale.lost == [done.state_id]
+    second = await queue.claim(engine, HUB, 10, "w2", "tok-2", later, later + 10 * lease)
+    assert [c.state_id for c in second] == [done.state_id]
+    if action == "edit":
+        assert second[0].payload.name == "Newer Name"
+    # The other worker died with its push: its row is due when its lease would have ended.
+    assert await queue.claim(engine, HUB, 10, "w3", "tok-3", later, later + lease) == []
+    after_lease = now + lease + dt.timedelta(seconds=1)
+    third = await queue.claim(engine, HUB, 10, "w3", "tok-3", after_lease, after_lease + lease)
+    assert [c.state_id for c in third] == [first[1].state_id]

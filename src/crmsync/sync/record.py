@@ -364,16 +364,36 @@ def _apply(
     changed = sum(statement.run(conn, rows, shared) for statement, rows in groups.items())
     insert_events(conn, crm, updates, owned, now, timing)
     lost = [u.state_id for u in updates if u.state_id not in owned]
+    if lost:
+        _end_holds(conn, lost, now)
     return Recorded(len(updates) - len(lost), lost), changed
+
+
+def _end_holds(conn: Connection, lost: list[int], now: dt.datetime) -> None:
+    """Rows a person queued again while this push was in flight wait for it to end
+    (`selection._held`); it has ended, so they are due now."""
+    for part in chunks(sorted(lost), _CHUNK):
+        conn.execute(
+            update(crm_sync_state)
+            .where(
+                s.id.in_(part),
+                s.sync_status == SyncStatus.Selected.value,
+                s.lease_token.is_(None),
+                s.next_attempt_at > now,
+            )
+            .values(next_attempt_at=now)
+        )
 
 
 def _owned(conn: Connection, token: str, ids: list[int], *, lock: bool) -> set[int]:
     found: set[int] = set()
-    for part in chunks(ids, _CHUNK):
+    for part in chunks(sorted(ids), _CHUNK):
         query = select(s.id).where(
             s.id.in_(part), s.lease_token == token, s.sync_status == SyncStatus.Processing.value
         )
         if lock:
-            query = query.with_for_update()
+            # In the primary key's order, the order every multi-row write of a person's takes
+            # (`sqlutil.lock_in_order`), so the two queue instead of deadlocking.
+            query = query.order_by(s.id).with_for_update()
         found.update(conn.execute(query).scalars())
     return found

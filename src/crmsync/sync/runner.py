@@ -37,6 +37,7 @@ from crmsync.sync.gate import CONTROL_TTL, Gate
 from crmsync.sync.hooks import quietly
 from crmsync.sync.push import Push
 from crmsync.sync.state import Claimed, RetryPolicy, RowUpdate, unchanged
+from crmsync.writes import is_write_conflict
 
 if TYPE_CHECKING:
     from crmsync.sync.worker import Worker
@@ -333,23 +334,25 @@ class CrmRunner:
                 await quietly(listener(self.crm, applied))
 
     async def _durably(self, write: Callable[[], Awaitable[T]]) -> T:
-        """Run a record transaction, again on a new connection if the database connection was
-        lost during it (a restarted server, a terminated backend, a network cut).
+        """Run a record transaction, again if the database connection was lost during it (a
+        restarted server, a terminated backend, a network cut) or PostgreSQL aborted it to break
+        a deadlock or a serialization conflict with another transaction.
 
-        A lost connection rolled the transaction back, so nothing was written and trying again
-        is safe; the vendor's answers are kept instead of being thrown away, and the lease
-        fence still decides whether they apply. Other errors, and a third loss, go up.
+        Either way the transaction was rolled back, so nothing was written and trying again is
+        safe; the vendor's answers are kept instead of being thrown away, and the lease fence
+        still decides whether they apply. Other errors, and a third failure, go up.
         """
         for attempt in range(1, RECORD_ATTEMPTS + 1):
             try:
                 return await write()
             except DBAPIError as exc:
-                if not exc.connection_invalidated or attempt == RECORD_ATTEMPTS:
+                lost = exc.connection_invalidated
+                if not (lost or is_write_conflict(exc)) or attempt == RECORD_ATTEMPTS:
                     raise
                 log.warning(
-                    "%s: the database connection was lost while recording a batch (%s); "
-                    "trying again",
+                    "%s: %s while recording a batch (%s); trying again",
                     self.crm.value,
+                    "the database connection was lost" if lost else "a conflict",
                     type(exc.orig).__name__,
                 )
                 await asyncio.sleep(RECORD_RETRY_SECONDS * attempt)

@@ -7,10 +7,13 @@ its rows in one global order, the state rows' primary key, so that writes over o
 sets queue instead of deadlocking: every statement here first locks the existing rows it will
 write in that order (`sqlutil.lock_in_order`). It is the order in which the worker's outcome
 write locks its rows (`sync/record.py`'s owned-rows read, an index scan of the primary key), so
-a person's action and a worker's outcome queue too. Callers acting on several CRMs go through them in `Crm` order.
+a person's action and a worker's outcome queue too. Callers acting on several CRMs go through
+them in `Crm` order.
 
 Each also voids any lease on the rows it touches: a person's newer action wins over a result
 still in flight, whose late write is then refused by the lease guard (see `sync/record.py`).
+A row queued again while its push is in flight stays held until that push has ended (`_held`):
+the old push may otherwise reach the vendor after the new one and leave the older data there.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, literal, select, update
+from sqlalchemy import ColumnElement, case, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
@@ -43,6 +46,16 @@ def _queued(now: dt.datetime) -> dict[str, Any]:
         **NO_LEASE,
         "updated_at": now,
     }
+
+
+def _held(now: Any) -> Any:
+    """`next_attempt_at` for a row queued again: now, or, while a worker's push of it is in
+    flight (Processing), the end of that worker's lease. The worker's outcome write, refused for
+    the voided lease, ends the hold at once (`record.py`); a worker that died ends it with its
+    lease. So the new push never runs beside the old one, whatever order the vendor would apply
+    them in."""
+    in_flight = (s.sync_status == SyncStatus.Processing.value) & (s.next_attempt_at > now)
+    return case((in_flight, s.next_attempt_at), else_=now)
 
 
 async def select_contacts(
@@ -86,6 +99,8 @@ async def _upsert_states(
         ["contact_id", "contact_created_at", "crm", *values.keys()], source
     )
     set_ = {k: insert.excluded[k] for k in values} | also_on_conflict
+    if "next_attempt_at" in values:
+        set_["next_attempt_at"] = _held(insert.excluded.next_attempt_at)
     stmt = insert.on_conflict_do_update(index_elements=[s.contact_id, s.crm], set_=set_)
     result = await conn.execute(stmt)
     return int(result.rowcount)
@@ -124,7 +139,8 @@ async def requeue_after_edit(
         s.sync_status.in_([SyncStatus.Complete.value, SyncStatus.Processing.value]),
     ]
     await _lock(conn, where)
-    stmt = update(crm_sync_state).where(*where).values(**_queued(now))
+    values = _queued(now) | {"next_attempt_at": _held(now)}
+    stmt = update(crm_sync_state).where(*where).values(**values)
     result = await conn.execute(stmt)
     return int(result.rowcount)
 
