@@ -677,17 +677,48 @@ async def test_a_row_queued_again_during_its_push_waits_for_that_push_to_end(
     later = dt.datetime.now(dt.UTC)
     assert await queue.claim(engine, HUB, 10, "w2", "tok-2", later, later + lease) == []
 
-    # One push ends (its outcome refused: the lease was voided): that row is due at once.
-    done = first[0]
-    update_ = RowUpdate(done.state_id, done.contact_id, Outcome.ok, 0, external_id="x")
-    stale = await queue.record(engine, HUB, "tok-1", [update_], later, queue.Timing("w1", later, 1))
-    assert stale.lost == [done.state_id]
+    # One push ends (its outcome refused: the lease was voided): that row is due at once. The
+    # other's request got no answer (it may still reach the vendor): its hold runs its course.
+    done, unanswered = first
+    updates = [
+        RowUpdate(done.state_id, done.contact_id, Outcome.ok, 0, http_status=200),
+        RowUpdate(unanswered.state_id, unanswered.contact_id, Outcome.retry, 1, "timed out"),
+    ]
+    stale = await queue.record(engine, HUB, "tok-1", updates, later, queue.Timing("w1", later, 1))
+    assert stale.lost == [done.state_id, unanswered.state_id]
     second = await queue.claim(engine, HUB, 10, "w2", "tok-2", later, later + 10 * lease)
     assert [c.state_id for c in second] == [done.state_id]
     if action == "edit":
         assert second[0].payload.name == "Newer Name"
-    # The other worker died with its push: its row is due when its lease would have ended.
     assert await queue.claim(engine, HUB, 10, "w3", "tok-3", later, later + lease) == []
     after_lease = now + lease + dt.timedelta(seconds=1)
     third = await queue.claim(engine, HUB, 10, "w3", "tok-3", after_lease, after_lease + lease)
-    assert [c.state_id for c in third] == [first[1].state_id]
+    assert [c.state_id for c in third] == [unanswered.state_id]
+
+
+async def test_a_late_accepted_push_sends_the_latest_data_again(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """A push whose lease ran out reaches the vendor after the push that replaced it, which was
+    of newer data and already recorded Complete: the row is queued to push its latest data."""
+    ids = await add_contacts(client, 2)
+    await select_for(client, ids)
+    now = dt.datetime.now(dt.UTC)
+    old = await queue.claim(engine, HUB, 10, "w1", "tok-1", now, now + dt.timedelta(seconds=5))
+    later = now + dt.timedelta(seconds=6)  # w1 stalled past its lease; w2 takes the rows
+    new = await queue.claim(engine, HUB, 10, "w2", "tok-2", later, later + dt.timedelta(60))
+    timing = queue.Timing("w", later, 1)
+
+    def ok(rows: list[queue.Claimed], hashes: list[str]) -> list[RowUpdate]:
+        return [
+            RowUpdate(r.state_id, r.contact_id, Outcome.ok, 0, http_status=200, synced_hash=h)
+            for r, h in zip(rows, hashes, strict=True)
+        ]
+
+    await queue.record(engine, HUB, "tok-2", ok(new, ["newer", "same"]), later, timing)
+    stale = await queue.record(engine, HUB, "tok-1", ok(old, ["older", "same"]), later, timing)
+    assert len(stale.lost) == 2
+    rows = {r["id"]: r for r in (await states(engine)).values()}
+    assert rows[old[0].state_id]["sync_status"] == "Selected"  # the older data may have won
+    assert rows[old[0].state_id]["synced_hash"] is None
+    assert rows[old[1].state_id]["sync_status"] == "Complete"  # the same data either way

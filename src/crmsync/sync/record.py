@@ -41,6 +41,7 @@ from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import ArrayRows, ArrayWrite, DriverValues, JsonRows, JsonWrite, chunks
 from crmsync.sync.claim import RawClaim, claim_work
 from crmsync.sync.events import Timing, insert_events
+from crmsync.sync.refused import after_refused
 from crmsync.sync.state import NO_LEASE, Claimed, Outcome, RowUpdate
 from crmsync.tables import crm_sync_state
 
@@ -363,26 +364,10 @@ def _apply(
     shared = (token, values.ts(now))
     changed = sum(statement.run(conn, rows, shared) for statement, rows in groups.items())
     insert_events(conn, crm, updates, owned, now, timing)
-    lost = [u.state_id for u in updates if u.state_id not in owned]
+    lost = [u for u in updates if u.state_id not in owned]
     if lost:
-        _end_holds(conn, lost, now)
-    return Recorded(len(updates) - len(lost), lost), changed
-
-
-def _end_holds(conn: Connection, lost: list[int], now: dt.datetime) -> None:
-    """Rows a person queued again while this push was in flight wait for it to end
-    (`selection._held`); it has ended, so they are due now."""
-    for part in chunks(sorted(lost), _CHUNK):
-        conn.execute(
-            update(crm_sync_state)
-            .where(
-                s.id.in_(part),
-                s.sync_status == SyncStatus.Selected.value,
-                s.lease_token.is_(None),
-                s.next_attempt_at > now,
-            )
-            .values(next_attempt_at=now)
-        )
+        after_refused(conn, lost, now)
+    return Recorded(len(updates) - len(lost), [u.state_id for u in lost]), changed
 
 
 def _owned(conn: Connection, token: str, ids: list[int], *, lock: bool) -> set[int]:
