@@ -132,8 +132,11 @@ class Demo:
         return result
 
     def note_children(self) -> None:
-        for pid in _descendants(self.proc.pid) - set(self.seen_children):
-            self.seen_children[pid] = _cmdline(pid)
+        # Read again each time: a child seen between fork and exec still shows its parent's
+        # command line.
+        for pid in _descendants(self.proc.pid):
+            if line := _cmdline(pid):
+                self.seen_children[pid] = line
 
     def had_writer(self) -> bool:
         return any("crmsync.writer_process" in line for line in self.seen_children.values())
