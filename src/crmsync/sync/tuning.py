@@ -15,22 +15,20 @@ __all__ = ["process_tuning"]
 def process_tuning(switch_interval_ms: float) -> Iterator[None]:
     """Tune the interpreter for a sync while workers run in this process; restore it after.
 
-    - GIL switch interval (`switch_interval_ms`; 0 leaves Python's 5 ms): on SQLite without the
-      writer process, the outcome writes and claims run in a thread, on the only write
-      connection, and take the GIL back after every statement while the event loop builds and
-      parses vendor requests. At 5 ms such a thread can wait milliseconds each time, holding
-      that connection, and every lane's next write waits behind it. Measured at 0.2 ms, SQLite,
-      one worker: see bench/README.md ("GIL switch interval").
+    - GIL switch interval (`switch_interval_ms`; 0 leaves Python's 5 ms): the worker's threads
+      (aiosqlite's, and the SQLite writer thread when the writer process is off) take the GIL
+      back from a busy event loop sooner, and every write or read waiting on them waits less.
     - Cycle collector: a sync allocates many short-lived objects per contact, and at the default
       thresholds every few hundred batches trigger a full collection that walks the whole heap:
-      the app, its modules, SQLAlchemy's caches (measured, SQLite, 50,000 contacts: 0.26 s of
-      the event loop's 2.1 CPU-s, 78 ms per full one). The objects alive now are frozen, never
+      the app, its modules, SQLAlchemy's caches. The objects alive now are frozen, never
       walked; with the first threshold at 2,000 instead of Python's 700, fewer of a batch's
-      objects live long enough to be seen: 0.03 s in the same run. 10,000 saved 0.01 s more but
-      let cyclic garbage pile up: +17 MB of peak RSS over 200,000 contacts (2,000: +2 MB).
-      Reference counting frees everything as before; only cycles wait a little longer. No
-      collection first: garbage frozen with the rest waits until the end, and a test process
-      need not walk its whole heap per worker.
+      objects live long enough to be seen. A higher threshold let cyclic garbage pile up in the
+      worker's peak RSS. Reference counting frees everything as before; only cycles wait a
+      little longer. No collection first: garbage frozen with the rest waits until the end, and
+      a test process need not walk its whole heap per worker.
+
+    Both pay in interleaved A/Bs, the collector most (bench/README.md, "The sync core
+    restructured", with the figures).
 
     Workers side by side in one process (tests) share it: the first one in sets it, the last one
     out restores Python's values, so a process that runs workers again collects what it made.
