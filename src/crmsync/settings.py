@@ -272,6 +272,11 @@ class Settings(BaseSettings):
         default=30, gt=0, validation_alias="CRMSYNC_EVENT_RETENTION_DAYS"
     )
     resync_on_change: bool = Field(default=True, validation_alias="CRMSYNC_RESYNC_ON_CHANGE")
+    # While a worker runs: how long a thread may hold the GIL before another that waits gets it
+    # (`sys.setswitchinterval`; Python's default is 5 ms). 0 leaves Python's default alone.
+    thread_switch_interval_ms: float = Field(
+        default=0.2, ge=0, le=100, validation_alias="CRMSYNC_THREAD_SWITCH_INTERVAL_MS"
+    )
     # On SQLite, a worker runs its queue transactions in a child process, on a core of its own.
     sqlite_writer_process: bool = Field(
         default=True, validation_alias="CRMSYNC_SQLITE_WRITER_PROCESS"

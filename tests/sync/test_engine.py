@@ -6,11 +6,13 @@ import asyncio
 import datetime as dt
 import gc
 import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +31,7 @@ from crmsync.enums import Crm
 from crmsync.settings import Settings
 from crmsync.sync import queue
 from crmsync.sync.state import Outcome, RowUpdate
+from crmsync.sync.tuning import process_tuning
 from crmsync.sync.worker import Worker
 from crmsync.tables import crm_control, crm_sync_state, sync_events
 from tests.conftest import add_contacts
@@ -637,6 +640,27 @@ async def test_sync_history_of_an_unknown_contact_is_404(client: httpx.AsyncClie
     assert r.status_code == 404
 
 
+@pytest.mark.parametrize("setting_ms", [0.2, 0.0])
+async def test_a_running_worker_sets_the_thread_switch_interval_and_restores_it(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+    fake: FakeConnector,
+    setting_ms: float,
+) -> None:
+    before = sys.getswitchinterval()
+    settings.thread_switch_interval_ms = setting_ms
+    worker = Worker(engine, settings, [HUB], connectors={HUB: fake})
+    task, gate = await start_held_worker(client, worker, fake)
+    during = sys.getswitchinterval()
+    gate.set()
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    # 0 leaves Python's own value alone; any other is set while the worker runs, then undone.
+    assert during == pytest.approx(setting_ms / 1000 if setting_ms else before)
+    assert sys.getswitchinterval() == before
+
+
 async def test_a_running_worker_freezes_the_startup_heap_and_restores_the_collector(
     client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, fake: FakeConnector
 ) -> None:
@@ -722,3 +746,25 @@ async def test_a_late_accepted_push_sends_the_latest_data_again(
     assert rows[old[0].state_id]["sync_status"] == "Selected"  # the older data may have won
     assert rows[old[0].state_id]["synced_hash"] is None
     assert rows[old[1].state_id]["sync_status"] == "Complete"  # the same data either way
+
+
+def test_workers_side_by_side_share_the_process_tuning_until_the_last_stops() -> None:
+    before, interval = gc.get_threshold(), sys.getswitchinterval()
+    first, second = process_tuning(0.2), process_tuning(0.2)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_freeze_count() > 0 and gc.get_threshold() == (2_000, *before[1:])
+    assert sys.getswitchinterval() == pytest.approx(0.0002)
+    second.__exit__(None, None, None)
+    assert (gc.get_freeze_count(), gc.get_threshold()) == (0, before)
+    assert sys.getswitchinterval() == interval
+
+
+@pytest.mark.parametrize("value", ["-1", "101", "fast"])
+def test_a_bad_thread_switch_interval_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("CRMSYNC_THREAD_SWITCH_INTERVAL_MS", value)
+    with pytest.raises(ValidationError, match="CRMSYNC_THREAD_SWITCH_INTERVAL_MS"):
+        Settings(_env_file=None)  # type: ignore[call-arg]

@@ -154,7 +154,7 @@ class Worker:
 
     async def run(self) -> None:
         """Run until `stop()`; then shut down gracefully. Connectors are closed on the way out."""
-        with tuning.process_tuning():
+        with tuning.process_tuning(self.settings.thread_switch_interval_ms):
             await self._run()
 
     async def _run(self) -> None:
