@@ -78,30 +78,9 @@ def engine_for(settings: Settings, **kwargs: Any) -> AsyncEngine:
     otherwise keep its rows locked, unreachable by `SKIP LOCKED` claims, until TCP gives up on
     it (hours), long after its lease ran out.
     """
-    engine = create_engine(
+    return create_engine(
         settings.database_url, idle_transaction_seconds=settings.lease_seconds / 2, **kwargs
     )
-    if engine.dialect.name == "postgresql" and not settings.queue_synchronous_commit:
-        relax_queue_commits(engine)
-    return engine
-
-
-# PostgreSQL engines whose `write` transactions (the sync queue's) commit without waiting for
-# the WAL flush (`CRMSYNC_QUEUE_SYNCHRONOUS_COMMIT=false`, the default).
-_RELAXED_COMMITS: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
-_RELAX = "SET LOCAL synchronous_commit TO off"
-
-
-def relax_queue_commits(engine: AsyncEngine) -> None:
-    """Let `write` transactions on `engine` (PostgreSQL) commit without waiting for the disk.
-
-    A crash of the PostgreSQL server may then lose the last of them (at most three
-    `wal_writer_delay`s, 0.6 s by default); what they did is still atomic and is never seen
-    half done, and any later transaction that waits for its commit makes every earlier one
-    durable too. For the queue that means a lost claim or outcome: the rows are pushed again,
-    at least once, as after a worker crash. Other writers keep PostgreSQL's setting.
-    """
-    _RELAXED_COMMITS[engine.sync_engine] = True
 
 
 def create_engine(
@@ -401,6 +380,4 @@ async def write(engine: AsyncEngine, work: Callable[[Connection], T]) -> T:
         )
         return await asyncio.get_running_loop().run_in_executor(threaded.thread, call)
     async with engine.begin() as conn:
-        if engine.sync_engine in _RELAXED_COMMITS:
-            await conn.exec_driver_sql(_RELAX)
         return await conn.run_sync(work)

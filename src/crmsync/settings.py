@@ -281,14 +281,6 @@ class Settings(BaseSettings):
     sqlite_writer_process: bool = Field(
         default=True, validation_alias="CRMSYNC_SQLITE_WRITER_PROCESS"
     )
-    # PostgreSQL: whether the sync queue's own transactions (claims, outcomes, lease renewals)
-    # wait for their commit to reach the disk. Off by default: a PostgreSQL crash may then lose
-    # the last fraction of a second of them, and a lost claim or outcome only means those rows
-    # are pushed again (at least once, the sync's promise; vendors upsert). Every other write
-    # (selections, edits, imports) always waits. See docs/OPERATIONS.md.
-    queue_synchronous_commit: bool = Field(
-        default=False, validation_alias="CRMSYNC_QUEUE_SYNCHRONOUS_COMMIT"
-    )
     log_format: Literal["text", "json"] = Field(
         default="text", validation_alias="CRMSYNC_LOG_FORMAT"
     )
