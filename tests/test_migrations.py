@@ -38,7 +38,7 @@ async def _roundtrip(url: str) -> None:
     engine = db.create_engine(url)
     try:
         await upgrade(engine)
-        assert await current_revision(engine) == "0009"
+        assert await current_revision(engine) == "0010"
         async with engine.connect() as conn:
             tables, indexes = await conn.run_sync(_tables_and_indexes)
         assert {"contacts", "crm_sync_state", "sync_events", "crm_control", "workers"} <= tables
@@ -59,6 +59,8 @@ async def _roundtrip(url: str) -> None:
             "ix_sync_events_contact_id_created_at",
             "ix_crm_sync_state_errors",
         } <= indexes
+        # PostgreSQL only (0010): the rows held under a lease, by token, for the record's read.
+        assert ("ix_crm_sync_state_lease" in indexes) == (engine.dialect.name == "postgresql")
 
         def _down(connection: Connection) -> None:
             cfg = alembic_config()
@@ -69,7 +71,7 @@ async def _roundtrip(url: str) -> None:
             await conn.run_sync(_down)
         assert await current_revision(engine) is None
         await upgrade(engine)  # and back up on the emptied database
-        assert await current_revision(engine) == "0009"
+        assert await current_revision(engine) == "0010"
     finally:
         await engine.dispose()
 

@@ -172,6 +172,10 @@ crm_sync_state = Table(
     ),
 )
 
+# PostgreSQL also has `ix_crm_sync_state_lease` (lease_token) WHERE sync_status = 'Processing'
+# (migration 0010, not declared here: SQLite never reads rows by token): a record finds the rows
+# of its batch by token instead of among every dead 'Processing' entry of the queue index.
+
 # Rows in these states take part in the sync (counted as due when their time has come).
 ACTIVE_STATUSES = (SyncStatus.Selected.value, SyncStatus.Queued.value, SyncStatus.Processing.value)
 # The claim reads this: rows of one CRM waiting for their turn, in due order (migration 0002).

@@ -7,9 +7,11 @@ still kept in the history, marked as not applied, and the caller counts it (`Rec
 
 Careful path (both dialects): ask which rows are still held (on PostgreSQL `FOR UPDATE`, so it
 stays true until commit), write the outcomes of those, write every history row.
-Optimistic path (SQLite only, `SOLE_WRITER`): `BEGIN IMMEDIATE` makes the transaction the only
-writer, so when every guarded update hit its row, every row was still ours; that saves the
-ownership query. Otherwise it rolls back and the careful path runs.
+Optimistic path: when every guarded update hit its row, every row was still ours, which saves
+the ownership query; otherwise it rolls back and the careful path runs. On SQLite
+(`SOLE_WRITER`) `BEGIN IMMEDIATE` makes the transaction the only writer, so `record` always
+tries it first; on PostgreSQL the guarded UPDATE locks each row it changes until the commit,
+and `record_then_claim` tries it first on both dialects.
 
 Each dialect writes a batch's rows in one statement per outcome kind (`sqlutil.JsonWrite` on
 SQLite, `sqlutil.ArrayWrite` on PostgreSQL), chosen once per call through `DIALECTS`.
@@ -262,18 +264,21 @@ async def record_then_claim(
     timing: Timing,
     then: NextClaim,
 ) -> tuple[Recorded, list[Claimed]]:
-    """`record`, then `claim` the next batch; on SQLite both in one transaction.
+    """`record`, then `claim` the next batch, both in one transaction.
 
-    A busy SQLite sync pays per transaction: a hand-off to the writer, BEGIN IMMEDIATE, COMMIT.
-    One lane's outcome write and its next claim share one instead. Each stays what it was
-    alone: the outcome is written first, and if it finds a lease lost, the two run apart the
-    usual way.
+    A busy sync pays per transaction: on SQLite a hand-off to the writer, BEGIN IMMEDIATE,
+    COMMIT; on PostgreSQL a pool checkout, its pre-ping and a commit. One lane's outcome write
+    and its next claim share one instead, and the outcome is written the optimistic way on both
+    dialects: on PostgreSQL the guarded UPDATE locks each row it changes until the commit, so
+    when it changed every row, every row was still ours, and the ownership query is saved. Each
+    stays what it was alone: the outcome is written first, and if it finds a lease lost, the
+    two run apart the usual (careful) way.
     """
     name = engine.dialect.name
     claim = claim_work(
         name, then.crm, then.limit, then.owner, then.token, then.now, then.lease_until
     )
-    if DIALECTS[name].SOLE_WRITER and updates:
+    if updates:
         optimistic = _record_work(name, crm, token, updates, now, timing, True)
         try:
             recorded, raw = await writer_process.write(
@@ -348,7 +353,8 @@ def _apply(
     """
     values = sql.VALUES
     groups: dict[JsonWrite | ArrayWrite, list[tuple[Any, ...]]] = {}
-    for u in updates:
+    # In the primary key's order, as the writes of a person's take their rows (fewer deadlocks).
+    for u in sorted(updates, key=_state_id):
         if u.state_id in owned:
             groups.setdefault(sql.OUTCOMES[u.outcome], []).append(
                 (
@@ -368,6 +374,10 @@ def _apply(
     if lost:
         after_refused(conn, lost, now)
     return Recorded(len(updates) - len(lost), [u.state_id for u in lost]), changed
+
+
+def _state_id(update: RowUpdate) -> int:
+    return update.state_id
 
 
 def _owned(conn: Connection, token: str, ids: list[int], *, lock: bool) -> set[int]:
