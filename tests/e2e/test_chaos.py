@@ -224,14 +224,10 @@ async def test_10000_contacts_through_faults_kills_edits_and_unselects(
         f"killed, {len(last_name)} contacts edited, {UNSELECTED} unselected; "
         f"{sum(stats[c]['5xx'] for c in CRMS)} 5xx answers; done in {elapsed:.0f} s"
     )
-    if any(stale_by_crm.values()):
-        # Known gap (docs/RELIABILITY.md, "Known gaps"): a push of older data whose answer was
-        # lost (applied, connection dropped; for Brevo an import job that runs later) or that
-        # was still in flight when an edit re-queued the row can land at the vendor after the
-        # push of the edit. The row is then Complete with the new data's hash while the vendor
-        # holds the old data. Every other promise above was checked strictly.
-        found = {crm: (len(rows), rows[:2]) for crm, rows in stale_by_crm.items() if rows}
-        pytest.xfail(f"a vendor holds an older edit than the database: {found}")
+    # A push of older data still in flight when an edit re-queued the row must not land after
+    # the push of the edit (docs/RELIABILITY.md, "Edits and unselects racing the worker").
+    found = {crm: (len(rows), rows[:2]) for crm, rows in stale_by_crm.items() if rows}
+    assert not found, f"a vendor holds an older edit than the database: {found}"
 
 
 async def _all_ids(api: httpx.AsyncClient) -> list[str]:
