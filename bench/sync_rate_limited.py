@@ -121,7 +121,7 @@ def one_run(
         if vendor.name == "mautic":
             limits["rate_limit_per_hour"] = args.mautic_limit
         sb.set_faults(vendor.name, **limits)
-        wait_quiet(patience=args.quiet_patience)
+        wait_quiet()
         started = time.time()
         api.select([vendor.name], all=True)
         if vendor.name == "mautic":
@@ -234,12 +234,6 @@ def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
-    parser.add_argument(
-        "--quiet-patience",
-        type=float,
-        default=300.0,
-        help="seconds to wait for a quiet machine before each run (a paced run is not CPU-bound)",
-    )
     args = parser.parse_args()
     stop_on_sigterm()
     counts = {

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -354,7 +355,7 @@ def _apply(
     values = sql.VALUES
     groups: dict[JsonWrite | ArrayWrite, list[tuple[Any, ...]]] = {}
     # In the primary key's order, as the writes of a person's take their rows (fewer deadlocks).
-    for u in sorted(updates, key=_state_id):
+    for u in sorted(updates, key=attrgetter("state_id")):
         if u.state_id in owned:
             groups.setdefault(sql.OUTCOMES[u.outcome], []).append(
                 (
@@ -374,10 +375,6 @@ def _apply(
     if lost:
         after_refused(conn, lost, now)
     return Recorded(len(updates) - len(lost), [u.state_id for u in lost]), changed
-
-
-def _state_id(update: RowUpdate) -> int:
-    return update.state_id
 
 
 def _owned(conn: Connection, token: str, ids: list[int], *, lock: bool) -> set[int]:

@@ -8,12 +8,14 @@ the newest data win at the vendor: it ends a hold early, or queues a push again.
 from __future__ import annotations
 
 import datetime as dt
+from operator import attrgetter
 
 from sqlalchemy import update
 from sqlalchemy.engine import Connection
 
-from crmsync.enums import ProcessingStatus, SyncStatus
+from crmsync.enums import SyncStatus
 from crmsync.sqlutil import chunks
+from crmsync.sync.selection import queued
 from crmsync.sync.state import Outcome, RowUpdate
 from crmsync.tables import crm_sync_state
 
@@ -44,7 +46,7 @@ def after_refused(conn: Connection, lost: list[RowUpdate], now: dt.datetime) -> 
             )
             .values(next_attempt_at=now)
         )
-    for u in sorted((u for u in lost if u.outcome is Outcome.ok), key=lambda u: u.state_id):
+    for u in sorted((u for u in lost if u.outcome is Outcome.ok), key=attrgetter("state_id")):
         conn.execute(
             update(crm_sync_state)
             .where(
@@ -53,13 +55,7 @@ def after_refused(conn: Connection, lost: list[RowUpdate], now: dt.datetime) -> 
                 s.lease_token.is_(None),
                 s.synced_hash.is_distinct_from(u.synced_hash),
             )
-            .values(
-                sync_status=SyncStatus.Selected.value,
-                processing_status=ProcessingStatus.Queued.value,
-                synced_hash=None,
-                next_attempt_at=now,
-                updated_at=now,
-            )
+            .values(**queued(now), synced_hash=None)
         )
 
 

@@ -35,7 +35,7 @@ s = crm_sync_state.c
 _MAX_IDS = 30_000
 
 
-def _queued(now: dt.datetime) -> dict[str, Any]:
+def queued(now: dt.datetime) -> dict[str, Any]:
     """Values that put a row at the back of the queue, due now, with a fresh attempt budget."""
     return {
         "sync_status": SyncStatus.Selected.value,
@@ -72,7 +72,7 @@ async def select_contacts(
     `force`, the stored payload hash is forgotten so the contact is pushed even if unchanged.
     """
     on_conflict = {"synced_hash": None} if force else {}
-    return await _upsert_states(conn, crm, contact_where, _queued(now), on_conflict)
+    return await _upsert_states(conn, crm, contact_where, queued(now), on_conflict)
 
 
 async def _upsert_states(
@@ -139,7 +139,7 @@ async def requeue_after_edit(
         s.sync_status.in_([SyncStatus.Complete.value, SyncStatus.Processing.value]),
     ]
     await _lock(conn, where)
-    values = _queued(now) | {"next_attempt_at": _held(now)}
+    values = queued(now) | {"next_attempt_at": _held(now)}
     stmt = update(crm_sync_state).where(*where).values(**values)
     result = await conn.execute(stmt)
     return int(result.rowcount)
@@ -179,12 +179,12 @@ async def retry_failed(
         where.append(ERROR_KEY == error)
     if contact_ids is None:
         await _lock(conn, where)
-        result = await conn.execute(update(crm_sync_state).where(*where).values(**_queued(now)))
+        result = await conn.execute(update(crm_sync_state).where(*where).values(**queued(now)))
         return int(result.rowcount)
     count = 0
     for part in chunks(sorted(set(contact_ids)), _MAX_IDS):
         await _lock(conn, [*where, s.contact_id.in_(part)])
-        stmt = update(crm_sync_state).where(*where, s.contact_id.in_(part)).values(**_queued(now))
+        stmt = update(crm_sync_state).where(*where, s.contact_id.in_(part)).values(**queued(now))
         count += int((await conn.execute(stmt)).rowcount)
     return count
 
@@ -214,7 +214,7 @@ async def reset_status(
             "updated_at": now,
         }
     elif to is SyncStatus.Selected:
-        values = {**_queued(now), "synced_hash": None}
+        values = {**queued(now), "synced_hash": None}
     else:
         raise ValueError(f"reset can only move rows to New or Selected, not {to.value}")
     where = [s.crm == crm.value, s.sync_status.in_([st.value for st in from_statuses])]
