@@ -46,7 +46,7 @@ from crmsync.settings import Settings
 
 POLL_SECONDS = 0.25
 TOKEN_HOURS = 12
-# The dashboard's sign-in page; the demo links to it only once the app serves it.
+# The dashboard's sign-in page: the link signs the browser in with the demo's token.
 DASHBOARD_PATH = "/login"
 
 
@@ -167,7 +167,7 @@ async def _run(
         serving = asyncio.create_task(server.serve(sockets=[api_socket]), name="api")
         await _wait_started(server, serving)
         if server.started and not server.should_exit:
-            _print_banner(console, options, sandbox, secret, app, started)
+            _print_banner(console, options, sandbox, secret, started)
             ops = OpsService(engine, settings)
             watch = asyncio.create_task(_watch(console, ops, sandbox, started, options.api_url))
             await asyncio.wait([watch, serving], return_when=asyncio.FIRST_COMPLETED)
@@ -241,7 +241,6 @@ def _print_banner(
     options: DemoOptions,
     sandbox: SandboxServer,
     secret: str,
-    app: FastAPI,
     started: _Started,
 ) -> None:
     url = options.api_url
@@ -254,9 +253,7 @@ def _print_banner(
     )
     out(f"  API        {url}", highlight=False)
     out(f"  API docs   {url}/docs", highlight=False)
-    # The dashboard (its own issue) adds /login; link to it only once it is there.
-    if any(getattr(route, "path", None) == DASHBOARD_PATH for route in app.routes):
-        out(f"  Dashboard  {url}{DASHBOARD_PATH}#token={token}", highlight=False)
+    out(f"  Dashboard  {url}{DASHBOARD_PATH}#token={token}", highlight=False)
     out(f"  Sandbox    {sandbox.url}  (stats: {sandbox.control_url}/stats)", highlight=False)
     out(f"  Database   {options.db_path}", highlight=False)
     out(f"  Token      valid {TOKEN_HOURS} h; try:", highlight=False)
