@@ -246,7 +246,12 @@ def test_demo_syncs_every_crm_restarts_without_seeding_twice_and_leaves_nothing(
         text = demo.output()
         for needle in (f"API        {demo.api}", f"{demo.api}/docs", "curl -H", "Generated 500"):
             assert needle in text, text
-        assert "Queue drained" in text and "/login" not in text  # no dashboard yet, no link
+        assert "Queue drained" in text
+        # The dashboard's sign-in link: the app's sign-in page, with the demo's token.
+        link = text.split("Dashboard  ")[1].split()[0]
+        assert link.startswith(f"{demo.api}/login#token=ey"), link
+        page = httpx.get(link.split("#")[0], timeout=10)
+        assert page.status_code == 200 and "<form" in page.text
 
         assert demo.had_writer()  # the check below is not vacuous
         stopped = demo.stop(signal.SIGINT, group=True)

@@ -37,10 +37,14 @@ from tests.e2e.support import (
 
 COUNT = 600
 HOLD_SECONDS = 10
-# The process that holds the lock: BEGIN IMMEDIATE, say so, keep it for HOLD_SECONDS, commit.
+# The process that holds the lock: started ahead (a Python start can take longer than the whole
+# sync on a loaded machine), it takes the lock when told: BEGIN IMMEDIATE, say so, keep it for
+# HOLD_SECONDS, commit.
 LOCKER = """
 import sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+print("ready", flush=True)
+sys.stdin.readline()
 conn.execute("BEGIN IMMEDIATE")
 print("locked", flush=True)
 time.sleep(float(sys.argv[2]))  # the fault itself: the lock is held this long
@@ -91,25 +95,41 @@ async def test_worker_waits_for_a_write_lock_held_10_s_and_loses_no_outcome(
         counts = await status_counts(engine)
         return counts[("hubspot", "Complete")] > 0 and counts[("hubspot", "Processing")] > 0
 
-    await wait_until(some_done_some_in_flight, 60, "batches done and in flight", 0.05)
     path = make_url(db_url).database
     assert path is not None
     locker = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", LOCKER, path, str(HOLD_SECONDS), stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-c",
+        LOCKER,
+        path,
+        str(HOLD_SECONDS),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
-        assert locker.stdout is not None
+        assert locker.stdin is not None and locker.stdout is not None
+        assert (await asyncio.wait_for(locker.stdout.readline(), 60)).decode().strip() == "ready"
+        await wait_until(some_done_some_in_flight, 60, "batches done and in flight", 0.05)
+        locker.stdin.write(b"go\n")
+        await locker.stdin.drain()
         line = await asyncio.wait_for(locker.stdout.readline(), 60)
         assert line.decode().strip() == "locked"
         locked_at = time.monotonic()
-        done_when_locked = (await status_counts(engine))[("hubspot", "Complete")]
+        counts_when_locked = await status_counts(engine)
+        done_when_locked = counts_when_locked[("hubspot", "Complete")]
+        # The fault's premise: the worker still had batches to record when the lock was taken.
+        assert done_when_locked < COUNT, counts_when_locked
 
         async def says_it_waits() -> bool:
             return "holds the database's write lock" in worker.output()
 
         await wait_until(says_it_waits, HOLD_SECONDS - 1, "the worker to say what it waits for")
         # Nothing could be written while the lock was held.
-        assert (await status_counts(engine))[("hubspot", "Complete")] == done_when_locked
+        counts_now = await status_counts(engine)
+        assert counts_now[("hubspot", "Complete")] == done_when_locked, (
+            f"{time.monotonic() - locked_at:.2f} s after the lock: {counts_when_locked} -> "
+            f"{counts_now}; worker log: {worker.output()[-2000:]}"
+        )
         assert await asyncio.wait_for(locker.wait(), HOLD_SECONDS + 30) == 0
         held = time.monotonic() - locked_at
     finally:
