@@ -23,8 +23,6 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from crmsync import write_lane
-
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -66,16 +64,6 @@ async def retry_conflicts(
             log.info("%s: conflict with another transaction (%s), attempt %d", what, code, attempt)
             await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def transaction(
-    engine: AsyncEngine, work: Callable[[AsyncEngine], Awaitable[T]], what: str
-) -> T:
-    """Run the write transaction `work(e)`, `e` being the engine to write on: `engine` itself,
-    or on a SQLite file the engine of its write lane, in the lane's thread (`write_lane`: one
-    hop there and back per transaction, instead of one per statement). Run again when
-    PostgreSQL aborted it for a conflict (`retry_conflicts`)."""
-    return await retry_conflicts(lambda: write_lane.run_write(engine, work), what)
 
 
 @dataclass

@@ -186,15 +186,15 @@ class ContactService:
         now = self.clock()
         crm_changes = body.crm_statuses()
 
-        async def write(engine: AsyncEngine) -> tuple[RowMapping, Sequence[RowMapping]]:
-            async with engine.begin() as conn:
+        async def write() -> tuple[RowMapping, Sequence[RowMapping]]:
+            async with self.engine.begin() as conn:
                 await self._ensure_email_free(conn, body.email)
                 row = await repo.insert(conn, new_row(body, now))
                 await self._apply_crm_statuses(conn, crm_changes, repo.by_ids([row["id"]]))
                 states = await repo.states_for(conn, [row["id"]]) if crm_changes else ()
             return row, states
 
-        row, states = await writes.transaction(self.engine, write, "create contact")
+        row, states = await writes.retry_conflicts(write, "create contact")
         self._wake(_queueing(crm_changes))
         return present(row, states)
 
@@ -216,8 +216,8 @@ class ContactService:
                 values[key] = values[key].value
         now = self.clock()
 
-        async def write(engine: AsyncEngine) -> tuple[RowMapping, Sequence[RowMapping]]:
-            async with engine.begin() as conn:
+        async def write() -> tuple[RowMapping, Sequence[RowMapping]]:
+            async with self.engine.begin() as conn:
                 before = await repo.get(conn, contact_id)
                 if before is None:
                     raise NotFound(f"Contact {contact_id} not found")
@@ -231,17 +231,17 @@ class ContactService:
                 states = await repo.states_for(conn, [contact_id])
             return row, states
 
-        row, states = await writes.transaction(self.engine, write, "edit contact")
+        row, states = await writes.retry_conflicts(write, "edit contact")
         self._wake(_queueing(crm_changes))
         return present(row, states)
 
     async def delete(self, contact_id: uuid.UUID) -> None:
-        async def write(engine: AsyncEngine) -> None:
-            async with engine.begin() as conn:
+        async def write() -> None:
+            async with self.engine.begin() as conn:
                 if not await repo.delete_one(conn, contact_id):
                     raise NotFound(f"Contact {contact_id} not found")
 
-        await writes.transaction(self.engine, write, "delete contact")
+        await writes.retry_conflicts(write, "delete contact")
 
     async def _ensure_email_free(self, conn: AsyncConnection, email: str) -> None:
         existing = await repo.find_by_email(conn, email)
@@ -299,9 +299,9 @@ class ContactService:
         # Rows that set the same CRM to the same status move together, in one statement.
         by_status: dict[tuple[Crm, SyncStatus], list[uuid.UUID]] = {}
 
-        async def write(engine: AsyncEngine) -> Upserted:
+        async def write() -> Upserted:
             by_status.clear()
-            async with engine.begin() as conn:
+            async with self.engine.begin() as conn:
                 done = await upsert_by_email(
                     conn, rows, now, resync_on_change=self.settings.resync_on_change
                 )
@@ -312,7 +312,7 @@ class ContactService:
                     await self._apply_crm_statuses(conn, {crm: status}, repo.by_ids(ids))
             return done
 
-        done = await writes.transaction(self.engine, write, "bulk upsert")
+        done = await writes.retry_conflicts(write, "bulk upsert")
         await self.statistics.wrote(["contacts"], len(done.created) + len(done.changed))
         await self.statistics.wrote(["crm_sync_state"], sum(map(len, by_status.values())))
         self._wake(sorted({crm for crm, status in by_status if status is not SyncStatus.New}))
@@ -345,11 +345,11 @@ class ContactService:
     async def _set_status(
         self, cond: ColumnElement[bool], status: CurationStatus
     ) -> StatusUpdateResponse:
-        async def write(engine: AsyncEngine) -> int:
-            async with engine.begin() as conn:
+        async def write() -> int:
+            async with self.engine.begin() as conn:
                 return await repo.set_curation_status(conn, cond, status, self.clock())
 
-        count = await writes.transaction(self.engine, write, "set curation status")
+        count = await writes.retry_conflicts(write, "set curation status")
         return _status_response(count, status)
 
     async def _in_chunks(
@@ -373,14 +373,14 @@ class ContactService:
         while True:
 
             async def one_range(
-                engine: AsyncEngine, start: uuid.UUID | None = after
+                start: uuid.UUID | None = after,
             ) -> tuple[uuid.UUID | None, tuple[int, int]]:
-                async with engine.begin() as conn:
+                async with self.engine.begin() as conn:
                     end = await repo.chunk_end(conn, start, CHUNK)
                     counts = await work(conn, repo.in_range(conn, where, start, end))
                 return end, counts
 
-            end, (one, two) = await writes.transaction(self.engine, one_range, "filtered action")
+            end, (one, two) = await writes.retry_conflicts(one_range, "filtered action")
             first, second = first + one, second + two
             if end is None:
                 return first, second
@@ -426,14 +426,14 @@ class ContactService:
         *,
         by_ids: bool,
     ) -> CrmSelectionResponse:
-        async def write(engine: AsyncEngine) -> tuple[int, int]:
-            async with engine.begin() as conn:
+        async def write() -> tuple[int, int]:
+            async with self.engine.begin() as conn:
                 matched, queued = await self._select_rows(conn, where, crms, action, force)
                 if matched == 0 and by_ids:
                     raise NotFound("No contacts found with provided IDs")
             return matched, queued
 
-        matched, queued = await writes.transaction(self.engine, write, f"{action} contacts")
+        matched, queued = await writes.retry_conflicts(write, f"{action} contacts")
         await self.statistics.wrote(["crm_sync_state"], matched * len(crms))
         if action == "select" and matched:
             self._wake(crms)

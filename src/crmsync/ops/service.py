@@ -170,8 +170,8 @@ class OpsService:
             )
         now = self.clock()
 
-        async def write(engine: AsyncEngine) -> int:
-            async with engine.begin() as conn:
+        async def write() -> int:
+            async with self.engine.begin() as conn:
                 count = await selection.retry_failed(
                     conn, crm, now, None if all_failed else contact_ids
                 )
@@ -179,7 +179,7 @@ class OpsService:
                     await wakeup.announce(conn, [crm])
             return count
 
-        count = await writes.transaction(self.engine, write, "retry failed contacts")
+        count = await writes.retry_conflicts(write, "retry failed contacts")
         if count:
             self._wake([crm])
         return count
@@ -189,14 +189,14 @@ class OpsService:
         crm = parse_crm(crm_name)
         now = self.clock()
 
-        async def write(engine: AsyncEngine) -> int:
-            async with engine.begin() as conn:
+        async def write() -> int:
+            async with self.engine.begin() as conn:
                 count = await selection.retry_failed(conn, crm, now, error=error)
                 if count:
                     await wakeup.announce(conn, [crm])
             return count
 
-        count = await writes.transaction(self.engine, write, "retry a group of failures")
+        count = await writes.retry_conflicts(write, "retry a group of failures")
         if count:
             self._wake([crm])
         return count
@@ -212,14 +212,14 @@ class OpsService:
     ) -> int:
         check_reset(from_statuses, to, force)
 
-        async def write(engine: AsyncEngine) -> int:
-            async with engine.begin() as conn:
+        async def write() -> int:
+            async with self.engine.begin() as conn:
                 count = await selection.reset_status(conn, crm, from_statuses, to, self.clock())
                 if count and to is SyncStatus.Selected:
                     await wakeup.announce(conn, [crm])
             return count
 
-        count = await writes.transaction(self.engine, write, "reset statuses")
+        count = await writes.retry_conflicts(write, "reset statuses")
         if count and to is SyncStatus.Selected:
             self._wake([crm])
         return count
