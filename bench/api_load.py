@@ -60,6 +60,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,7 +320,10 @@ def run(
 
     def on_load(starting: bool) -> None:
         worker_pids = [pid for p in workers for pid in (p.pid, *descendants(p.pid))]
-        pids = [api.process.pid, *worker_pids, sb.pid, os.getpid(), *postgres_backends(database)]
+        # `postgres_backends` runs its own event loop: in a thread, as this runs inside one.
+        with ThreadPoolExecutor(1) as pool:
+            backends = pool.submit(postgres_backends, database).result()
+        pids = [api.process.pid, *worker_pids, sb.pid, os.getpid(), *backends]
         if starting:
             ours[:] = pids
             cpu["api"] = cpu_seconds(api.process.pid)
