@@ -151,7 +151,6 @@ async def test_renew_extends_only_the_leases_named_and_reads_no_whole_table(
     other = await queue.claim(engine, HUB, 2, "w2", "tok-b", now, lease)
     later = lease + dt.timedelta(minutes=5)
     assert await queue.renew(engine, {HUB: ["tok-a"], Crm.brevo: []}, later) == 2
-    assert await queue.renew(engine, {Crm.brevo: ["tok-b"]}, later) == 0  # not brevo's rows
     assert await queue.renew(engine, {HUB: []}, later) == 0
     rows = {r["id"]: r for r in (await states(engine)).values()}
     assert all(rows[r.state_id]["lease_expires_at"] == later for r in kept)
@@ -162,7 +161,7 @@ async def test_renew_extends_only_the_leases_named_and_reads_no_whole_table(
         async with engine.connect() as conn:
 
             def plan(sync_conn: Connection) -> list[str]:
-                stmt = _renewal(["hubspot"], ["tok-a"], later)
+                stmt = _renewal("sqlite", ["hubspot"], ["tok-a"], later)
                 compiled = stmt.compile(sync_conn, compile_kwargs={"literal_binds": True})
                 found = sync_conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
                 return [str(row[-1]) for row in found]

@@ -42,22 +42,21 @@ async def renew(
 
 
 def _renew_rows(crms: list[str], tokens: list[str], until: dt.datetime, conn: Connection) -> int:
-    return int(conn.execute(_renewal(crms, tokens, until)).rowcount)
+    return int(conn.execute(_renewal(conn.dialect.name, crms, tokens, until)).rowcount)
 
 
-def _renewal(crms: list[str], tokens: list[str], until: dt.datetime) -> Any:
-    # The CRMs say nothing a token does not (a token's rows are one CRM's), but they let SQLite
-    # find the rows through `ix_crm_sync_state_queue` (crm, sync_status) instead of reading the
-    # whole table while it holds the write lock; PostgreSQL has `ix_crm_sync_state_lease`.
-    return (
-        update(crm_sync_state)
-        .where(
-            s.crm.in_(crms),
-            s.sync_status == SyncStatus.Processing.value,
-            s.lease_token.in_(tokens),
-        )
-        .values(lease_expires_at=until, next_attempt_at=until)
-    )
+def _renewal(dialect: str, crms: list[str], tokens: list[str], until: dt.datetime) -> Any:
+    """The renewal of `tokens`' leases, which all belong to `crms`.
+
+    On SQLite the CRMs let it find the rows through `ix_crm_sync_state_queue` (crm, sync_status)
+    instead of reading the whole table while it holds the write lock. PostgreSQL finds them by
+    token (`ix_crm_sync_state_lease`); a (crm, Processing) range would also walk the entries the
+    claims before left dead there, which is why that index exists.
+    """
+    held = [s.sync_status == SyncStatus.Processing.value, s.lease_token.in_(tokens)]
+    if dialect == "sqlite":
+        held.insert(0, s.crm.in_(crms))
+    return update(crm_sync_state).where(*held).values(lease_expires_at=until, next_attempt_at=until)
 
 
 async def release(
