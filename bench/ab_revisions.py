@@ -42,15 +42,22 @@ def main() -> None:
     parser.add_argument("--patience", type=float, default=20.0, help="seconds to wait for quiet")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
+    parser.add_argument(
+        "--schema", default="head", help="migrate the template only this far (an older --rev)"
+    )
     parser.add_argument("--drt-venv", default=str(drt_peer.DEFAULT_VENV))
+    parser.add_argument("--py-spy", help="path to py-spy: profile every crmsync run")
+    parser.add_argument("--profile-dir", type=Path, default=Path("/tmp/crmsync-ab-profiles"))
     args = parser.parse_args()
     stop_on_sigterm()
     revisions = dict(item.split("=", 1) for item in args.rev)
+    benchlib.SCHEMA = args.schema
     args.env = sync_throughput.parse_env(args.env)
-    args.py_spy, args.profile_dir = None, Path("/tmp")
+    profiles = args.profile_dir
     quiet = functools.partial(benchlib.wait_quiet, patience=args.patience)
     sync_throughput.wait_quiet = quiet  # type: ignore[attr-defined]
     rates: dict[str, list[float]] = {label: [] for label in [*revisions, "drt"]}
+    cpus: dict[str, list[float]] = {label: [] for label in [*revisions, "drt"]}
     with SandboxServer(SANDBOX, subprocess=True) as sb, Databases(args.pg_url) as databases:
         print(f"{args.db}: loading {args.contacts:,} contacts ...", flush=True)
         template, _ = prepared_database(databases, args.db, args.contacts)
@@ -69,13 +76,16 @@ def main() -> None:
             order = list(revisions) if round_ % 2 == 0 else list(reversed(revisions))
             for label in order:
                 benchlib.CRMSYNC = revisions[label]
+                args.profile_dir = profiles / f"{label}-{round_ + 1}"
                 run = sync_throughput.run_crmsync(databases, sb, template, 1, True, args)
                 rates[label].append(run.rate)
+                cpus[label].append(run.crmsync_cpu)
                 _show(round_, label, run)
             if project is not None:
                 quiet()
                 run = sync_throughput.run_peer(project, sb, args.contacts)
                 rates["drt"].append(run.rate)
+                cpus["drt"].append(run.crmsync_cpu)
                 _show(round_, "drt", run)
     print()
     print(benchlib.environment(args.pg_url))
@@ -90,13 +100,19 @@ def main() -> None:
             ratio = statistics.median(values) / statistics.median(rates[first])
             wins = sum(b > a for a, b in zip(rates[first], values, strict=True))
             line += f"; {ratio:.3f}x {first}, ahead in {wins} of {len(values)} rounds"
+        line += f"; CPU s per run median {statistics.median(cpus[label]):.2f}"
+        if label != first and label in revisions:
+            less = sum(b < a for a, b in zip(cpus[first], cpus[label], strict=True))
+            line += f", less than {first} in {less} of {len(values)}"
         print(line)
 
 
 def _show(round_: int, label: str, run: sync_throughput.Run) -> None:
     print(
-        f"  round {round_ + 1} {label}: {run.rate:>8,.0f} contacts/s ({run.seconds:.2f} s; "
-        f"CPU s: crmsync {run.crmsync_cpu:.1f}, sandbox {run.sandbox_cpu:.1f}, "
+        f"  round {round_ + 1} {label}: {run.rate:>8,.0f} contacts/s ({run.seconds:.2f} s, "
+        f"select {run.select_seconds:.2f} s; "
+        f"CPU s: crmsync {run.crmsync_cpu:.2f} (writer {run.writer_cpu:.2f}), "
+        f"sandbox {run.sandbox_cpu:.1f}, "
         f"PostgreSQL {run.database_cpu:.1f}; others used {run.others:.0%} of the CPUs)",
         flush=True,
     )

@@ -93,6 +93,8 @@ class Run:
     database_cpu: float  # PostgreSQL server processes of this database (0 for SQLite)
     requests: int
     others: float  # share of the machine's CPUs used by other work during the run
+    writer_cpu: float = 0.0  # of crmsync_cpu, its processes' children (SQLite writers)
+    select_seconds: float = 0.0  # the select request, until its answer
 
     @property
     def rate(self) -> float:
@@ -141,14 +143,17 @@ def run_crmsync(
         sb.reset()
         wait_quiet()
         # crmsync's own children (the SQLite writer processes) count as crmsync.
-        ours = [pid for p in processes for pid in (p.pid, *descendants(p.pid))]
+        children = [pid for p in processes for pid in descendants(p.pid)]
+        ours = [p.pid for p in processes] + children
         meter = CpuMeter()
         meter.start([*ours, sb.pid, os.getpid(), *postgres_backends(database)])
         label = f"{template.kind}-{workers}w-{'embedded' if embedded else 'processes'}"
         profiled = {p.name: p.pid for p in processes}
+        profiled.update({f"child-{pid}": pid for pid in children})
         with Profiler(args.py_spy, args.profile_dir, label, profiled):
             started = time.time()
             _, answer = api.select(["hubspot"], all=True)
+            selected = time.time()
             if answer["queued_count"] != args.contacts:
                 raise RuntimeError(f"unexpected selection answer: {answer}")
             asyncio.run(wait_drained(database, "hubspot", processes, args.timeout))
@@ -176,6 +181,8 @@ def run_crmsync(
         sum(cpu for pid, cpu in used.items() if pid in backends),
         hubspot["requests"],
         others_share(machine, sum(used.values()), wall),
+        writer_cpu=sum(used[pid] for pid in children),
+        select_seconds=selected - started,
     )
 
 

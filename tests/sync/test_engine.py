@@ -14,6 +14,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync.connectors.base import (
@@ -30,6 +31,7 @@ from crmsync.connectors.base import (
 from crmsync.enums import Crm
 from crmsync.settings import Settings
 from crmsync.sync import queue
+from crmsync.sync.lease import _renewal
 from crmsync.sync.state import Outcome, RowUpdate
 from crmsync.sync.tuning import process_tuning
 from crmsync.sync.worker import Worker
@@ -136,6 +138,36 @@ async def test_expired_lease_is_reclaimed_and_the_stale_write_refused(
     assert all(r["sync_status"] == "Complete" for r in (await states(engine)).values())
     messages = [e["message"] for e in await event_rows(engine)]
     assert sum(1 for m in messages if m and m.startswith(queue.NOT_APPLIED)) == 3
+
+
+async def test_renew_extends_only_the_leases_named_and_reads_no_whole_table(
+    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    ids = await add_contacts(client, 4)
+    await select_for(client, ids)
+    now = clock.now + dt.timedelta(minutes=1)
+    lease = now + dt.timedelta(seconds=30)
+    kept = await queue.claim(engine, HUB, 2, "w1", "tok-a", now, lease)
+    other = await queue.claim(engine, HUB, 2, "w2", "tok-b", now, lease)
+    later = lease + dt.timedelta(minutes=5)
+    assert await queue.renew(engine, {HUB: ["tok-a"], Crm.brevo: []}, later) == 2
+    assert await queue.renew(engine, {HUB: []}, later) == 0
+    rows = {r["id"]: r for r in (await states(engine)).values()}
+    assert all(rows[r.state_id]["lease_expires_at"] == later for r in kept)
+    assert all(rows[r.state_id]["next_attempt_at"] == later for r in kept)
+    assert all(rows[r.state_id]["lease_expires_at"] == lease for r in other)
+    if engine.dialect.name == "sqlite":
+        # Renewals run every few seconds while the write lock is held: through an index.
+        async with engine.connect() as conn:
+
+            def plan(sync_conn: Connection) -> list[str]:
+                stmt = _renewal("sqlite", ["hubspot"], ["tok-a"], later)
+                compiled = stmt.compile(sync_conn, compile_kwargs={"literal_binds": True})
+                found = sync_conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
+                return [str(row[-1]) for row in found]
+
+            steps = await conn.run_sync(plan)
+        assert steps and not any(step.startswith("SCAN") for step in steps), steps
 
 
 async def test_a_claim_takes_expired_leases_first_then_waiting_rows(

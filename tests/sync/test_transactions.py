@@ -30,7 +30,7 @@ def _bodies(dialect: str) -> list[Transaction[object]]:
         claim_work,
         careful,
         Transaction(record._record_and_claim, careful, claim_work),
-        Transaction(lease._renew_rows, ["tok"], NOW),
+        Transaction(lease._renew_rows, ["hubspot"], ["tok"], NOW),
         Transaction(lease._release_rows, Crm.hubspot, "tok", NOW, TIMING),
     ]
 

@@ -11,7 +11,8 @@ Every statement here is guarded like an outcome write (`record.py`): token and P
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.engine import Connection
@@ -29,20 +30,33 @@ __all__ = ["release", "renew"]
 s = crm_sync_state.c
 
 
-async def renew(engine: AsyncEngine, tokens: Sequence[str], until: dt.datetime) -> int:
-    """Extend the leases of batches still in flight (slow vendors, long imports)."""
-    if not tokens:
+async def renew(
+    engine: AsyncEngine, tokens: Mapping[Crm, Sequence[str]], until: dt.datetime
+) -> int:
+    """Extend the leases of batches still in flight (slow vendors, long imports), by CRM."""
+    crms = sorted(crm.value for crm, held in tokens.items() if held)
+    if not crms:
         return 0
-    return await writer_process.write(engine, Transaction(_renew_rows, list(tokens), until))
+    every = [token for held in tokens.values() for token in held]
+    return await writer_process.write(engine, Transaction(_renew_rows, crms, every, until))
 
 
-def _renew_rows(tokens: list[str], until: dt.datetime, conn: Connection) -> int:
-    stmt = (
-        update(crm_sync_state)
-        .where(s.lease_token.in_(tokens), s.sync_status == SyncStatus.Processing.value)
-        .values(lease_expires_at=until, next_attempt_at=until)
-    )
-    return int(conn.execute(stmt).rowcount)
+def _renew_rows(crms: list[str], tokens: list[str], until: dt.datetime, conn: Connection) -> int:
+    return int(conn.execute(_renewal(conn.dialect.name, crms, tokens, until)).rowcount)
+
+
+def _renewal(dialect: str, crms: list[str], tokens: list[str], until: dt.datetime) -> Any:
+    """The renewal of `tokens`' leases, which all belong to `crms`.
+
+    On SQLite the CRMs let it find the rows through `ix_crm_sync_state_queue` (crm, sync_status)
+    instead of reading the whole table while it holds the write lock. PostgreSQL finds them by
+    token (`ix_crm_sync_state_lease`); a (crm, Processing) range would also walk the entries the
+    claims before left dead there, which is why that index exists.
+    """
+    held = [s.sync_status == SyncStatus.Processing.value, s.lease_token.in_(tokens)]
+    if dialect == "sqlite":
+        held.insert(0, s.crm.in_(crms))
+    return update(crm_sync_state).where(*held).values(lease_expires_at=until, next_attempt_at=until)
 
 
 async def release(

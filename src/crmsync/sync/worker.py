@@ -245,7 +245,7 @@ class Worker:
                 )
                 async with self.engine.begin() as conn:
                     await heartbeat.beat(conn, self.id, now, last, self.rows_done)
-                tokens = [t for r in self.runners.values() for t in r.in_flight]
+                tokens = {crm: list(r.in_flight) for crm, r in self.runners.items()}
                 until = now + dt.timedelta(seconds=self.settings.lease_seconds)
                 await queue.renew(self.engine, tokens, until)
                 self.beat_at = time.monotonic()
