@@ -22,7 +22,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, literal, select, update
+from sqlalchemy import ColumnElement, any_, case, func, literal, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
@@ -60,19 +60,26 @@ def _held(now: Any) -> Any:
 
 async def select_contacts(
     conn: AsyncConnection,
-    crm: Crm,
+    crms: Crm | Sequence[Crm],
     contact_where: ColumnElement[bool],
     now: dt.datetime,
     *,
     force: bool = False,
 ) -> int:
-    """Queue every matching contact for `crm`; returns the number of rows queued.
+    """Queue every matching contact for each of `crms`; returns the number of rows queued.
 
     Re-selecting resets the attempt budget (the customer's shared counter never reset). With
     `force`, the stored payload hash is forgotten so the contact is pushed even if unchanged.
+    The existing rows of every CRM are locked first, in one statement (`lock_rows_of`); then
+    one statement per CRM, in `Crm` order.
     """
+    crms = _sorted(crms)
     on_conflict = {"synced_hash": None} if force else {}
-    return await _upsert_states(conn, crm, contact_where, queued(now), on_conflict)
+    await lock_rows_of(conn, crms, contact_where)
+    count = 0
+    for crm in crms:
+        count += await _upsert_states(conn, crm, contact_where, queued(now), on_conflict)
+    return count
 
 
 async def _upsert_states(
@@ -82,7 +89,11 @@ async def _upsert_states(
     values: dict[str, Any],
     also_on_conflict: dict[str, Any],
 ) -> int:
-    """Create or overwrite the (contact, crm) rows of every matching contact in one statement."""
+    """Create or overwrite the (contact, crm) rows of every matching contact in one statement.
+
+    The caller has locked the existing rows (`lock_rows_of`); new ones are inserted in the
+    contacts' order (two inserts of the same new row wait on its index entry).
+    """
     source = select(
         contacts.c.id,
         contacts.c.created_at,
@@ -90,10 +101,6 @@ async def _upsert_states(
         *(literal(v, type_=crm_sync_state.c[k].type) for k, v in values.items()),
     ).where(contact_where)
     if conn.dialect.name == "postgresql":
-        # The rows that exist are locked first, in the global order; new ones are inserted in
-        # the contacts' order (two inserts of the same new row wait on its index entry).
-        matching = select(contacts.c.id).where(contact_where)
-        await _lock(conn, [s.crm == crm.value, s.contact_id.in_(matching)])
         source = source.order_by(contacts.c.id)
     insert = upsert_insert(conn, crm_sync_state).from_select(
         ["contact_id", "contact_created_at", "crm", *values.keys()], source
@@ -107,25 +114,32 @@ async def _upsert_states(
 
 
 async def unselect_contacts(
-    conn: AsyncConnection, crm: Crm, contact_where: ColumnElement[bool], now: dt.datetime
+    conn: AsyncConnection,
+    crms: Crm | Sequence[Crm],
+    contact_where: ColumnElement[bool],
+    now: dt.datetime,
 ) -> int:
-    """Back to New: not queued, no error. The external id and payload hash are kept."""
-    where = [s.crm == crm.value, s.contact_id.in_(select(contacts.c.id).where(contact_where))]
-    await _lock(conn, where)
-    stmt = (
-        update(crm_sync_state)
-        .where(*where)
-        .values(
-            sync_status=SyncStatus.New.value,
-            processing_status=None,
-            processing_error=None,
-            next_attempt_at=None,
-            **NO_LEASE,
-            updated_at=now,
+    """Back to New for each of `crms`: not queued, no error. The external id and payload hash
+    are kept. Rows locked first as in `select_contacts`."""
+    crms = _sorted(crms)
+    await lock_rows_of(conn, crms, contact_where)
+    count = 0
+    for crm in crms:
+        where = [s.crm == crm.value, s.contact_id.in_(select(contacts.c.id).where(contact_where))]
+        stmt = (
+            update(crm_sync_state)
+            .where(*where)
+            .values(
+                sync_status=SyncStatus.New.value,
+                processing_status=None,
+                processing_error=None,
+                next_attempt_at=None,
+                **NO_LEASE,
+                updated_at=now,
+            )
         )
-    )
-    result = await conn.execute(stmt)
-    return int(result.rowcount)
+        count += int((await conn.execute(stmt)).rowcount)
+    return count
 
 
 async def requeue_after_edit(
@@ -157,6 +171,7 @@ async def skip_contacts(
         **NO_LEASE,
         "updated_at": now,
     }
+    await lock_rows_of(conn, [crm], contact_where)
     return await _upsert_states(conn, crm, contact_where, values, {})
 
 
@@ -244,6 +259,39 @@ async def release_held(
     return int((await conn.execute(stmt)).rowcount)
 
 
+def _sorted(crms: Crm | Sequence[Crm]) -> list[Crm]:
+    return [crms] if isinstance(crms, Crm) else sorted(crms)
+
+
 async def _lock(conn: AsyncConnection, where: Sequence[ColumnElement[bool]]) -> None:
     """Lock the state rows an UPDATE is about to write, in the global order (PostgreSQL)."""
     await lock_in_order(conn, crm_sync_state, where, [s.id])
+
+
+async def lock_rows_of(
+    conn: AsyncConnection, crms: Sequence[Crm], contact_where: ColumnElement[bool]
+) -> None:
+    """Lock the existing rows of `crms` of the contacts matching `contact_where`, all in one
+    statement and in the global order (PostgreSQL).
+
+    The rows are found contact by contact, one lookup of the (contact_id, crm) unique index per
+    contact for every CRM at once, so the cost follows the number of matching contacts, not the
+    size of the table. Joined the plain way, the planner hashed every row of the CRM to find
+    those of a few thousand contacts, CRM by CRM and once per range of a filtered action: a
+    cost that grows with the table, paid even when none of the contacts has a row yet (a first
+    selection). OFFSET keeps the per-contact lookup from being flattened back into that join
+    (and the CRM condition out of it: one index descent per contact, not one per CRM); the ids
+    are collected first (`array(...)`), then locked through the primary key in its order.
+    """
+    if conn.dialect.name != "postgresql" or not crms:
+        return
+    found = crm_sync_state.alias("found")
+    per_contact = (
+        select(found.c.id, found.c.crm)
+        .where(found.c.contact_id == contacts.c.id)
+        .offset(0)
+        .lateral()
+    )
+    ids = select(per_contact.c.id).select_from(contacts.join(per_contact, true()))
+    ids = ids.where(contact_where, per_contact.c.crm.in_([crm.value for crm in crms]))
+    await _lock(conn, [s.id == any_(func.array(ids.scalar_subquery()))])
