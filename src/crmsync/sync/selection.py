@@ -7,8 +7,10 @@ its rows in one global order, the state rows' primary key, so that writes over o
 sets queue instead of deadlocking: every statement here first locks the existing rows it will
 write in that order (`sqlutil.lock_in_order`). It is the order in which the worker's outcome
 write locks its rows (`sync/record.py`'s owned-rows read, an index scan of the primary key), so
-a person's action and a worker's outcome queue too. Callers acting on several CRMs go through
-them in `Crm` order.
+a person's action and a worker's outcome queue too. Selecting and unselecting take every CRM
+of the action at once: the rows of all of them are locked in one statement (`lock_rows_of`),
+then written CRM by CRM in `Crm` order; other callers acting on several CRMs go through them in
+`Crm` order.
 
 Each also voids any lease on the rows it touches: a person's newer action wins over a result
 still in flight, whose late write is then refused by the lease guard (see `sync/record.py`).
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, any_, case, func, literal, select, true, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
@@ -75,10 +78,31 @@ async def select_contacts(
     """
     crms = _sorted(crms)
     on_conflict = {"synced_hash": None} if force else {}
-    await lock_rows_of(conn, crms, contact_where)
+    existing = await lock_rows_of(conn, crms, contact_where)
+    if existing == 0:
+        # None of these rows existed when locked (a first selection): a plain INSERT costs
+        # less than INSERT ... ON CONFLICT, whose speculative insertion takes and releases a
+        # lock and confirms the heap tuple for every row (bench/README.md, issue 24). Should
+        # another transaction insert some of them meanwhile, a plain INSERT fails on the
+        # unique index: the savepoint is rolled back and the rows are upserted as usual.
+        try:
+            async with conn.begin_nested():
+                return await _write_states(conn, crms, contact_where, queued(now), None)
+        except IntegrityError:
+            pass
+    return await _write_states(conn, crms, contact_where, queued(now), on_conflict)
+
+
+async def _write_states(
+    conn: AsyncConnection,
+    crms: Sequence[Crm],
+    contact_where: ColumnElement[bool],
+    values: dict[str, Any],
+    also_on_conflict: dict[str, Any] | None,
+) -> int:
     count = 0
     for crm in crms:
-        count += await _upsert_states(conn, crm, contact_where, queued(now), on_conflict)
+        count += await _upsert_states(conn, crm, contact_where, values, also_on_conflict)
     return count
 
 
@@ -87,9 +111,10 @@ async def _upsert_states(
     crm: Crm,
     contact_where: ColumnElement[bool],
     values: dict[str, Any],
-    also_on_conflict: dict[str, Any],
+    also_on_conflict: dict[str, Any] | None,
 ) -> int:
-    """Create or overwrite the (contact, crm) rows of every matching contact in one statement.
+    """Create or overwrite the (contact, crm) rows of every matching contact in one statement;
+    with `also_on_conflict` None, only create them (a plain INSERT).
 
     The caller has locked the existing rows (`lock_rows_of`); new ones are inserted in the
     contacts' order (two inserts of the same new row wait on its index entry).
@@ -105,6 +130,8 @@ async def _upsert_states(
     insert = upsert_insert(conn, crm_sync_state).from_select(
         ["contact_id", "contact_created_at", "crm", *values.keys()], source
     )
+    if also_on_conflict is None:
+        return int((await conn.execute(insert)).rowcount)
     set_ = {k: insert.excluded[k] for k in values} | also_on_conflict
     if "next_attempt_at" in values:
         set_["next_attempt_at"] = _held(insert.excluded.next_attempt_at)
@@ -263,14 +290,15 @@ def _sorted(crms: Crm | Sequence[Crm]) -> list[Crm]:
     return [crms] if isinstance(crms, Crm) else sorted(crms)
 
 
-async def _lock(conn: AsyncConnection, where: Sequence[ColumnElement[bool]]) -> None:
-    """Lock the state rows an UPDATE is about to write, in the global order (PostgreSQL)."""
-    await lock_in_order(conn, crm_sync_state, where, [s.id])
+async def _lock(conn: AsyncConnection, where: Sequence[ColumnElement[bool]]) -> int | None:
+    """Lock the state rows an UPDATE is about to write, in the global order (PostgreSQL); how
+    many (None on SQLite)."""
+    return await lock_in_order(conn, crm_sync_state, where, [s.id])
 
 
 async def lock_rows_of(
     conn: AsyncConnection, crms: Sequence[Crm], contact_where: ColumnElement[bool]
-) -> None:
+) -> int | None:
     """Lock the existing rows of `crms` of the contacts matching `contact_where`, all in one
     statement and in the global order (PostgreSQL).
 
@@ -284,7 +312,7 @@ async def lock_rows_of(
     are collected first (`array(...)`), then locked through the primary key in its order.
     """
     if conn.dialect.name != "postgresql" or not crms:
-        return
+        return None
     found = crm_sync_state.alias("found")
     per_contact = (
         select(found.c.id, found.c.crm)
@@ -294,4 +322,4 @@ async def lock_rows_of(
     )
     ids = select(per_contact.c.id).select_from(contacts.join(per_contact, true()))
     ids = ids.where(contact_where, per_contact.c.crm.in_([crm.value for crm in crms]))
-    await _lock(conn, [s.id == any_(func.array(ids.scalar_subquery()))])
+    return await _lock(conn, [s.id == any_(func.array(ids.scalar_subquery()))])
