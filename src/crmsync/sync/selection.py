@@ -300,7 +300,7 @@ async def lock_rows_of(
     conn: AsyncConnection, crms: Sequence[Crm], contact_where: ColumnElement[bool]
 ) -> int | None:
     """Lock the existing rows of `crms` of the contacts matching `contact_where`, all in one
-    statement and in the global order (PostgreSQL).
+    statement and in the global order (PostgreSQL); how many there were (None on SQLite).
 
     The rows are found contact by contact, one lookup of the (contact_id, crm) unique index per
     contact for every CRM at once, so the cost follows the number of matching contacts, not the
