@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import shutil
 import sqlite3
 import time
@@ -37,14 +38,24 @@ Statement = tuple[str, Any]
 CACHE_KIB = (8 * 1024, 32 * 1024, 128 * 1024)
 
 
-async def capture_selection(database: Database) -> tuple[float, list[Statement]]:
-    """Select the CORPORATE half for all four CRMs through the service; its seconds and SQL."""
+async def capture_selection(database: Database) -> tuple[float, list[Statement], str]:
+    """Select the CORPORATE half for all four CRMs through the service; its seconds, its SQL and
+    the seconds each kind of statement took in that run (as planned there, with the state
+    table's statistics of before the selection)."""
     engine = database.engine()
     captured: list[Statement] = []
+    spent: dict[str, list[float]] = {}
+    started_at: list[float] = []
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
         captured.append((statement, parameters))
+        started_at.append(time.perf_counter())
+
+    @event.listens_for(engine.sync_engine, "after_cursor_execute")
+    def _timed(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        kind = _kind(" ".join(statement.split()))
+        spent.setdefault(kind, []).append(time.perf_counter() - started_at.pop())
 
     service = ContactService(engine, Settings(database_url=database.url))
     try:
@@ -55,31 +66,85 @@ async def capture_selection(database: Database) -> tuple[float, list[Statement]]
         seconds = time.perf_counter() - started
     finally:
         await engine.dispose()
-    return seconds, [
-        s for s in captured if not s[0].lstrip().upper().startswith(("BEGIN", "PRAGMA"))
-    ]
+    lines = ["seconds per kind of statement in that run (client side, summed over the ranges):"]
+    lines += [f"{sum(t):7.3f} s  {len(t):>4} x  {kind}" for kind, t in spent.items()]
+    statements = [s for s in captured if not s[0].lstrip().upper().startswith(("BEGIN", "PRAGMA"))]
+    return seconds, statements, "\n".join(lines)
 
 
 async def explain_postgres(database: Database, statements: list[Statement]) -> str:
+    """`EXPLAIN (ANALYZE, BUFFERS)` of each captured statement, in a transaction rolled back.
+
+    The filtered selection runs in ranges of contacts (`ContactService._in_chunks`), so the
+    same statements come once per range: the plans of the first range are shown whole, then the
+    seconds per kind of statement summed over every range, with the triggers' share. Statements
+    EXPLAIN cannot take (ANALYZE, the advisory lock and statistics reads that follow the commit)
+    are timed plainly.
+    """
     engine = database.engine()
-    out = []
+    out: list[str] = []
+    totals: dict[str, list[float]] = {}
+    triggers: dict[str, float] = {}
     try:
         async with engine.connect() as conn:
             # Undo the captured run first, so each replayed insert starts from no rows.
             await conn.exec_driver_sql("DELETE FROM crm_sync_state")
             await conn.commit()
+            shown: set[str] = set()
             for statement, parameters in statements:
-                if "NOTIFY" in statement.upper() or "pg_notify" in statement:
+                flat = " ".join(statement.split())
+                kind = _kind(flat)
+                if kind == "notify":
+                    continue
+                if kind in ("analyze", "other"):
+                    started = time.perf_counter()
+                    await conn.exec_driver_sql(statement, parameters)
+                    totals.setdefault(kind, []).append(time.perf_counter() - started)
                     continue
                 result = await conn.exec_driver_sql(
                     "EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters
                 )
-                plan = "\n".join(row[0] for row in result)
-                out.append(f"-- {' '.join(statement.split())[:300]}\n{plan}")
+                plan = [row[0] for row in result]
+                ms = float(re.findall(r"Execution Time: ([0-9.]+) ms", "\n".join(plan))[0])
+                totals.setdefault(kind, []).append(ms / 1000)
+                for line in plan:
+                    if found := re.match(r"Trigger (.+?): time=([0-9.]+)", line.strip()):
+                        name = f"{kind}: {found.group(1)}"
+                        triggers[name] = triggers.get(name, 0.0) + float(found.group(2)) / 1000
+                if kind not in shown:
+                    shown.add(kind)
+                    out.append(f"-- {flat[:400]}\n" + "\n".join(plan))
             await conn.rollback()
     finally:
         await engine.dispose()
-    return "\n\n".join(out)
+    summary = ["seconds per kind of statement, summed over the ranges:"]
+    for kind, seconds in totals.items():
+        summary.append(f"{sum(seconds):7.3f} s  {len(seconds):>4} x  {kind}")
+    for name, seconds in triggers.items():
+        summary.append(f"{seconds:7.3f} s  trigger {name}")
+    return "\n\n".join(out) + "\n\n" + "\n".join(summary)
+
+
+def _kind(flat: str) -> str:
+    """A short name for a captured statement, to sum its kind's time over the ranges."""
+    upper = flat.upper()
+    if "PG_NOTIFY" in upper or upper.startswith("NOTIFY"):
+        return "notify"
+    if upper.startswith("ANALYZE"):
+        return "analyze"
+    if upper.startswith("INSERT INTO CRM_SYNC_STATE"):
+        return "insert state rows"
+    if upper.startswith("UPDATE CRM_SYNC_STATE"):
+        return "update state rows"
+    if "FOR UPDATE" in upper:
+        return "lock_in_order"
+    if upper.startswith("SELECT COUNT(*)") and "FROM CONTACTS" in upper:
+        return "count contacts"
+    if upper.startswith("SELECT CONTACTS.ID") and "OFFSET" in upper:
+        return "range end"
+    if upper.startswith(("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")) and "PG_" not in upper:
+        return flat[:60]
+    return "other"
 
 
 def time_sqlite(path: Path, statements: list[Statement], cache_kib: int | None = None) -> list[str]:
@@ -162,8 +227,9 @@ def main() -> None:
     with Databases(args.pg_url) as databases:
         for kind in args.db or ["sqlite", "postgresql"]:
             database, _ = prepared_database(databases, kind, args.total, "diag")
-            seconds, statements = asyncio.run(capture_selection(database))
+            seconds, statements, spent = asyncio.run(capture_selection(database))
             print(f"\n== {database.label}: service select_filtered in-process: {seconds:.2f} s")
+            print(spent)
             if kind == "postgresql":
                 print(asyncio.run(explain_postgres(database, statements)))
             else:

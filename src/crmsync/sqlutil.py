@@ -39,7 +39,7 @@ async def lock_in_order(
     table: Table,
     where: Sequence[ColumnElement[bool]],
     order_by: Sequence[ColumnElement[Any]],
-) -> None:
+) -> int | None:
     """PostgreSQL: lock the rows of `table` matching `where` (`FOR UPDATE`), in `order_by` order.
 
     A multi-row UPDATE locks its rows in whatever order its plan reads them, so two transactions
@@ -47,12 +47,14 @@ async def lock_in_order(
     PostgreSQL breaks by failing one of them). Taking the locks first, all in one global order
     (the primary key), makes such writers queue instead: the one that locked the first shared row
     goes on, the other waits for it. One statement that answers a single count, so the rows are
-    not sent to the client. SQLite has one writer at a time: nothing to do there.
+    not sent to the client; it is returned. SQLite has one writer at a time: nothing to do
+    there, and None is returned.
     """
     if conn.dialect.name != "postgresql":
-        return
+        return None
     rows = select(literal(1)).select_from(table).where(*where).order_by(*order_by)
-    await conn.execute(select(func.count()).select_from(rows.with_for_update().subquery()))
+    stmt = select(func.count()).select_from(rows.with_for_update().subquery())
+    return int((await conn.execute(stmt)).scalar_one())
 
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:

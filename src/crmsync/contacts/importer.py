@@ -200,8 +200,7 @@ async def _write(
                 done = await upsert_by_email(conn, chunk.rows, now, resync_on_change=resync)
                 if options.select:
                     ids = repo.by_ids(list(done.ids.values()))
-                    for crm in sorted(options.select):  # one global order (`sync.selection`)
-                        queued += await selection.select_contacts(conn, crm, ids, now)
+                    queued = await selection.select_contacts(conn, options.select, ids, now)
                     await wakeup.announce(conn, options.select)
             return done, queued
 

@@ -449,17 +449,14 @@ class ContactService:
     ) -> tuple[int, int]:
         """Select or unselect the matching contacts in this transaction: (matched, queued)."""
         now = self.clock()
-        queued = 0
         matched = await repo.count(conn, [where])
         if matched == 0:
             return 0, 0
-        for crm in sorted(crms):  # in one global order (see `sync.selection`)
-            if action == "select":
-                queued += await selection.select_contacts(conn, crm, where, now, force=force)
-            else:
-                await selection.unselect_contacts(conn, crm, where, now)
-        if action == "select":
-            await wakeup.announce(conn, crms)
+        if action != "select":
+            await selection.unselect_contacts(conn, crms, where, now)
+            return matched, 0
+        queued = await selection.select_contacts(conn, crms, where, now, force=force)
+        await wakeup.announce(conn, crms)
         return matched, queued
 
     def _selection_response(

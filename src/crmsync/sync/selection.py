@@ -7,8 +7,10 @@ its rows in one global order, the state rows' primary key, so that writes over o
 sets queue instead of deadlocking: every statement here first locks the existing rows it will
 write in that order (`sqlutil.lock_in_order`). It is the order in which the worker's outcome
 write locks its rows (`sync/record.py`'s owned-rows read, an index scan of the primary key), so
-a person's action and a worker's outcome queue too. Callers acting on several CRMs go through
-them in `Crm` order.
+a person's action and a worker's outcome queue too. Selecting and unselecting take every CRM
+of the action at once: the rows of all of them are locked in one statement (`lock_rows_of`),
+then written CRM by CRM in `Crm` order; other callers acting on several CRMs go through them in
+`Crm` order.
 
 Each also voids any lease on the rows it touches: a person's newer action wins over a result
 still in flight, whose late write is then refused by the lease guard (see `sync/record.py`).
@@ -22,7 +24,8 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, literal, select, update
+from sqlalchemy import ColumnElement, any_, case, func, literal, select, true, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
@@ -60,19 +63,47 @@ def _held(now: Any) -> Any:
 
 async def select_contacts(
     conn: AsyncConnection,
-    crm: Crm,
+    crms: Crm | Sequence[Crm],
     contact_where: ColumnElement[bool],
     now: dt.datetime,
     *,
     force: bool = False,
 ) -> int:
-    """Queue every matching contact for `crm`; returns the number of rows queued.
+    """Queue every matching contact for each of `crms`; returns the number of rows queued.
 
     Re-selecting resets the attempt budget (the customer's shared counter never reset). With
     `force`, the stored payload hash is forgotten so the contact is pushed even if unchanged.
+    The existing rows of every CRM are locked first, in one statement (`lock_rows_of`); then
+    one statement per CRM, in `Crm` order.
     """
+    crms = _sorted(crms)
     on_conflict = {"synced_hash": None} if force else {}
-    return await _upsert_states(conn, crm, contact_where, queued(now), on_conflict)
+    existing = await lock_rows_of(conn, crms, contact_where)
+    if existing == 0:
+        # None of these rows existed when locked (a first selection): a plain INSERT costs
+        # less than INSERT ... ON CONFLICT, whose speculative insertion takes and releases a
+        # lock and confirms the heap tuple for every row (bench/README.md, issue 24). Should
+        # another transaction insert some of them meanwhile, a plain INSERT fails on the
+        # unique index: the savepoint is rolled back and the rows are upserted as usual.
+        try:
+            async with conn.begin_nested():
+                return await _write_states(conn, crms, contact_where, queued(now), None)
+        except IntegrityError:
+            pass
+    return await _write_states(conn, crms, contact_where, queued(now), on_conflict)
+
+
+async def _write_states(
+    conn: AsyncConnection,
+    crms: Sequence[Crm],
+    contact_where: ColumnElement[bool],
+    values: dict[str, Any],
+    also_on_conflict: dict[str, Any] | None,
+) -> int:
+    count = 0
+    for crm in crms:
+        count += await _upsert_states(conn, crm, contact_where, values, also_on_conflict)
+    return count
 
 
 async def _upsert_states(
@@ -80,9 +111,14 @@ async def _upsert_states(
     crm: Crm,
     contact_where: ColumnElement[bool],
     values: dict[str, Any],
-    also_on_conflict: dict[str, Any],
+    also_on_conflict: dict[str, Any] | None,
 ) -> int:
-    """Create or overwrite the (contact, crm) rows of every matching contact in one statement."""
+    """Create or overwrite the (contact, crm) rows of every matching contact in one statement;
+    with `also_on_conflict` None, only create them (a plain INSERT).
+
+    The caller has locked the existing rows (`lock_rows_of`); new ones are inserted in the
+    contacts' order (two inserts of the same new row wait on its index entry).
+    """
     source = select(
         contacts.c.id,
         contacts.c.created_at,
@@ -90,14 +126,12 @@ async def _upsert_states(
         *(literal(v, type_=crm_sync_state.c[k].type) for k, v in values.items()),
     ).where(contact_where)
     if conn.dialect.name == "postgresql":
-        # The rows that exist are locked first, in the global order; new ones are inserted in
-        # the contacts' order (two inserts of the same new row wait on its index entry).
-        matching = select(contacts.c.id).where(contact_where)
-        await _lock(conn, [s.crm == crm.value, s.contact_id.in_(matching)])
         source = source.order_by(contacts.c.id)
     insert = upsert_insert(conn, crm_sync_state).from_select(
         ["contact_id", "contact_created_at", "crm", *values.keys()], source
     )
+    if also_on_conflict is None:
+        return int((await conn.execute(insert)).rowcount)
     set_ = {k: insert.excluded[k] for k in values} | also_on_conflict
     if "next_attempt_at" in values:
         set_["next_attempt_at"] = _held(insert.excluded.next_attempt_at)
@@ -107,25 +141,32 @@ async def _upsert_states(
 
 
 async def unselect_contacts(
-    conn: AsyncConnection, crm: Crm, contact_where: ColumnElement[bool], now: dt.datetime
+    conn: AsyncConnection,
+    crms: Crm | Sequence[Crm],
+    contact_where: ColumnElement[bool],
+    now: dt.datetime,
 ) -> int:
-    """Back to New: not queued, no error. The external id and payload hash are kept."""
-    where = [s.crm == crm.value, s.contact_id.in_(select(contacts.c.id).where(contact_where))]
-    await _lock(conn, where)
-    stmt = (
-        update(crm_sync_state)
-        .where(*where)
-        .values(
-            sync_status=SyncStatus.New.value,
-            processing_status=None,
-            processing_error=None,
-            next_attempt_at=None,
-            **NO_LEASE,
-            updated_at=now,
+    """Back to New for each of `crms`: not queued, no error. The external id and payload hash
+    are kept. Rows locked first as in `select_contacts`."""
+    crms = _sorted(crms)
+    await lock_rows_of(conn, crms, contact_where)
+    count = 0
+    for crm in crms:
+        where = [s.crm == crm.value, s.contact_id.in_(select(contacts.c.id).where(contact_where))]
+        stmt = (
+            update(crm_sync_state)
+            .where(*where)
+            .values(
+                sync_status=SyncStatus.New.value,
+                processing_status=None,
+                processing_error=None,
+                next_attempt_at=None,
+                **NO_LEASE,
+                updated_at=now,
+            )
         )
-    )
-    result = await conn.execute(stmt)
-    return int(result.rowcount)
+        count += int((await conn.execute(stmt)).rowcount)
+    return count
 
 
 async def requeue_after_edit(
@@ -157,6 +198,7 @@ async def skip_contacts(
         **NO_LEASE,
         "updated_at": now,
     }
+    await lock_rows_of(conn, [crm], contact_where)
     return await _upsert_states(conn, crm, contact_where, values, {})
 
 
@@ -244,6 +286,40 @@ async def release_held(
     return int((await conn.execute(stmt)).rowcount)
 
 
-async def _lock(conn: AsyncConnection, where: Sequence[ColumnElement[bool]]) -> None:
-    """Lock the state rows an UPDATE is about to write, in the global order (PostgreSQL)."""
-    await lock_in_order(conn, crm_sync_state, where, [s.id])
+def _sorted(crms: Crm | Sequence[Crm]) -> list[Crm]:
+    return [crms] if isinstance(crms, Crm) else sorted(crms)
+
+
+async def _lock(conn: AsyncConnection, where: Sequence[ColumnElement[bool]]) -> int | None:
+    """Lock the state rows an UPDATE is about to write, in the global order (PostgreSQL); how
+    many (None on SQLite)."""
+    return await lock_in_order(conn, crm_sync_state, where, [s.id])
+
+
+async def lock_rows_of(
+    conn: AsyncConnection, crms: Sequence[Crm], contact_where: ColumnElement[bool]
+) -> int | None:
+    """Lock the existing rows of `crms` of the contacts matching `contact_where`, all in one
+    statement and in the global order (PostgreSQL); how many there were (None on SQLite).
+
+    The rows are found contact by contact, one lookup of the (contact_id, crm) unique index per
+    contact for every CRM at once, so the cost follows the number of matching contacts, not the
+    size of the table. Joined the plain way, the planner hashed every row of the CRM to find
+    those of a few thousand contacts, CRM by CRM and once per range of a filtered action: a
+    cost that grows with the table, paid even when none of the contacts has a row yet (a first
+    selection). OFFSET keeps the per-contact lookup from being flattened back into that join
+    (and the CRM condition out of it: one index descent per contact, not one per CRM); the ids
+    are collected first (`array(...)`), then locked through the primary key in its order.
+    """
+    if conn.dialect.name != "postgresql" or not crms:
+        return None
+    found = crm_sync_state.alias("found")
+    per_contact = (
+        select(found.c.id, found.c.crm)
+        .where(found.c.contact_id == contacts.c.id)
+        .offset(0)
+        .lateral()
+    )
+    ids = select(per_contact.c.id).select_from(contacts.join(per_contact, true()))
+    ids = ids.where(contact_where, per_contact.c.crm.in_([crm.value for crm in crms]))
+    return await _lock(conn, [s.id == any_(func.array(ids.scalar_subquery()))])
