@@ -152,9 +152,9 @@ class ArrayRows:
     a plain bound parameter.
     """
 
-    def __init__(self, columns: Sequence[tuple[str, Any]], prefix: str = "_rows_") -> None:
+    def __init__(self, columns: Sequence[tuple[str, Any]]) -> None:
         self.per_row = tuple(name for name, _ in columns)
-        self.params = tuple(f"{prefix}{name}" for name in self.per_row)
+        self.params = tuple(f"_rows_{name}" for name in self.per_row)
         arrays = (
             bindparam(param, type_=postgresql.ARRAY(type_))
             for param, (_, type_) in zip(self.params, columns, strict=True)

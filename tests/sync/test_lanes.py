@@ -100,31 +100,6 @@ async def test_record_then_claim_refuses_a_lost_row_and_still_claims(
     assert all(rows[c.contact_id].lease_token == "tok-b" for c in second)
 
 
-async def test_record_then_claim_never_takes_back_the_batch_it_records(
-    client: httpx.AsyncClient, engine: AsyncEngine
-) -> None:
-    """A slow vendor let the batch's lease run out, and no one reclaimed it meanwhile: its
-    outcome still applies, and the claim in the same step takes other rows, not these again
-    (on PostgreSQL both are one statement, which sees the rows still Processing and expired):
-    a full batch of the others."""
-    ids = await add_contacts(client, 6)
-    assert (await client.put(SELECT, json={"contact_ids": ids, "crms": ["hubspot"]})).is_success
-    clock = FrozenClock()
-    first = await queue.claim(engine, HUB, 2, "w1", "tok-a", clock.now, clock.later(1))
-    clock.advance(60)
-    timing = queue.Timing("w1", clock.now, 5)
-    recorded, second = await queue.record_then_claim(
-        engine, HUB, "tok-a", ok(first), clock.now, timing, next_claim(clock, "tok-b", limit=4)
-    )
-    assert recorded.applied == 2 and recorded.lost == []
-    assert len(second) == 4
-    assert {c.contact_id for c in second}.isdisjoint(c.contact_id for c in first)
-    rows = await rows_by_contact(engine)
-    for c in first:
-        assert rows[c.contact_id].sync_status == "Complete"
-        assert rows[c.contact_id].lease_token is None
-
-
 async def test_a_lane_claims_its_next_batch_while_batches_come_full(
     client: httpx.AsyncClient,
     engine: AsyncEngine,

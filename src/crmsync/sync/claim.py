@@ -30,16 +30,7 @@ from crmsync.sqlutil import Compiled, DriverValues, uuid_from_hex
 from crmsync.sync.state import Claimed
 from crmsync.tables import WAITING_STATUSES, contacts, crm_sync_state
 
-__all__ = [
-    "DIALECTS",
-    "PostgreSQL",
-    "RawClaim",
-    "SQLite",
-    "claim",
-    "claim_work",
-    "from_postgresql",
-    "pg_claim",
-]
+__all__ = ["DIALECTS", "PostgreSQL", "RawClaim", "SQLite", "claim", "claim_work"]
 
 s = crm_sync_state.c
 # Literal values, not bound parameters: only then can SQLite and PostgreSQL (generic plans of
@@ -139,35 +130,21 @@ def claim_work(
     return Transaction(DIALECTS[dialect].claim_rows, crm, limit, owner, token, now, lease_until)
 
 
-def _pg_locked(due: Any, name: str) -> Any:
-    # SKIP LOCKED lets concurrent workers on any host take disjoint rows without waiting;
-    # MATERIALIZED computes the locked id list once, never again per row.
-    return (
-        due.with_for_update(skip_locked=True, key_share=True).cte(name).prefix_with("MATERIALIZED")
+def _pg_claim(due: Any) -> Any:
+    # PostgreSQL, one statement: SKIP LOCKED lets concurrent workers on any host take disjoint
+    # rows without waiting; MATERIALIZED computes the locked id list once, never again per row.
+    locked = (
+        due.with_for_update(skip_locked=True, key_share=True).cte("due").prefix_with("MATERIALIZED")
     )
-
-
-def pg_claim(*, but_token: bool = False) -> Any:
-    """PostgreSQL, both kinds in one statement (one round trip): the expired leases, then as
-    many waiting rows as the limit leaves (`LIMIT :limit - (SELECT count(*) FROM expired)`).
-
-    `but_token`: never an expired lease under `:_token`, the batch whose outcome the same
-    statement records (`chain.py`), which a slow vendor may have let run out.
-    """
-    expired_due = _EXPIRED.where(s.lease_token != bindparam("_token")) if but_token else _EXPIRED
-    expired = _pg_locked(expired_due, "expired")
-    left: Any = bindparam("limit") - select(func.count()).select_from(expired).scalar_subquery()
-    waiting = _pg_locked(_WAITING_DUE.limit(left), "waiting")
-    due = select(expired.c.id).union_all(select(waiting.c.id)).subquery("due")
     return (
         update(crm_sync_state)
-        .where(s.id == due.c.id, contacts.c.id == s.contact_id)
+        .where(s.id == locked.c.id, contacts.c.id == s.contact_id)
         .values(_CLAIM_VALUES)
         .returning(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
     )
 
 
-_PG_CLAIM = pg_claim()
+_PG_CLAIMS = (_pg_claim(_EXPIRED), _pg_claim(_WAITING_DUE))
 
 
 # SQLite: BEGIN IMMEDIATE already made the transaction the only writer, so reading the due rows
@@ -218,7 +195,11 @@ class PostgreSQL:
             "token": token,
             "until": lease_until,
         }
-        typed = conn.execute(_PG_CLAIM, {**params, "limit": limit}).all()
+        typed: list[Any] = []
+        for statement in _PG_CLAIMS:
+            typed += conn.execute(statement, {**params, "limit": limit - len(typed)}).all()
+            if len(typed) >= limit:
+                break
         return RawClaim(typed, from_postgresql)
 
 

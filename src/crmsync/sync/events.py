@@ -22,17 +22,7 @@ from crmsync.sqlutil import ArrayRows, ArrayWrite, DriverValues, JsonRows, JsonW
 from crmsync.sync.state import Outcome, RowUpdate
 from crmsync.tables import sync_events
 
-__all__ = [
-    "NOT_APPLIED",
-    "PG_PARAMS",
-    "Timing",
-    "event_rows",
-    "history",
-    "insert_events",
-    "pg_arrays",
-    "pg_insert",
-    "prune",
-]
+__all__ = ["NOT_APPLIED", "Timing", "history", "insert_events", "prune"]
 
 e = sync_events.c
 NOT_APPLIED = "[not applied: the row changed while this attempt was in flight] "
@@ -85,23 +75,6 @@ def _insert_events_from(rows: JsonRows | ArrayRows) -> Any:
     )
 
 
-def pg_insert() -> Any:
-    """PostgreSQL's history INSERT of a batch, its parameters `PG_PARAMS` (`chain.py`)."""
-    return _insert_events_from(_EVENT_ARRAYS)
-
-
-PG_PARAMS = (*_EVENT_ARRAYS.params, *_EVENT_SHARED)
-
-
-def pg_arrays(
-    crm: Crm, updates: Sequence[RowUpdate], applied: set[int], now: dt.datetime, timing: Timing
-) -> tuple[Any, ...]:
-    """The values of `pg_insert`'s parameters for `updates`, in `PG_PARAMS` order."""
-    rows = event_rows(_INSERTS["postgresql"][0], updates, applied)
-    columns = (list(column) for column in zip(*rows, strict=True))
-    return (*columns, crm.value, timing.duration_ms, timing.worker, now)
-
-
 # Each dialect's one form of a batch's history rows, and its driver's values.
 _INSERTS: dict[str, tuple[DriverValues, JsonWrite | ArrayWrite]] = {
     "postgresql": (
@@ -131,15 +104,7 @@ def insert_events(
 ) -> None:
     """One history row per update; those not `applied` are marked so (`NOT_APPLIED`)."""
     values, write = _INSERTS[conn.dialect.name]
-    shared = (crm.value, timing.duration_ms, timing.worker, values.ts(now))
-    write.run(conn, event_rows(values, updates, applied), shared)
-
-
-def event_rows(
-    values: DriverValues, updates: Iterable[RowUpdate], applied: set[int]
-) -> list[tuple[Any, ...]]:
-    """The per-row values (`EVENT_PER_ROW`) of `updates`' history rows, in the driver's form."""
-    return [
+    rows = [
         (
             values.uuid(u.contact_id),
             u.outcome.value,
@@ -149,3 +114,5 @@ def event_rows(
         )
         for u in updates
     ]
+    shared = (crm.value, timing.duration_ms, timing.worker, values.ts(now))
+    write.run(conn, rows, shared)

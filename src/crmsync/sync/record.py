@@ -11,7 +11,7 @@ Optimistic path: when every guarded update hit its row, every row was still ours
 the ownership query; otherwise it rolls back and the careful path runs. On SQLite
 (`SOLE_WRITER`) `BEGIN IMMEDIATE` makes the transaction the only writer, so `record` always
 tries it first; on PostgreSQL the guarded UPDATE locks each row it changes until the commit,
-and `chain.record_then_claim` tries it first on both dialects.
+and `record_then_claim` tries it first on both dialects.
 
 Each dialect writes a batch's rows in one statement per outcome kind (`sqlutil.JsonWrite` on
 SQLite, `sqlutil.ArrayWrite` on PostgreSQL), chosen once per call through `DIALECTS`.
@@ -42,21 +42,20 @@ from crmsync import writer_process
 from crmsync.db import Transaction
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import ArrayRows, ArrayWrite, DriverValues, JsonRows, JsonWrite, chunks
-from crmsync.sync.claim import RawClaim
+from crmsync.sync.claim import RawClaim, claim_work
 from crmsync.sync.events import Timing, insert_events
 from crmsync.sync.refused import after_refused
-from crmsync.sync.state import NO_LEASE, Outcome, RowUpdate
+from crmsync.sync.state import NO_LEASE, Claimed, Outcome, RowUpdate
 from crmsync.tables import crm_sync_state
 
 __all__ = [
-    "ARRAY_COLUMNS",
     "DIALECTS",
-    "OUTCOME_VALUES",
+    "NextClaim",
     "PostgreSQL",
     "Recorded",
     "SQLite",
-    "guarded",
     "record",
+    "record_then_claim",
 ]
 
 s = crm_sync_state.c
@@ -74,21 +73,21 @@ _PER_ROW = (
 )
 _SHARED = ("_token", "now")
 _ROWS = JsonRows(_PER_ROW)
-# The per-row values of an outcome write on PostgreSQL, as typed arrays (`chain.py` too).
-ARRAY_COLUMNS = (
-    ("_id", BigInteger()),
-    ("message", Text()),
-    ("attempts", Integer()),
-    ("next_attempt_at", DateTime(timezone=True)),
-    ("external_id", String()),
-    ("synced_hash", String()),
-    ("synced_email", String()),
+_ARRAYS = ArrayRows(
+    (
+        ("_id", BigInteger()),
+        ("message", Text()),
+        ("attempts", Integer()),
+        ("next_attempt_at", DateTime(timezone=True)),
+        ("external_id", String()),
+        ("synced_hash", String()),
+        ("synced_email", String()),
+    )
 )
-_ARRAYS = ArrayRows(ARRAY_COLUMNS)
 Values = Callable[[str], Any]
 
 
-def guarded(values: Callable[[Values], dict[str, Any]], v: Values) -> Any:
+def _guarded(values: Callable[[Values], dict[str, Any]], v: Values) -> Any:
     """An UPDATE of each row of a batch, applied only while we still hold its lease."""
     return (
         update(crm_sync_state)
@@ -154,7 +153,7 @@ def _error(v: Values) -> dict[str, Any]:
 
 
 # Every outcome kind's row values; the kinds that hand a row back share `_released`.
-OUTCOME_VALUES: dict[Outcome, Callable[[Values], dict[str, Any]]] = {
+_OUTCOME_VALUES: dict[Outcome, Callable[[Values], dict[str, Any]]] = {
     Outcome.ok: _complete,
     Outcome.unchanged: _unchanged,
     Outcome.retry: _released,
@@ -167,20 +166,20 @@ for _kind in (
     Outcome.released,
     Outcome.unavailable,
 ):
-    OUTCOME_VALUES[_kind] = _released
+    _OUTCOME_VALUES[_kind] = _released
 
 
 def _json_outcomes() -> dict[Outcome, JsonWrite]:
     # One statement per distinct row-values function: kinds sharing one share the statement.
-    built = {f: JsonWrite(guarded(f, _ROWS), _SHARED) for f in set(OUTCOME_VALUES.values())}
-    return {kind: built[f] for kind, f in OUTCOME_VALUES.items()}
+    built = {f: JsonWrite(_guarded(f, _ROWS), _SHARED) for f in set(_OUTCOME_VALUES.values())}
+    return {kind: built[f] for kind, f in _OUTCOME_VALUES.items()}
 
 
 def _array_outcomes() -> dict[Outcome, ArrayWrite]:
     built = {
-        f: ArrayWrite(_ARRAYS, guarded(f, _ARRAYS), _SHARED) for f in set(OUTCOME_VALUES.values())
+        f: ArrayWrite(_ARRAYS, _guarded(f, _ARRAYS), _SHARED) for f in set(_OUTCOME_VALUES.values())
     }
-    return {kind: built[f] for kind, f in OUTCOME_VALUES.items()}
+    return {kind: built[f] for kind, f in _OUTCOME_VALUES.items()}
 
 
 class PostgreSQL:
@@ -243,6 +242,57 @@ async def record(
     return await writer_process.write(
         engine, _record_work(name, crm, token, updates, now, timing, False)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class NextClaim:
+    """What `record_then_claim` claims after recording: `claim`'s arguments but the engine."""
+
+    crm: Crm
+    limit: int
+    owner: str
+    token: str
+    now: dt.datetime
+    lease_until: dt.datetime
+
+
+async def record_then_claim(
+    engine: AsyncEngine,
+    crm: Crm,
+    token: str,
+    updates: Sequence[RowUpdate],
+    now: dt.datetime,
+    timing: Timing,
+    then: NextClaim,
+) -> tuple[Recorded, list[Claimed]]:
+    """`record`, then `claim` the next batch, both in one transaction.
+
+    A busy sync pays per transaction: on SQLite a hand-off to the writer, BEGIN IMMEDIATE,
+    COMMIT; on PostgreSQL a pool checkout, its pre-ping and a commit. One lane's outcome write
+    and its next claim share one instead, and the outcome is written the optimistic way on both
+    dialects: on PostgreSQL the guarded UPDATE locks each row it changes until the commit, so
+    when it changed every row, every row was still ours, and the ownership query is saved. Each
+    stays what it was alone: the outcome is written first, and if it finds a lease lost, the
+    two run apart the usual (careful) way.
+    """
+    name = engine.dialect.name
+    claim = claim_work(
+        name, then.crm, then.limit, then.owner, then.token, then.now, then.lease_until
+    )
+    if updates:
+        optimistic = _record_work(name, crm, token, updates, now, timing, True)
+        try:
+            recorded, raw = await writer_process.write(
+                engine, Transaction(_record_and_claim, optimistic, claim)
+            )
+            return recorded, raw.claimed()
+        except _LeaseLost:
+            # The optimistic write already failed: go to the careful one, not through it again.
+            careful = _record_work(name, crm, token, updates, now, timing, False)
+            recorded = await writer_process.write(engine, careful)
+    else:
+        recorded = await record(engine, crm, token, updates, now, timing)
+    return recorded, (await writer_process.write(engine, claim)).claimed()
 
 
 def _record_and_claim(

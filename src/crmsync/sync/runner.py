@@ -5,9 +5,9 @@ it (no transaction open) and records the outcome (short transaction); up to
 `{CRM}_SYNC_SCHEDULER_MAX_INSTANCES` lanes run at once, so claims overlap vendor calls. Each
 lane holds one of those slots in an `async with` from before its first claim to its end, so no
 path can forget to give it back. A lane whose batch came full claims the next batch itself, with
-its outcome write (one transaction, `chain.record_then_claim`; one statement on PostgreSQL), and
-goes on: a sync then commits once per batch, not twice. A short or empty batch ends it; the loop
-then rests `{CRM}_SYNC_SCHEDULER_INTERVAL_SECONDS`, or less if a selection wakes it.
+its outcome write (one transaction on SQLite, `record.record_then_claim`), and goes on: a SQLite
+sync then commits once per batch, not twice. A short or empty batch ends it; the loop then rests
+`{CRM}_SYNC_SCHEDULER_INTERVAL_SECONDS`, or less if a selection wakes it.
 
 Whether the CRM may sync now (pauses, outage, budget, fields) is the gate's (`gate.py`); turning
 the vendor's answers into row updates is `push.py`'s.
