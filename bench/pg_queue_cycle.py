@@ -167,19 +167,24 @@ async def _apply_sql(database: Database, sql: str) -> None:
 async def _cycle(database: Database, variant: Variant, args: argparse.Namespace) -> Result:
     await _apply_sql(database, variant.sql)
     selected = await _select_all(database)
+    # The variant's settings hold for the whole run: the code may read them at call time too.
     saved = {k: os.environ.get(k) for k in variant.env}
     os.environ.update(variant.env)
     try:
-        settings = Settings(database_url=database.url)
-        engine = db.engine_for(settings)
-        if args.timings:
-            _time_statements(engine, variant.name)
+        return await _run(database, selected, args, variant.name)
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+async def _run(database: Database, selected: int, args: argparse.Namespace, name: str) -> Result:
+    settings = Settings(database_url=database.url)
+    engine = db.engine_for(settings)
+    if args.timings:
+        _time_statements(engine, name)
     try:
         # Open the lanes' connections before the clock starts (as a running worker has them).
         async with engine.connect() as conn:

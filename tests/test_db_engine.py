@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import text
 
@@ -39,3 +41,29 @@ def test_this_sqlite_is_accepted_and_checked_when_an_engine_is_made(
     monkeypatch.setattr(db, "_check_sqlite_once", lambda: seen.append(True))
     db.create_engine("sqlite://")
     assert seen == [True]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_pooled_postgresql_connection_the_server_closed_is_replaced(
+    settings: Settings,
+) -> None:
+    """No pre-ping round trip on checkout (a worker checks out once per batch), yet a connection
+    the server ended while it sat in the pool (a restart, a terminated backend) is not handed
+    out: the next checkout gets a new one instead of failing its first statement."""
+    engine = db.engine_for(settings)
+    try:
+        async with engine.connect() as conn:
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
+        other = db.create_engine(settings.database_url)
+        try:
+            async with other.connect() as admin:
+                await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        finally:
+            await other.dispose()
+        for _ in range(50):  # the pooled connection's event loop reads the server's goodbye
+            await asyncio.sleep(0.02)
+        async with engine.connect() as conn:
+            again = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
+    finally:
+        await engine.dispose()
+    assert again != pid
