@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 # deadlock_detected, serialization_failure
 CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
-ATTEMPTS = 5
+# Overlapping selections from many clients can meet in several deadlocks in a row on a loaded
+# host (5 attempts were not always enough in the suite); the wait between attempts stops
+# doubling at 32 times the first, so ten attempts wait about 3 s in all at most.
+ATTEMPTS = 10
+MAX_DOUBLINGS = 5
 # Rows a process may change in a table before it refreshes the table's statistics: at least
 # this many, and a tenth of the rows the table had when last analysed (autovacuum's own default
 # fraction), so an import of a million rows analyses a few times, not once per chunk.
@@ -51,8 +55,8 @@ async def retry_conflicts(
 ) -> T:
     """Run `work()` (one whole transaction), again when PostgreSQL aborted it for a conflict.
 
-    Waits a few random milliseconds between attempts (doubling), so that the two transactions of
-    a deadlock do not meet again in step. After `attempts` the last error is raised.
+    Waits a few random milliseconds between attempts (doubling, up to a bound), so that the two
+    transactions of a deadlock do not meet again in step. After `attempts` the last error is raised.
     """
     for attempt in range(1, attempts + 1):
         try:
@@ -62,7 +66,7 @@ async def retry_conflicts(
                 raise
             code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
             log.info("%s: conflict with another transaction (%s), attempt %d", what, code, attempt)
-            await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+            await asyncio.sleep(random.uniform(0.005, 0.02) * 2 ** min(attempt, MAX_DOUBLINGS))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
