@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync.enums import Crm
@@ -63,3 +63,51 @@ async def test_wakeup_events() -> None:
     assert await wakeup.wait(Crm.brevo, 1) is True
     assert await wakeup.wait(Crm.n8n, 1) is True
     assert await wakeup.wait(Crm.hubspot, 0.01) is False
+
+
+async def _listen_backends(engine: AsyncEngine) -> list[int]:
+    """Backends of this database whose last statement was our LISTEN."""
+    stmt = text(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query ILIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+    )
+    async with engine.connect() as conn:
+        return [int(pid) for pid in (await conn.execute(stmt)).scalars()]
+
+
+async def test_a_worker_listens_again_after_its_listen_connection_ends(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    settings.hubspot.sync_scheduler_interval_seconds = 60  # polling alone would take a minute
+    fake = FakeConnector()
+    worker = Worker(engine, settings, [Crm.hubspot], connectors={Crm.hubspot: fake})
+    task = asyncio.create_task(worker.run())
+    try:
+        ids = await add_contacts(client, 10)
+        await asyncio.wait_for(worker.listening.wait(), 10)
+        [first] = await _listen_backends(engine)
+        async with engine.connect() as conn:  # a server restart or an admin does this
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+
+        async def listening_elsewhere() -> bool:
+            backends = await _listen_backends(engine)
+            return worker.listening.is_set() and bool(backends) and first not in backends
+
+        deadline = time.monotonic() + 15
+        while not await listening_elsewhere():
+            assert time.monotonic() < deadline, "the worker did not listen again"
+            await asyncio.sleep(0.05)
+        await until(lambda: idle(worker), "the worker to find nothing and rest")
+        started = time.monotonic()
+        r = await client.put(
+            "/api/v3/contacts/crm/select", json={"contact_ids": ids, "crms": ["hubspot"]}
+        )
+        assert r.status_code == 200
+        while await _complete(engine) < 10:
+            assert time.monotonic() - started < 15, "the new LISTEN did not wake the worker"
+            await asyncio.sleep(0.05)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)

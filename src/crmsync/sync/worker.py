@@ -59,6 +59,8 @@ PRUNE_SECONDS = 3600.0
 COMPACT_COUNTS_SECONDS = 60.0
 # SQLite: how often an idle worker looks for commits by other processes (its NOTIFY).
 WATCH_SECONDS = 0.25
+# PostgreSQL: the pause before listening again once the LISTEN connection ended.
+LISTEN_RETRY_SECONDS = 1.0
 
 
 def _counter(runner: CrmRunner) -> Callable[[httpx.Request], Awaitable[None]]:
@@ -303,24 +305,35 @@ class Worker:
                 await asyncio.sleep(5)
 
     async def _listen(self) -> None:
-        """LISTEN for selections committed by other processes; reconnect after errors."""
+        """LISTEN for selections committed by other processes; listen again on a new connection
+        when this one ends (a server restart, a terminated backend) or cannot be made."""
         while True:
             try:
                 async with self.engine.connect() as conn:
                     raw = await conn.get_raw_connection()
                     driver = raw.driver_connection
                     assert driver is not None
+                    lost = asyncio.Event()
 
                     def _on_notify(_c: object, _pid: int, _ch: str, payload: str) -> None:
                         self.wakeup.notify_payload(payload)
 
+                    def _on_end(_c: object, lost: asyncio.Event = lost) -> None:
+                        lost.set()
+
+                    driver.add_termination_listener(_on_end)
                     await driver.add_listener(CHANNEL, _on_notify)
+                    # Work committed while no one listened is looked for now, not at the poll.
+                    self.wakeup.notify(self.runners)
                     self.listening.set()
                     try:
-                        await asyncio.Event().wait()
+                        await lost.wait()
                     finally:
+                        self.listening.clear()
                         with contextlib.suppress(Exception):
                             await driver.remove_listener(CHANNEL, _on_notify)
+                log.warning("LISTEN connection lost; listening again on a new one")
+                await asyncio.sleep(LISTEN_RETRY_SECONDS)
             except asyncio.CancelledError:
                 raise
             except Exception:
