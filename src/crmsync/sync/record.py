@@ -268,7 +268,7 @@ async def record_then_claim(
     """`record`, then `claim` the next batch, both in one transaction.
 
     A busy sync pays per transaction: on SQLite a hand-off to the writer, BEGIN IMMEDIATE,
-    COMMIT; on PostgreSQL a pool checkout, its pre-ping and a commit. One lane's outcome write
+    COMMIT; on PostgreSQL a pool checkout, a BEGIN and a commit. One lane's outcome write
     and its next claim share one instead, and the outcome is written the optimistic way on both
     dialects: on PostgreSQL the guarded UPDATE locks each row it changes until the commit, so
     when it changed every row, every row was still ours, and the ownership query is saved. Each
