@@ -121,7 +121,7 @@ contacts = Table(
     CheckConstraint(_in("contact_curation_status", CurationStatus), name="curation_status"),
     CheckConstraint(_in("contact_processing_status", ProcessingStatus), name="processing_status"),
     Index("ix_contacts_created_at_id", "created_at", "id"),
-    # On SQLite, migration 0011 makes the first four (column, created_at, id), named
+    # On SQLite, migration 0011 makes the first three (column, created_at, id), named
     # `ix_contacts_<column>_order`: a filter's page is then read in list order without a sort.
     Index("ix_contacts_contact_curation_status", "contact_curation_status"),
     Index("ix_contacts_contact_processing_status", "contact_processing_status"),
