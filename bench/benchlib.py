@@ -299,7 +299,9 @@ class Service:
     def environ(self) -> dict[str, str]:
         # A clean environment: only what the benchmark sets, so a stray variable or a .env in
         # the caller's directory cannot change what is measured (processes run in `workdir`).
-        base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TZ") if k in os.environ}
+        # PYTHONPATH passes through so that a before/after can run another checkout's `src`.
+        keep = ("PATH", "HOME", "LANG", "TZ", "PYTHONPATH")
+        base = {k: os.environ[k] for k in keep if k in os.environ}
         return {
             **base,
             "DATABASE_URL": self.database.url,

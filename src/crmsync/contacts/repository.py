@@ -28,6 +28,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal, _TraverseInternalsType
 
 from crmsync import counts
 from crmsync.contacts.schemas import ContactFilters
@@ -70,17 +73,45 @@ def substring_conditions(
     images')."""
     conds: list[ColumnElement[bool]] = []
     if filters.email_contains is not None:
-        conds.append(email.icontains(filters.email_contains, autoescape=True))
+        conds.append(_contains(email, filters.email_contains))
     if filters.name_contains is not None:
-        conds.append(name.icontains(filters.name_contains, autoescape=True))
+        conds.append(_contains(name, filters.name_contains))
     if filters.search is not None:
-        conds.append(
-            or_(
-                email.icontains(filters.search, autoescape=True),
-                name.icontains(filters.search, autoescape=True),
-            )
-        )
+        conds.append(or_(_contains(email, filters.search), _contains(name, filters.search)))
     return conds
+
+
+class _Contains(ColumnElement[bool]):
+    """`column` contains `value`, ignoring case: `icontains`, except on SQLite (below)."""
+
+    inherit_cache = True
+    type = Boolean()
+    _is_implicitly_boolean = True  # a condition as it is, not `... = 1`
+    _traverse_internals: _TraverseInternalsType = [  # noqa: RUF012 (SQLAlchemy's own shape)
+        ("folded", InternalTraversal.dp_clauseelement),
+        ("plain", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: ColumnElement[Any], value: str) -> None:
+        self.folded = column.icontains(value, autoescape=True)
+        self.plain = column.contains(value, autoescape=True)
+
+
+@compiles(_Contains)
+def _contains_default(element: _Contains, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.folded, **kw)
+
+
+@compiles(_Contains, "sqlite")
+def _contains_sqlite(element: _Contains, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite's LIKE already ignores case, for ASCII letters only, and its lower() folds ASCII
+    # letters only, so `lower(x) LIKE lower(y)` matches exactly what `x LIKE y` does, at two
+    # function calls per row more: a third of a substring scan's time.
+    return compiler.process(element.plain, **kw)
+
+
+def _contains(column: ColumnElement[Any], value: str) -> ColumnElement[bool]:
+    return _Contains(column, value)
 
 
 def crm_status_condition(crm: Crm, status: SyncStatus) -> ColumnElement[bool]:
