@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, func, literal_column, select, update
+from sqlalchemy import ARRAY, any_, bindparam, func, literal_column, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -131,20 +131,29 @@ def claim_work(
 
 
 def _pg_claim(due: Any) -> Any:
-    # PostgreSQL, one statement: SKIP LOCKED lets concurrent workers on any host take disjoint
-    # rows without waiting; MATERIALIZED computes the locked id list once, never again per row.
+    # PostgreSQL: SKIP LOCKED lets concurrent workers on any host take disjoint rows without
+    # waiting; MATERIALIZED computes the locked id list once, never again per row.
     locked = (
         due.with_for_update(skip_locked=True, key_share=True).cte("due").prefix_with("MATERIALIZED")
     )
     return (
         update(crm_sync_state)
-        .where(s.id == locked.c.id, contacts.c.id == s.contact_id)
+        .where(s.id == locked.c.id)
         .values(_CLAIM_VALUES)
-        .returning(*_STATE_COLUMNS, *_PAYLOAD_COLUMNS)
+        .returning(*_STATE_COLUMNS, s.contact_id)
     )
 
 
 _PG_CLAIMS = (_pg_claim(_EXPIRED), _pg_claim(_WAITING_DUE))
+# The claimed rows' contacts, read by a statement of their own AFTER the rows are marked: in READ
+# COMMITTED it sees every edit committed before it began. Joined into the marking UPDATE, they
+# were read as of that statement's start, and an edit committed while it ran (which found the
+# row still waiting, so queued nothing) was pushed stale and the row marked Complete. An edit
+# that commits later locks the row first (`selection.requeue_after_edit`), so it waits for this
+# claim and then queues the row again.
+_PG_PAYLOADS = select(*_PAYLOAD_COLUMNS).where(
+    contacts.c.id == any_(bindparam("contact_ids", type_=ARRAY(contacts.c.id.type)))
+)
 
 
 # SQLite: BEGIN IMMEDIATE already made the transaction the only writer, so reading the due rows
@@ -195,11 +204,17 @@ class PostgreSQL:
             "token": token,
             "until": lease_until,
         }
-        typed: list[Any] = []
+        marked: list[Any] = []
         for statement in _PG_CLAIMS:
-            typed += conn.execute(statement, {**params, "limit": limit - len(typed)}).all()
-            if len(typed) >= limit:
+            marked += conn.execute(statement, {**params, "limit": limit - len(marked)}).all()
+            if len(marked) >= limit:
                 break
+        if not marked:
+            return RawClaim([], from_postgresql)
+        ids = [row[-1] for row in marked]
+        payloads = {row[0]: row for row in conn.execute(_PG_PAYLOADS, {"contact_ids": ids})}
+        # A contact is deleted with its state rows (the row lock makes its delete wait for us).
+        typed = [(*row[:-1], *payloads[row[-1]]) for row in marked if row[-1] in payloads]
         return RawClaim(typed, from_postgresql)
 
 

@@ -172,14 +172,20 @@ async def unselect_contacts(
 async def requeue_after_edit(
     conn: AsyncConnection, contact_ids: Sequence[Any], now: dt.datetime
 ) -> int:
-    """A contact's synced fields changed: push it again wherever it was Complete or in flight."""
+    """A contact's synced fields changed: push it again wherever it was Complete or in flight.
+
+    Every state row of the contacts is locked first, whatever its status: a waiting row that a
+    claim is marking right now makes this wait for the claim's commit and then find the row in
+    flight (so it is pushed again), instead of finding it still waiting while the claim reads
+    the contact from before this edit (`sync/claim.py`).
+    """
     if not contact_ids:
         return 0
+    await _lock(conn, [s.contact_id.in_(contact_ids)])
     where = [
         s.contact_id.in_(contact_ids),
         s.sync_status.in_([SyncStatus.Complete.value, SyncStatus.Processing.value]),
     ]
-    await _lock(conn, where)
     values = queued(now) | {"next_attempt_at": _held(now)}
     stmt = update(crm_sync_state).where(*where).values(**values)
     result = await conn.execute(stmt)
