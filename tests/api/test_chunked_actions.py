@@ -3,6 +3,9 @@ for long, and the answer counts what one transaction would have counted."""
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
+
 import httpx
 import pytest
 from sqlalchemy import event
@@ -87,3 +90,60 @@ async def test_a_filter_matching_nothing_writes_nothing(
     r = await client.put(f"{BASE}/crm/select/filtered", json=body)
     assert r.json()["updated_count"] == 0 and r.json()["queued_count"] == 0
     assert all(n == 0 for statements in writes for n in statements)
+
+
+async def test_postgresql_runs_ranges_side_by_side_and_sqlite_one_by_one(
+    client: httpx.AsyncClient, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_contacts(client, COUNT, email_type="CORPORATE")
+    monkeypatch.setattr(service, "CHUNK", CHUNK)
+    open_now, most = 0, 0
+
+    def begin(_conn: object) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+
+    def end(_conn: object) -> None:
+        nonlocal open_now
+        open_now -= 1
+
+    event.listen(engine.sync_engine, "begin", begin)
+    event.listen(engine.sync_engine, "commit", end)
+    event.listen(engine.sync_engine, "rollback", end)
+    try:
+        body = {"email_type": "CORPORATE", "crms": ["brevo", "hubspot"]}
+        r = await client.put(f"{BASE}/crm/select/filtered", json=body)
+    finally:
+        event.remove(engine.sync_engine, "begin", begin)
+        event.remove(engine.sync_engine, "commit", end)
+        event.remove(engine.sync_engine, "rollback", end)
+    assert r.json()["updated_count"] == COUNT and r.json()["queued_count"] == 2 * COUNT
+    sqlite = engine.dialect.name == "sqlite"
+    assert most == (1 if sqlite else service.PARALLEL_RANGES)
+    selected = await client.get(BASE, params={"hubspot_sync_status": "Selected", "limit": 1000})
+    assert int(selected.headers["X-Total-Count"]) == COUNT
+
+
+async def test_a_failing_range_stops_the_others_and_is_raised_as_it_is() -> None:
+    started: list[int] = []
+
+    async def job(n: int) -> int:
+        started.append(n)
+        await asyncio.sleep(0)
+        if n == 1:
+            raise ValueError("range 1 failed")
+        await asyncio.Event().wait()  # would never end unless cancelled
+        return n
+
+    with pytest.raises(ValueError, match="range 1 failed"):
+        await service._at_most(2, [partial(job, n) for n in range(5)])
+    assert 4 not in started  # the jobs still waiting for a slot were cancelled
+
+    assert await service._at_most(2, [partial(asyncio.sleep, 0, n) for n in range(5)]) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]

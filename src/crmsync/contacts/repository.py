@@ -130,14 +130,16 @@ def by_ids(ids: Sequence[uuid.UUID]) -> ColumnElement[bool]:
     return contacts.c.id.in_(ids)
 
 
-async def chunk_end(conn: AsyncConnection, after: uuid.UUID | None, size: int) -> uuid.UUID | None:
-    """The id `size` contacts after `after` in id order (the primary key), or None when fewer
-    remain: the end of the next range of a chunked action (see `id_range`)."""
-    stmt = select(contacts.c.id).order_by(contacts.c.id).offset(size - 1).limit(1)
-    if after is not None:
-        stmt = stmt.where(contacts.c.id > after)
-    end: uuid.UUID | None = (await conn.execute(stmt)).scalar_one_or_none()
-    return end
+async def range_ends(conn: AsyncConnection, size: int) -> list[uuid.UUID | None]:
+    """The ends of consecutive ranges of `size` contacts in id order (the primary key), the last
+    one open (None): a chunked action's ranges are `(None, e1]`, `(e1, e2]`, ..., `(ek, None)`.
+    One read of the primary key's index, whatever the number of ranges (see `in_range`)."""
+    numbered = select(
+        contacts.c.id, func.row_number().over(order_by=contacts.c.id).label("n")
+    ).subquery()
+    stmt = select(numbered.c.id).where(numbered.c.n % size == 0).order_by(numbered.c.id)
+    ends: list[uuid.UUID | None] = list((await conn.execute(stmt)).scalars())
+    return [*ends, None]
 
 
 def in_range(

@@ -11,10 +11,12 @@ that same transaction, for every CRM where it was Complete (`CRMSYNC_RESYNC_ON_C
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, RowMapping
@@ -43,8 +45,30 @@ from crmsync.settings import Settings
 from crmsync.sync import events, selection, wakeup
 
 ACTIONS = ("select", "unselect")
-# Contacts per transaction of a filtered action (see `ContactService._chunks`).
+# Contacts per transaction of a filtered action, and how many such transactions run at once on
+# PostgreSQL (see `ContactService._in_chunks`).
 CHUNK = 10_000
+PARALLEL_RANGES = 2
+
+T = TypeVar("T")
+
+
+async def _at_most(limit: int, jobs: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run `jobs`, at most `limit` at a time; their results, in order. The first failure
+    cancels the jobs still running or waiting and is raised as it is (not as a group), so
+    that the API answers it as it would any other (a statement timeout as 503)."""
+    slots = asyncio.Semaphore(limit)
+
+    async def one(job: Callable[[], Awaitable[T]]) -> T:
+        async with slots:
+            return await job()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(job)) for job in jobs]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
 
 
 def _total_from_page(offset: int, limit: int, got: int) -> int | None:
@@ -396,26 +420,28 @@ class ContactService:
         range by range, so that no transaction holds SQLite's write lock (which every other
         writer waits for) or runs a statement for long; the ranges walk the primary key, so the
         whole action reads each contact once, whatever the filter. Each range commits on its
-        own: an action stopped half-way has done the ranges before, and sending it again
-        finishes it (every filtered action is idempotent).
+        own: an action stopped half-way has done some of the ranges, and sending it again
+        finishes it (every filtered action is idempotent). The first range's transaction finds
+        the ends of them all; on PostgreSQL the others then run `PARALLEL_RANGES` at a time, on
+        as many connections (disjoint ranges write disjoint rows, so they never wait for each
+        other), and SQLite runs them one by one, as it has one writer.
         """
-        after: uuid.UUID | None = None
-        first = second = 0
-        while True:
+        ends: list[uuid.UUID | None] = []
 
-            async def one_range(
-                start: uuid.UUID | None = after,
-            ) -> tuple[uuid.UUID | None, tuple[int, int]]:
-                async with self.engine.begin() as conn:
-                    end = await repo.chunk_end(conn, start, CHUNK)
-                    counts = await work(conn, repo.in_range(conn, where, start, end))
-                return end, counts
+        async def one_range(index: int) -> tuple[int, int]:
+            async with self.engine.begin() as conn:
+                if not ends:
+                    ends.extend(await repo.range_ends(conn, CHUNK))
+                start = ends[index - 1] if index else None
+                return await work(conn, repo.in_range(conn, where, start, ends[index]))
 
-            end, (one, two) = await writes.retry_conflicts(one_range, "filtered action")
-            first, second = first + one, second + two
-            if end is None:
-                return first, second
-            after = end
+        async def run(index: int) -> tuple[int, int]:
+            return await writes.retry_conflicts(lambda: one_range(index), "filtered action")
+
+        done = [await run(0)]
+        parallel = 1 if db.is_sqlite(self.engine) else PARALLEL_RANGES
+        done += await _at_most(parallel, [partial(run, i) for i in range(1, len(ends))])
+        return sum(one for one, _ in done), sum(two for _, two in done)
 
     # -- CRM selection -------------------------------------------------------------------------
 
