@@ -52,9 +52,16 @@ async def lock_in_order(
     """
     if conn.dialect.name != "postgresql":
         return None
+    return int((await conn.execute(lock_statement(table, where, order_by))).scalar_one())
+
+
+def lock_statement(
+    table: Table, where: Sequence[ColumnElement[Any]], order_by: Sequence[ColumnElement[Any]]
+) -> Any:
+    """PostgreSQL: the statement of `lock_in_order`, for synchronous callers (the worker's
+    transactions, which run as `db.Transaction`s): it locks the rows and answers their count."""
     rows = select(literal(1)).select_from(table).where(*where).order_by(*order_by)
-    stmt = select(func.count()).select_from(rows.with_for_update().subquery())
-    return int((await conn.execute(stmt)).scalar_one())
+    return select(func.count()).select_from(rows.with_for_update().subquery())
 
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -5,7 +5,10 @@ A claim (`claim.py`) takes rows under a new token until `lease_expires_at`, and 
 died (or stopped renewing) is simply due again when its lease runs out, and the next claim of
 any worker takes such rows first. While a batch is in flight its worker's heartbeat renews the
 lease (`renew`); on shutdown, a batch cut short is handed back at once (`release`).
-Every statement here is guarded like an outcome write (`record.py`): token and Processing.
+Every statement here is guarded like an outcome write (`record.py`): token and Processing. On
+PostgreSQL each first locks its rows in the primary key's order, as an outcome write does: found
+by token, they would be locked in the lease index's (physical) order, and could deadlock with a
+person's action, which locks in the primary key's order (`sqlutil.lock_in_order`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from crmsync import writer_process
 from crmsync.db import Transaction
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
+from crmsync.sqlutil import lock_statement
 from crmsync.sync.events import Timing, insert_events
 from crmsync.sync.state import NO_LEASE, Outcome, RowUpdate
 from crmsync.tables import crm_sync_state
@@ -42,11 +46,17 @@ async def renew(
 
 
 def _renew_rows(crms: list[str], tokens: list[str], until: dt.datetime, conn: Connection) -> int:
+    _lock_in_order(conn, _held(conn.dialect.name, crms, tokens))
     return int(conn.execute(_renewal(conn.dialect.name, crms, tokens, until)).rowcount)
 
 
 def _renewal(dialect: str, crms: list[str], tokens: list[str], until: dt.datetime) -> Any:
-    """The renewal of `tokens`' leases, which all belong to `crms`.
+    held = _held(dialect, crms, tokens)
+    return update(crm_sync_state).where(*held).values(lease_expires_at=until, next_attempt_at=until)
+
+
+def _held(dialect: str, crms: list[str], tokens: list[str]) -> list[Any]:
+    """The rows of `tokens`' leases, which all belong to `crms`.
 
     On SQLite the CRMs let it find the rows through `ix_crm_sync_state_queue` (crm, sync_status)
     instead of reading the whole table while it holds the write lock. PostgreSQL finds them by
@@ -56,7 +66,13 @@ def _renewal(dialect: str, crms: list[str], tokens: list[str], until: dt.datetim
     held = [s.sync_status == SyncStatus.Processing.value, s.lease_token.in_(tokens)]
     if dialect == "sqlite":
         held.insert(0, s.crm.in_(crms))
-    return update(crm_sync_state).where(*held).values(lease_expires_at=until, next_attempt_at=until)
+    return held
+
+
+def _lock_in_order(conn: Connection, held: list[Any]) -> None:
+    """PostgreSQL: lock the `held` rows in the primary key's order (see the module docstring)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(lock_statement(crm_sync_state, held, [s.id]))
 
 
 async def release(
@@ -67,9 +83,11 @@ async def release(
 
 
 def _release_rows(crm: Crm, token: str, now: dt.datetime, timing: Timing, conn: Connection) -> int:
+    held = [s.lease_token == token, s.sync_status == SyncStatus.Processing.value]
+    _lock_in_order(conn, held)
     stmt = (
         update(crm_sync_state)
-        .where(s.lease_token == token, s.sync_status == SyncStatus.Processing.value)
+        .where(*held)
         .values(
             sync_status=SyncStatus.Queued.value,
             processing_status=ProcessingStatus.Queued.value,

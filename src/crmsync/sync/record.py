@@ -5,13 +5,17 @@ its WHERE clause. A worker whose lease expired (and whose rows another worker re
 whose row a person changed meanwhile (unselect, edit, re-select), writes nothing; its result is
 still kept in the history, marked as not applied, and the caller counts it (`Recorded.lost`).
 
-Careful path (both dialects): ask which rows are still held (on PostgreSQL `FOR UPDATE`, so it
-stays true until commit), write the outcomes of those, write every history row.
-Optimistic path: when every guarded update hit its row, every row was still ours, which saves
-the ownership query; otherwise it rolls back and the careful path runs. On SQLite
-(`SOLE_WRITER`) `BEGIN IMMEDIATE` makes the transaction the only writer, so `record` always
-tries it first; on PostgreSQL the guarded UPDATE locks each row it changes until the commit,
-and `record_then_claim` tries it first on both dialects.
+Careful path (both dialects): ask which rows are still held (on PostgreSQL `FOR UPDATE`, in
+the primary key's order, so it stays true until commit), write the outcomes of those, write
+every history row.
+Optimistic path (SQLite only, `SOLE_WRITER`: `BEGIN IMMEDIATE` makes the transaction the only
+writer): when every guarded update hit its row, every row was still ours, which saves the
+ownership query; otherwise it rolls back and the careful path runs. PostgreSQL always takes the
+careful path: its ownership read locks the batch's rows in the primary key's order, the order
+every multi-row write of a person's takes (`sqlutil.lock_in_order`), so the two queue instead
+of deadlocking. The guarded UPDATEs alone would lock in their plan's order (a generic plan
+reads the batch through the lease index, in the rows' physical order) and one outcome kind
+after another.
 
 Each dialect writes a batch's rows in one statement per outcome kind (`sqlutil.JsonWrite` on
 SQLite, `sqlutil.ArrayWrite` on PostgreSQL), chosen once per call through `DIALECTS`.
@@ -269,21 +273,19 @@ async def record_then_claim(
 
     A busy sync pays per transaction: on SQLite a hand-off to the writer, BEGIN IMMEDIATE,
     COMMIT; on PostgreSQL a pool checkout, a BEGIN and a commit. One lane's outcome write
-    and its next claim share one instead, and the outcome is written the optimistic way on both
-    dialects: on PostgreSQL the guarded UPDATE locks each row it changes until the commit, so
-    when it changed every row, every row was still ours, and the ownership query is saved. Each
-    stays what it was alone: the outcome is written first, and if it finds a lease lost, the
-    two run apart the usual (careful) way.
+    and its next claim share one instead. Each stays what it was alone: the outcome is written
+    first, as `record` writes it (on SQLite the optimistic way; if that finds a lease lost, the
+    two run apart, the outcome the careful way).
     """
     name = engine.dialect.name
     claim = claim_work(
         name, then.crm, then.limit, then.owner, then.token, then.now, then.lease_until
     )
     if updates:
-        optimistic = _record_work(name, crm, token, updates, now, timing, True)
+        first = _record_work(name, crm, token, updates, now, timing, DIALECTS[name].SOLE_WRITER)
         try:
             recorded, raw = await writer_process.write(
-                engine, Transaction(_record_and_claim, optimistic, claim)
+                engine, Transaction(_record_and_claim, first, claim)
             )
             return recorded, raw.claimed()
         except _LeaseLost:
