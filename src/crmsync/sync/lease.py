@@ -4,7 +4,8 @@ A claim (`claim.py`) takes rows under a new token until `lease_expires_at`, and 
 `next_attempt_at` to the same instant. Expiry needs no statement of its own: a row whose worker
 died (or stopped renewing) is simply due again when its lease runs out, and the next claim of
 any worker takes such rows first. While a batch is in flight its worker's heartbeat renews the
-lease (`renew`); on shutdown, a batch cut short is handed back at once (`release`).
+lease (`renew`); on shutdown, a batch cut short is handed back at once (`release`). An outcome
+write asks which of its rows are still held (`held`, `held_locked`: see `record.py`).
 Every statement here is guarded like an outcome write (`record.py`): token and Processing. On
 PostgreSQL each first locks its rows in the primary key's order, as an outcome write does: found
 by token, they would be locked in the lease index's (physical) order, and could deadlock with a
@@ -17,21 +18,55 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import BigInteger, any_, bindparam, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync import writer_process
 from crmsync.db import Transaction
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
-from crmsync.sqlutil import lock_statement
+from crmsync.sqlutil import Compiled, chunks, lock_statement
 from crmsync.sync.events import Timing, insert_events
 from crmsync.sync.state import NO_LEASE, Outcome, RowUpdate
 from crmsync.tables import crm_sync_state
 
-__all__ = ["release", "renew"]
+__all__ = ["held", "held_locked", "release", "renew"]
 
 s = crm_sync_state.c
+# Ids per statement of `held`, under SQLite's bind-parameter limit.
+_CHUNK = 5_000
+
+_HELD_LOCKED = Compiled(
+    select(s.id)
+    .where(
+        s.id == any_(bindparam("ids", type_=postgresql.ARRAY(BigInteger))),
+        s.lease_token == bindparam("token"),
+        s.sync_status == SyncStatus.Processing.value,
+    )
+    .order_by(s.id)
+    .with_for_update(),
+    ("ids", "token"),
+)
+
+
+def held_locked(conn: Connection, token: str, ids: list[int]) -> set[int]:
+    """PostgreSQL: the rows of `ids` still held under `token`, locked until commit (so it stays
+    true) in the primary key's order, the order every multi-row write of a person's takes
+    (`sqlutil.lock_in_order`), so the two queue instead of deadlocking. One statement, its ids
+    one array, compiled once: it runs for every batch an outcome is written for."""
+    return {row[0] for row in _HELD_LOCKED.fetchall(conn, (sorted(ids), token))}
+
+
+def held(conn: Connection, token: str, ids: list[int]) -> set[int]:
+    """SQLite: the rows of `ids` still held under `token` (no other writer until commit)."""
+    found: set[int] = set()
+    for part in chunks(sorted(ids), _CHUNK):
+        query = select(s.id).where(
+            s.id.in_(part), s.lease_token == token, s.sync_status == SyncStatus.Processing.value
+        )
+        found.update(conn.execute(query).scalars())
+    return found
 
 
 async def renew(

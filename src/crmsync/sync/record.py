@@ -36,7 +36,6 @@ from sqlalchemy import (
     String,
     Text,
     func,
-    select,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -45,7 +44,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from crmsync import writer_process
 from crmsync.db import Transaction
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
-from crmsync.sqlutil import ArrayRows, ArrayWrite, DriverValues, JsonRows, JsonWrite, chunks
+from crmsync.sqlutil import (
+    ArrayRows,
+    ArrayWrite,
+    DriverValues,
+    JsonRows,
+    JsonWrite,
+)
+from crmsync.sync import lease
 from crmsync.sync.claim import RawClaim, claim_work
 from crmsync.sync.events import Timing, insert_events
 from crmsync.sync.refused import after_refused
@@ -63,7 +69,6 @@ __all__ = [
 ]
 
 s = crm_sync_state.c
-_CHUNK = 5_000
 
 # An outcome write's values: these differ per row, the others are shared by the batch.
 _PER_ROW = (
@@ -194,10 +199,7 @@ class PostgreSQL:
     SOLE_WRITER = False
     OUTCOMES: ClassVar[dict[Outcome, JsonWrite | ArrayWrite]] = dict(_array_outcomes())
 
-    @staticmethod
-    def owned(conn: Connection, token: str, ids: list[int]) -> set[int]:
-        """The rows of `ids` we still hold, locked until commit, so it stays true."""
-        return _owned(conn, token, ids, lock=True)
+    owned = staticmethod(lease.held_locked)
 
 
 class SQLite:
@@ -207,10 +209,7 @@ class SQLite:
     SOLE_WRITER = True
     OUTCOMES: ClassVar[dict[Outcome, JsonWrite | ArrayWrite]] = dict(_json_outcomes())
 
-    @staticmethod
-    def owned(conn: Connection, token: str, ids: list[int]) -> set[int]:
-        """The rows of `ids` we still hold (no other writer until commit)."""
-        return _owned(conn, token, ids, lock=False)
+    owned = staticmethod(lease.held)
 
 
 Dialect = type[PostgreSQL] | type[SQLite]
@@ -377,17 +376,3 @@ def _apply(
     if lost:
         after_refused(conn, lost, now)
     return Recorded(len(updates) - len(lost), [u.state_id for u in lost]), changed
-
-
-def _owned(conn: Connection, token: str, ids: list[int], *, lock: bool) -> set[int]:
-    found: set[int] = set()
-    for part in chunks(sorted(ids), _CHUNK):
-        query = select(s.id).where(
-            s.id.in_(part), s.lease_token == token, s.sync_status == SyncStatus.Processing.value
-        )
-        if lock:
-            # In the primary key's order, the order every multi-row write of a person's takes
-            # (`sqlutil.lock_in_order`), so the two queue instead of deadlocking.
-            query = query.order_by(s.id).with_for_update()
-        found.update(conn.execute(query).scalars())
-    return found
