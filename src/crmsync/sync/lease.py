@@ -81,16 +81,16 @@ async def renew(
 
 
 def _renew_rows(crms: list[str], tokens: list[str], until: dt.datetime, conn: Connection) -> int:
-    _lock_in_order(conn, _held(conn.dialect.name, crms, tokens))
+    _lock_in_order(conn, _of_tokens(conn.dialect.name, crms, tokens))
     return int(conn.execute(_renewal(conn.dialect.name, crms, tokens, until)).rowcount)
 
 
 def _renewal(dialect: str, crms: list[str], tokens: list[str], until: dt.datetime) -> Any:
-    held = _held(dialect, crms, tokens)
-    return update(crm_sync_state).where(*held).values(lease_expires_at=until, next_attempt_at=until)
+    rows = _of_tokens(dialect, crms, tokens)
+    return update(crm_sync_state).where(*rows).values(lease_expires_at=until, next_attempt_at=until)
 
 
-def _held(dialect: str, crms: list[str], tokens: list[str]) -> list[Any]:
+def _of_tokens(dialect: str, crms: list[str], tokens: list[str]) -> list[Any]:
     """The rows of `tokens`' leases, which all belong to `crms`.
 
     On SQLite the CRMs let it find the rows through `ix_crm_sync_state_queue` (crm, sync_status)
@@ -98,16 +98,16 @@ def _held(dialect: str, crms: list[str], tokens: list[str]) -> list[Any]:
     token (`ix_crm_sync_state_lease`); a (crm, Processing) range would also walk the entries the
     claims before left dead there, which is why that index exists.
     """
-    held = [s.sync_status == SyncStatus.Processing.value, s.lease_token.in_(tokens)]
+    where = [s.sync_status == SyncStatus.Processing.value, s.lease_token.in_(tokens)]
     if dialect == "sqlite":
-        held.insert(0, s.crm.in_(crms))
-    return held
+        where.insert(0, s.crm.in_(crms))
+    return where
 
 
-def _lock_in_order(conn: Connection, held: list[Any]) -> None:
-    """PostgreSQL: lock the `held` rows in the primary key's order (see the module docstring)."""
+def _lock_in_order(conn: Connection, where: list[Any]) -> None:
+    """PostgreSQL: lock the rows `where` in the primary key's order (see the module docstring)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(lock_statement(crm_sync_state, held, [s.id]))
+        conn.execute(lock_statement(crm_sync_state, where, [s.id]))
 
 
 async def release(
@@ -118,11 +118,11 @@ async def release(
 
 
 def _release_rows(crm: Crm, token: str, now: dt.datetime, timing: Timing, conn: Connection) -> int:
-    held = [s.lease_token == token, s.sync_status == SyncStatus.Processing.value]
-    _lock_in_order(conn, held)
+    where = [s.lease_token == token, s.sync_status == SyncStatus.Processing.value]
+    _lock_in_order(conn, where)
     stmt = (
         update(crm_sync_state)
-        .where(*held)
+        .where(*where)
         .values(
             sync_status=SyncStatus.Queued.value,
             processing_status=ProcessingStatus.Queued.value,
