@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -24,6 +26,24 @@ async def _complete(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         query = select(func.count()).where(crm_sync_state.c.sync_status == "Complete")
         return int((await conn.execute(query)).scalar_one())
+
+
+@contextlib.asynccontextmanager
+async def _slow_polling_worker(
+    engine: AsyncEngine, settings: Settings
+) -> AsyncIterator[tuple[Worker, FakeConnector]]:
+    """A running HubSpot worker that polls once a minute, so that only a wake-up makes it work
+    soon; stopped on leaving. Nothing links it to the API's service: only the database can wake
+    it (NOTIFY on PostgreSQL, `PRAGMA data_version` on SQLite)."""
+    settings.hubspot.sync_scheduler_interval_seconds = 60  # polling alone would take a minute
+    fake = FakeConnector()
+    worker = Worker(engine, settings, [Crm.hubspot], connectors={Crm.hubspot: fake})
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker, fake
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
 
 
 async def _select_and_expect_a_wake(
@@ -47,20 +67,11 @@ async def test_a_commit_wakes_a_worker_that_shares_only_the_database(
 ) -> None:
     if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
         pytest.skip("an in-memory SQLite database has no other process to wake")
-    settings.hubspot.sync_scheduler_interval_seconds = 60  # polling alone would take a minute
-    fake = FakeConnector()
-    # Nothing links this worker to the API's service: only the database can wake it, NOTIFY on
-    # PostgreSQL, `PRAGMA data_version` on SQLite.
-    worker = Worker(engine, settings, [Crm.hubspot], connectors={Crm.hubspot: fake})
-    task = asyncio.create_task(worker.run())
-    try:
+    async with _slow_polling_worker(engine, settings) as (worker, fake):
         ids = await add_contacts(client, 30)
         # The worker listens for other processes' commits, has found nothing and is idle.
         await asyncio.wait_for(worker.listening.wait(), 10)
         await _select_and_expect_a_wake(client, engine, worker, ids, "by the commit")
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
     assert len(fake.pushed_emails) == 30
 
 
@@ -88,11 +99,7 @@ async def test_a_worker_listens_again_after_its_listen_connection_ends(
 ) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
-    settings.hubspot.sync_scheduler_interval_seconds = 60  # polling alone would take a minute
-    fake = FakeConnector()
-    worker = Worker(engine, settings, [Crm.hubspot], connectors={Crm.hubspot: fake})
-    task = asyncio.create_task(worker.run())
-    try:
+    async with _slow_polling_worker(engine, settings) as (worker, _fake):
         ids = await add_contacts(client, 10)
         await asyncio.wait_for(worker.listening.wait(), 10)
         [first] = await _listen_backends(engine)
@@ -108,6 +115,3 @@ async def test_a_worker_listens_again_after_its_listen_connection_ends(
             assert time.monotonic() < deadline, "the worker did not listen again"
             await asyncio.sleep(0.05)
         await _select_and_expect_a_wake(client, engine, worker, ids, "by the new LISTEN")
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
