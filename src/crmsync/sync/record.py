@@ -44,13 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from crmsync import writer_process
 from crmsync.db import Transaction
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
-from crmsync.sqlutil import (
-    ArrayRows,
-    ArrayWrite,
-    DriverValues,
-    JsonRows,
-    JsonWrite,
-)
+from crmsync.sqlutil import ArrayRows, ArrayWrite, DriverValues, JsonRows, JsonWrite
 from crmsync.sync import lease
 from crmsync.sync.claim import RawClaim, claim_work
 from crmsync.sync.events import Timing, insert_events
