@@ -11,12 +11,13 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crmsync.api.app import create_app
 from crmsync.enums import Crm
 from crmsync.sandbox import SandboxConfig, SandboxServer
 from crmsync.settings import HubSpotSettings, Settings
 from crmsync.sync import budget, control
 from crmsync.sync.worker import Worker
-from tests.conftest import add_contacts
+from tests.conftest import SECRET, add_contacts
 from tests.sync.fakes import FrozenClock
 from tests.sync.test_engine import select_for, states
 
@@ -69,6 +70,7 @@ async def test_the_budget_pauses_the_crm_until_the_vendor_day_resets(
     engine: AsyncEngine,
     budget_settings: Settings,
     sandbox: SandboxServer,
+    auth: dict[str, str],
 ) -> None:
     clock = FrozenClock()
     worker = Worker(engine, budget_settings, [HUB], clock=clock)
@@ -87,7 +89,12 @@ async def test_the_budget_pauses_the_crm_until_the_vendor_day_resets(
         assert await runner.gate.pause_left(clock.now) is not None  # claims nothing more today
         assert len(sandbox.requests("hubspot")) == 3
 
-        health = (await client.get("/api/v3/crm/health")).json()["crms"]["hubspot"]
+        # Read on the worker's clock: the `client` app reads the real time, an hour behind it, so
+        # in the hour before the vendor's midnight it would still be in the day before.
+        on_clock = create_app(budget_settings, SECRET, engine=engine, clock=clock)
+        transport = httpx.ASGITransport(app=on_clock)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=auth) as api:
+            health = (await api.get("/api/v3/crm/health")).json()["crms"]["hubspot"]
         assert health["daily_requests"] == {
             "limit": 3,
             "used": 3,
