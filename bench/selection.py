@@ -19,9 +19,11 @@ Each repetition works on a fresh copy of that database (a file copy for SQLite, 
 
 An interleaved A/B of revisions: `--rev LABEL=path/to/crmsync` (repeatable; each a tree's
 `.venv/bin/crmsync`, so its code). Every repetition then runs each revision in turn on its own
-fresh copy of the same template, the order reversed every other repetition; the table has a
-row per database and revision, with the CPU seconds crmsync and its PostgreSQL backends used
-for the first select (the figure the machine's other load disturbs least).
+fresh copy of the same template, the order reversed every other repetition (`--schema REV`
+stops the template at an older revision's schema; each `crmsync serve` upgrades its copy on
+start); the table has a row per database and revision, with the CPU seconds crmsync and its
+PostgreSQL backends used for the first select (the figure the machine's other load disturbs
+least).
 """
 
 from __future__ import annotations
@@ -194,7 +196,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL server (no db)")
     parser.add_argument("--rev", action="append", default=[], help="LABEL=path/to/crmsync")
+    parser.add_argument(
+        "--schema", default="head", help="migrate the template only this far (an older --rev)"
+    )
     args = parser.parse_args()
+    # Each revision's `crmsync serve` upgrades its copy on start, before the timed request.
+    benchlib.SCHEMA = args.schema
     revisions = dict(item.split("=", 1) for item in args.rev) or {"-": benchlib.CRMSYNC}
     stop_on_sigterm()
     args.db = args.db or ["sqlite", "postgresql"]

@@ -34,11 +34,21 @@ def _tables_and_indexes(conn: Connection) -> tuple[set[str], set[str]]:
     return tables, indexes
 
 
+def _foreign_keys(conn: Connection) -> set[str]:
+    """The tables whose rows a foreign key ties to `contacts`."""
+    found = inspect(conn)
+    return {
+        table
+        for table in ("crm_sync_state", "sync_events")
+        if any(key["referred_table"] == "contacts" for key in found.get_foreign_keys(table))
+    }
+
+
 async def _roundtrip(url: str) -> None:
     engine = db.create_engine(url)
     try:
         await upgrade(engine)
-        assert await current_revision(engine) == "0011"
+        assert await current_revision(engine) == "0012"
         async with engine.connect() as conn:
             tables, indexes = await conn.run_sync(_tables_and_indexes)
         assert {"contacts", "crm_sync_state", "sync_events", "crm_control", "workers"} <= tables
@@ -59,6 +69,12 @@ async def _roundtrip(url: str) -> None:
             "ix_sync_events_contact_id_created_at",
             "ix_crm_sync_state_errors",
         } <= indexes
+        # PostgreSQL (0012): no foreign key checks a state row's contact (the selection's lock
+        # and a delete trigger keep it); the history keeps its own. SQLite keeps both.
+        async with engine.connect() as conn:
+            keys = await conn.run_sync(_foreign_keys)
+        pg = engine.dialect.name == "postgresql"
+        assert keys == ({"sync_events"} if pg else {"sync_events", "crm_sync_state"})
         # PostgreSQL only (0010): the rows held under a lease, by token, for the record's read.
         assert ("ix_crm_sync_state_lease" in indexes) == (engine.dialect.name == "postgresql")
         # SQLite (0011): a low-cardinality list filter's index holds its matches in list order,
@@ -82,7 +98,7 @@ async def _roundtrip(url: str) -> None:
             await conn.run_sync(_down)
         assert await current_revision(engine) is None
         await upgrade(engine)  # and back up on the emptied database
-        assert await current_revision(engine) == "0011"
+        assert await current_revision(engine) == "0012"
     finally:
         await engine.dispose()
 

@@ -1,18 +1,21 @@
 """How a selection writes on PostgreSQL (issue 24): the lock before the write reads the state
 rows of the matching contacts only, a first selection inserts without speculative insertion,
-and a row another transaction inserted meanwhile is still overwritten, never duplicated."""
+a row another transaction inserted meanwhile is still overwritten, never duplicated, and no
+state row outlives its contact though no foreign key checks it (migration 0012)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import delete, event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crmsync.contacts import repository as repo
@@ -151,3 +154,91 @@ async def test_a_row_inserted_after_the_lock_is_overwritten(
             )
         ).all()
     assert sorted(rows) == sorted((i, SyncStatus.Selected.value, 0, later) for i in ids)
+
+
+async def _state_rows(engine: AsyncEngine, contact_id: uuid.UUID) -> int:
+    async with engine.connect() as conn:
+        query = select(crm_sync_state.c.id).where(crm_sync_state.c.contact_id == contact_id)
+        return len((await conn.execute(query)).all())
+
+
+async def _until_waiting(engine: AsyncEngine, pid: int, task: asyncio.Task[Any]) -> None:
+    """Until backend `pid` waits for a row lock (bounded; `task` must not end first)."""
+    stmt = text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid")
+    deadline = time.monotonic() + 10
+    while True:
+        async with engine.connect() as conn:
+            if (await conn.execute(stmt, {"pid": pid})).scalar() == "Lock":
+                return
+        assert not task.done(), "it did not wait for the other transaction's lock"
+        assert time.monotonic() < deadline, "it neither waited nor finished"
+        await asyncio.sleep(0.02)
+
+
+async def _in_own_transaction(engine: AsyncEngine, sql: str, **params: Any) -> tuple[int, Any]:
+    """Start `sql` on a connection of its own (committing at the end): its backend pid, and
+    the task that runs it."""
+    conn = await engine.connect()
+    pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+
+    async def run() -> int:
+        try:
+            result = await conn.execute(text(sql), params)
+            await conn.commit()
+            return int(result.rowcount)
+        finally:
+            await conn.close()
+
+    return pid, asyncio.create_task(run())
+
+
+async def test_a_contact_deleted_during_a_selection_takes_its_new_rows_along(
+    engine: AsyncEngine,
+) -> None:
+    """No foreign key checks the state rows here (migration 0012). A selection holds the
+    contacts it queued until it commits; a delete meanwhile waits, then removes the rows the
+    selection wrote: none outlives its contact."""
+    ids = await _contacts(engine, 2)
+    async with engine.connect() as conn:
+        async with conn.begin():
+            assert await selection.select_contacts(conn, list(Crm), repo.by_ids(ids), NOW) == 8
+            pid, deleting = await _in_own_transaction(
+                engine, "DELETE FROM contacts WHERE id = :id", id=ids[0]
+            )
+            await _until_waiting(engine, pid, deleting)
+    assert await asyncio.wait_for(deleting, 10) == 1
+    assert await _state_rows(engine, ids[0]) == 0
+    assert await _state_rows(engine, ids[1]) == 4
+
+
+async def test_a_selection_skips_a_contact_deleted_meanwhile(engine: AsyncEngine) -> None:
+    """The other order: a delete not yet committed holds the contact; the selection waits for
+    it, then queues the other contacts only."""
+    ids = await _contacts(engine, 2)
+    async with engine.connect() as conn:
+        async with conn.begin():
+            await conn.execute(delete(contacts).where(contacts.c.id == ids[0]))
+            other = await engine.connect()
+            pid = (await other.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            await other.commit()
+
+            async def select_both() -> int:
+                async with other.begin():
+                    return await selection.select_contacts(other, list(Crm), repo.by_ids(ids), NOW)
+
+            selecting = asyncio.create_task(select_both())
+            await _until_waiting(engine, pid, selecting)
+    try:
+        assert await asyncio.wait_for(selecting, 10) == 4
+    finally:
+        await other.close()
+    assert await _state_rows(engine, ids[0]) == 0
+    assert await _state_rows(engine, ids[1]) == 4
+
+
+async def test_truncating_contacts_empties_the_queue(engine: AsyncEngine) -> None:
+    ids = await _contacts(engine, 3)
+    async with engine.begin() as conn:
+        await selection.select_contacts(conn, list(Crm), repo.by_ids(ids), NOW)
+        await conn.execute(text("TRUNCATE contacts CASCADE"))
+    assert [await _state_rows(engine, i) for i in ids] == [0, 0, 0]

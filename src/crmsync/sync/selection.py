@@ -12,6 +12,10 @@ of the action at once: the rows of all of them are locked in one statement (`loc
 then written CRM by CRM in `Crm` order; other callers acting on several CRMs go through them in
 `Crm` order.
 
+A selection reads the contacts it queues `FOR KEY SHARE` on PostgreSQL: none can be deleted
+before it commits, so no state row outlives its contact there, where no foreign key checks it
+(migration 0012: a trigger on `contacts` deletes a deleted contact's state rows).
+
 Each also voids any lease on the rows it touches: a person's newer action wins over a result
 still in flight, whose late write is then refused by the lease guard (see `sync/record.py`).
 A row queued again while its push is in flight stays held until that push has ended (`_held`):
@@ -126,7 +130,9 @@ async def _upsert_states(
         *(literal(v, type_=crm_sync_state.c[k].type) for k, v in values.items()),
     ).where(contact_where)
     if conn.dialect.name == "postgresql":
-        source = source.order_by(contacts.c.id)
+        # The contacts stay until this commits, and one deleted meanwhile is skipped: with the
+        # delete trigger, what a foreign key guaranteed, without its check per row (0012).
+        source = source.order_by(contacts.c.id).with_for_update(key_share=True, of=contacts)
     insert = upsert_insert(conn, crm_sync_state).from_select(
         ["contact_id", "contact_created_at", "crm", *values.keys()], source
     )
