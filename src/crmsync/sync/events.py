@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from crmsync.enums import CRM_NAMES, Crm
 from crmsync.sqlutil import ArrayRows, ArrayWrite, DriverValues, JsonRows, JsonWrite
 from crmsync.sync.state import Outcome, RowUpdate
-from crmsync.tables import sync_events
+from crmsync.tables import contacts, sync_events
 
 __all__ = ["NOT_APPLIED", "Timing", "history", "insert_events", "prune"]
 
@@ -69,19 +69,41 @@ _EVENT_ARRAYS = ArrayRows(
 )
 
 
-def _insert_events_from(rows: JsonRows | ArrayRows) -> Any:
-    return insert(sync_events).from_select(
-        list(_EVENT_KEYS), select(*(rows(key) for key in _EVENT_KEYS))
-    )
+def _insert_events_from(rows: JsonRows | ArrayRows, *, refused: bool = False) -> Any:
+    source = select(*(rows(key) for key in _EVENT_KEYS))
+    if refused:
+        # A refused outcome's contact may be gone: deleted while its push was in flight, its
+        # state rows with it. Its history is not written (it would break the foreign key and
+        # with it the whole batch's record). On PostgreSQL the contacts found are locked until
+        # commit, so none is deleted before its history row is in.
+        source = source.join(contacts, contacts.c.id == rows("contact_id")).with_for_update(
+            key_share=True, of=contacts
+        )
+    return insert(sync_events).from_select(list(_EVENT_KEYS), source)
 
 
-# Each dialect's one form of a batch's history rows, and its driver's values.
-_INSERTS: dict[str, tuple[DriverValues, JsonWrite | ArrayWrite]] = {
-    "postgresql": (
+@dataclass(frozen=True, slots=True)
+class _Inserts:
+    """One dialect's statements for a batch's history rows, and its driver's values. An
+    applied outcome's contact exists (its state row, held until commit, would have gone with
+    it); a refused one's need not (`_insert_events_from`)."""
+
+    values: DriverValues
+    applied: JsonWrite | ArrayWrite
+    refused: JsonWrite | ArrayWrite
+
+
+_INSERTS: dict[str, _Inserts] = {
+    "postgresql": _Inserts(
         DriverValues("postgresql"),
         ArrayWrite(_EVENT_ARRAYS, _insert_events_from(_EVENT_ARRAYS), _EVENT_SHARED),
+        ArrayWrite(_EVENT_ARRAYS, _insert_events_from(_EVENT_ARRAYS, refused=True), _EVENT_SHARED),
     ),
-    "sqlite": (DriverValues("sqlite"), JsonWrite(_insert_events_from(_EVENT_ROWS), _EVENT_SHARED)),
+    "sqlite": _Inserts(
+        DriverValues("sqlite"),
+        JsonWrite(_insert_events_from(_EVENT_ROWS), _EVENT_SHARED),
+        JsonWrite(_insert_events_from(_EVENT_ROWS, refused=True), _EVENT_SHARED),
+    ),
 }
 
 
@@ -102,17 +124,23 @@ def insert_events(
     now: dt.datetime,
     timing: Timing,
 ) -> None:
-    """One history row per update; those not `applied` are marked so (`NOT_APPLIED`)."""
-    values, write = _INSERTS[conn.dialect.name]
-    rows = [
-        (
-            values.uuid(u.contact_id),
-            u.outcome.value,
-            u.http_status,
-            u.message if u.state_id in applied else NOT_APPLIED + (u.message or ""),
-            u.attempts if u.outcome in (Outcome.retry, Outcome.error) else 0,
+    """One history row per update; those not `applied` are marked so (`NOT_APPLIED`), and
+    left out when their contact has been deleted."""
+    sql = _INSERTS[conn.dialect.name]
+    values = sql.values
+    done: list[tuple[Any, ...]] = []
+    refused: list[tuple[Any, ...]] = []
+    for u in updates:
+        ours = u.state_id in applied
+        (done if ours else refused).append(
+            (
+                values.uuid(u.contact_id),
+                u.outcome.value,
+                u.http_status,
+                u.message if ours else NOT_APPLIED + (u.message or ""),
+                u.attempts if u.outcome in (Outcome.retry, Outcome.error) else 0,
+            )
         )
-        for u in updates
-    ]
     shared = (crm.value, timing.duration_ms, timing.worker, values.ts(now))
-    write.run(conn, rows, shared)
+    sql.applied.run(conn, done, shared)
+    sql.refused.run(conn, refused, shared)

@@ -7,7 +7,8 @@ still kept in the history, marked as not applied, and the caller counts it (`Rec
 
 Careful path (both dialects): ask which rows are still held (on PostgreSQL `FOR UPDATE`, in
 the primary key's order, so it stays true until commit), write the outcomes of those, write
-every history row.
+every history row (a refused one's only while its contact exists: a contact deleted while its
+push was in flight takes its state rows and history with it).
 Optimistic path (SQLite only, `SOLE_WRITER`: `BEGIN IMMEDIATE` makes the transaction the only
 writer): when every guarded update hit its row, every row was still ours, which saves the
 ownership query; otherwise it rolls back and the careful path runs. PostgreSQL always takes the
@@ -327,26 +328,28 @@ def _record_rows(
     sql = DIALECTS[dialect]
     ids = [u.state_id for u in updates]
     owned = set(ids) if optimistic else sql.owned(conn, token, ids)
-    recorded, changed = _apply(sql, conn, crm, token, updates, owned, now, timing)
+    changed = _write_outcomes(sql, conn, token, updates, owned, now)
     if optimistic and changed != len(ids):
         raise _LeaseLost
-    return recorded
+    # The history only now: a refused outcome's row may be gone with its contact, whose history
+    # is then left out (`events.insert_events`), so the careful path must know which are ours.
+    insert_events(conn, crm, updates, owned, now, timing)
+    lost = [u for u in updates if u.state_id not in owned]
+    if lost:
+        after_refused(conn, lost, now)
+    return Recorded(len(updates) - len(lost), [u.state_id for u in lost])
 
 
-def _apply(
+def _write_outcomes(
     sql: Dialect,
     conn: Connection,
-    crm: Crm,
     token: str,
     updates: Sequence[RowUpdate],
     owned: set[int],
     now: dt.datetime,
-    timing: Timing,
-) -> tuple[Recorded, int]:
-    """Write the outcomes of the `owned` rows (each guarded by the lease) and every history row.
-
-    Returns what was recorded and how many rows the guarded updates changed (reliable on SQLite).
-    """
+) -> int:
+    """Write the outcomes of the `owned` rows, each guarded by the lease; how many rows the
+    guarded updates changed (reliable on SQLite)."""
     values = sql.VALUES
     groups: dict[JsonWrite | ArrayWrite, list[tuple[Any, ...]]] = {}
     # In the primary key's order, as the writes of a person's take their rows (fewer deadlocks).
@@ -364,9 +367,4 @@ def _apply(
                 )
             )
     shared = (token, values.ts(now))
-    changed = sum(statement.run(conn, rows, shared) for statement, rows in groups.items())
-    insert_events(conn, crm, updates, owned, now, timing)
-    lost = [u for u in updates if u.state_id not in owned]
-    if lost:
-        after_refused(conn, lost, now)
-    return Recorded(len(updates) - len(lost), [u.state_id for u in lost]), changed
+    return sum(statement.run(conn, rows, shared) for statement, rows in groups.items())
