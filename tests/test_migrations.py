@@ -69,12 +69,12 @@ async def _roundtrip(url: str) -> None:
             "ix_sync_events_contact_id_created_at",
             "ix_crm_sync_state_errors",
         } <= indexes
-        # PostgreSQL (0012): no foreign key checks a state row's contact (the selection's lock
-        # and a delete trigger keep it); the history keeps its own. SQLite keeps both.
+        # PostgreSQL (0012): no foreign key ties state rows and history to their contact (locks
+        # and a delete trigger do); SQLite keeps both keys.
         async with engine.connect() as conn:
             keys = await conn.run_sync(_foreign_keys)
         pg = engine.dialect.name == "postgresql"
-        assert keys == ({"sync_events"} if pg else {"sync_events", "crm_sync_state"})
+        assert keys == (set() if pg else {"sync_events", "crm_sync_state"})
         # PostgreSQL only (0010): the rows held under a lease, by token, for the record's read.
         assert ("ix_crm_sync_state_lease" in indexes) == (engine.dialect.name == "postgresql")
         # SQLite (0011): a low-cardinality list filter's index holds its matches in list order,

@@ -138,8 +138,9 @@ crm_sync_state = Table(
     "crm_sync_state",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    # PostgreSQL drops this foreign key (migration 0012): the selection locks the contacts it
-    # inserts rows for, and a trigger on `contacts` deletes a deleted contact's rows.
+    # PostgreSQL drops this foreign key and the history's (migration 0012): the selection locks
+    # the contacts it inserts rows for, and a trigger on `contacts` deletes a deleted contact's
+    # state rows and history.
     Column("contact_id", Uuid, ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
     Column("crm", String(16), nullable=False),
     Column("sync_status", String(16), nullable=False, server_default="New"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from crmsync.contacts import repository as repo
 from crmsync.enums import Crm, SyncStatus
 from crmsync.sync import selection
 from crmsync.tables import contacts, crm_sync_state
+from tests.sync.pg_locks import in_own_transaction, until_waiting
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 pytestmark = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
@@ -162,36 +162,6 @@ async def _state_rows(engine: AsyncEngine, contact_id: uuid.UUID) -> int:
         return len((await conn.execute(query)).all())
 
 
-async def _until_waiting(engine: AsyncEngine, pid: int, task: asyncio.Task[Any]) -> None:
-    """Until backend `pid` waits for a row lock (bounded; `task` must not end first)."""
-    stmt = text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid")
-    deadline = time.monotonic() + 10
-    while True:
-        async with engine.connect() as conn:
-            if (await conn.execute(stmt, {"pid": pid})).scalar() == "Lock":
-                return
-        assert not task.done(), "it did not wait for the other transaction's lock"
-        assert time.monotonic() < deadline, "it neither waited nor finished"
-        await asyncio.sleep(0.02)
-
-
-async def _in_own_transaction(engine: AsyncEngine, sql: str, **params: Any) -> tuple[int, Any]:
-    """Start `sql` on a connection of its own (committing at the end): its backend pid, and
-    the task that runs it."""
-    conn = await engine.connect()
-    pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-
-    async def run() -> int:
-        try:
-            result = await conn.execute(text(sql), params)
-            await conn.commit()
-            return int(result.rowcount)
-        finally:
-            await conn.close()
-
-    return pid, asyncio.create_task(run())
-
-
 async def test_a_contact_deleted_during_a_selection_takes_its_new_rows_along(
     engine: AsyncEngine,
 ) -> None:
@@ -202,10 +172,10 @@ async def test_a_contact_deleted_during_a_selection_takes_its_new_rows_along(
     async with engine.connect() as conn:
         async with conn.begin():
             assert await selection.select_contacts(conn, list(Crm), repo.by_ids(ids), NOW) == 8
-            pid, deleting = await _in_own_transaction(
+            pid, deleting = await in_own_transaction(
                 engine, "DELETE FROM contacts WHERE id = :id", id=ids[0]
             )
-            await _until_waiting(engine, pid, deleting)
+            await until_waiting(engine, pid, deleting)
     assert await asyncio.wait_for(deleting, 10) == 1
     assert await _state_rows(engine, ids[0]) == 0
     assert await _state_rows(engine, ids[1]) == 4
@@ -227,7 +197,7 @@ async def test_a_selection_skips_a_contact_deleted_meanwhile(engine: AsyncEngine
                     return await selection.select_contacts(other, list(Crm), repo.by_ids(ids), NOW)
 
             selecting = asyncio.create_task(select_both())
-            await _until_waiting(engine, pid, selecting)
+            await until_waiting(engine, pid, selecting)
     try:
         assert await asyncio.wait_for(selecting, 10) == 4
     finally:

@@ -73,9 +73,10 @@ def _insert_events_from(rows: JsonRows | ArrayRows, *, refused: bool = False) ->
     source = select(*(rows(key) for key in _EVENT_KEYS))
     if refused:
         # A refused outcome's contact may be gone: deleted while its push was in flight, its
-        # state rows with it. Its history is not written (it would break the foreign key and
-        # with it the whole batch's record). On PostgreSQL the contacts found are locked until
-        # commit, so none is deleted before its history row is in.
+        # state rows with it. Its history is not written (on SQLite it would break the foreign
+        # key, and with it the whole batch's record; PostgreSQL has no such key since migration
+        # 0012 and would keep it). On PostgreSQL the contacts found are locked until commit, so
+        # none is deleted, with its history, before its history row is in.
         source = source.join(contacts, contacts.c.id == rows("contact_id")).with_for_update(
             key_share=True, of=contacts
         )
@@ -85,8 +86,8 @@ def _insert_events_from(rows: JsonRows | ArrayRows, *, refused: bool = False) ->
 @dataclass(frozen=True, slots=True)
 class _Inserts:
     """One dialect's statements for a batch's history rows, and its driver's values. An
-    applied outcome's contact exists (its state row, held until commit, would have gone with
-    it); a refused one's need not (`_insert_events_from`)."""
+    applied outcome's contact exists: deleting it deletes its state row too, which waits for
+    the worker holding it (migration 0012). A refused one's need not (`_insert_events_from`)."""
 
     values: DriverValues
     applied: JsonWrite | ArrayWrite

@@ -14,7 +14,7 @@ then written CRM by CRM in `Crm` order; other callers acting on several CRMs go 
 
 A selection reads the contacts it queues `FOR KEY SHARE` on PostgreSQL: none can be deleted
 before it commits, so no state row outlives its contact there, where no foreign key checks it
-(migration 0012: a trigger on `contacts` deletes a deleted contact's state rows).
+(migration 0012: a trigger on `contacts` deletes a deleted contact's state rows and history).
 
 Each also voids any lease on the rows it touches: a person's newer action wins over a result
 still in flight, whose late write is then refused by the lease guard (see `sync/record.py`).
