@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from crmsync.connectors.base import ContactPayload, Ok, RowResult, stable_hash
@@ -18,12 +19,23 @@ if TYPE_CHECKING:
     from crmsync.sync.worker import Worker
 
 
-async def until(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    """Wait for `condition` (looked at every 10 ms), failing the test after `within` seconds."""
+async def until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    within: float = 10.0,
+    every: float = 0.01,
+) -> None:
+    """Wait for `condition` (a function, or a coroutine function such as a database read),
+    looked at every `every` seconds; fail the test after `within` seconds."""
     deadline = time.monotonic() + within
-    while not condition():
+    while True:
+        met = condition()
+        if inspect.isawaitable(met):
+            met = await met
+        if met:
+            return
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(every)
 
 
 def idle(worker: Worker) -> bool:

@@ -12,31 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 import uuid
 
 import httpx
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync.enums import Crm
 from crmsync.sync.claim import PostgreSQL as PgClaim
 from crmsync.tables import crm_sync_state
 from tests.conftest import add_contacts
+from tests.sync.pg_locks import until_waiting
 
 HUB = Crm.hubspot
 BASE = "/api/v3/contacts"
-
-
-async def _waiting_for_a_lock(engine: AsyncEngine) -> bool:
-    """Whether some backend of this database waits for a row lock."""
-    stmt = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock'"
-    )
-    async with engine.connect() as conn:
-        return int((await conn.execute(stmt)).scalar_one()) > 0
 
 
 async def test_an_edit_during_a_claim_waits_for_it_and_queues_the_row_again(
@@ -61,11 +51,7 @@ async def test_an_edit_during_a_claim_waits_for_it_and_queues_the_row_again(
         assert str(row.payload.contact_id) == contact_id
         before = row.payload.name
         edit = asyncio.create_task(client.put(f"{BASE}/{contact_id}", json={"name": "Edited Now"}))
-        deadline = time.monotonic() + 10
-        while not await _waiting_for_a_lock(engine):
-            assert not edit.done(), "the edit did not wait for the claim holding the row"
-            assert time.monotonic() < deadline, "the edit neither waited nor finished"
-            await asyncio.sleep(0.02)
+        await until_waiting(engine, edit, who="the edit")
         assert not edit.done()
         await claiming.commit()
     answer = await asyncio.wait_for(edit, 10)

@@ -119,7 +119,7 @@ async def _delete_meets_history_writer(
             pid, deleting = await in_own_transaction(
                 engine, "DELETE FROM contacts WHERE id = :id", id=row.contact_id
             )
-            await until_waiting(engine, pid, deleting)
+            await until_waiting(engine, deleting, pid, "the delete")
     assert await asyncio.wait_for(deleting, 10) == 1
     assert await _rows_of(engine, row.contact_id) == (0, 0)
 

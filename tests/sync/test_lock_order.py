@@ -27,6 +27,7 @@ from crmsync.enums import Crm
 from crmsync.sync import queue
 from crmsync.sync.state import Outcome, RowUpdate
 from tests.conftest import add_contacts
+from tests.sync.pg_locks import until_waiting
 
 HUB = Crm.hubspot
 BASE = "/api/v3/contacts"
@@ -50,15 +51,6 @@ async def _claimed(client: httpx.AsyncClient, engine: AsyncEngine, count: int) -
     return sorted(rows, key=lambda row: row.state_id)
 
 
-async def _lock_waits(engine: AsyncEngine) -> int:
-    stmt = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock'"
-    )
-    async with engine.connect() as conn:
-        return int((await conn.execute(stmt)).scalar_one())
-
-
 async def _person_meets_worker(
     engine: AsyncEngine, first: int, then: int, worker: Callable[[], Awaitable[Any]]
 ) -> tuple[float, Any]:
@@ -70,11 +62,7 @@ async def _person_meets_worker(
         await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
         await conn.execute(text(lock), {"id": first})
         work = asyncio.create_task(worker())
-        deadline = time.monotonic() + 10
-        while await _lock_waits(engine) == 0:
-            assert not work.done(), "the worker did not wait for the row the person holds"
-            assert time.monotonic() < deadline, "the worker neither waited nor finished"
-            await asyncio.sleep(0.02)
+        await until_waiting(engine, work, who="the worker")
         started = time.monotonic()
         await conn.execute(text(lock), {"id": then})
         took = time.monotonic() - started

@@ -175,7 +175,7 @@ async def test_a_contact_deleted_during_a_selection_takes_its_new_rows_along(
             pid, deleting = await in_own_transaction(
                 engine, "DELETE FROM contacts WHERE id = :id", id=ids[0]
             )
-            await until_waiting(engine, pid, deleting)
+            await until_waiting(engine, deleting, pid, "the delete")
     assert await asyncio.wait_for(deleting, 10) == 1
     assert await _state_rows(engine, ids[0]) == 0
     assert await _state_rows(engine, ids[1]) == 4
@@ -197,7 +197,7 @@ async def test_a_selection_skips_a_contact_deleted_meanwhile(engine: AsyncEngine
                     return await selection.select_contacts(other, list(Crm), repo.by_ids(ids), NOW)
 
             selecting = asyncio.create_task(select_both())
-            await until_waiting(engine, pid, selecting)
+            await until_waiting(engine, selecting, pid, "the selection")
     try:
         assert await asyncio.wait_for(selecting, 10) == 4
     finally:
