@@ -23,6 +23,9 @@ What the foreign keys guaranteed stays guaranteed, set-based:
 
 SQLite keeps both foreign keys: there the check is an index lookup inside SQLite.
 
+Upgrading drops the keys and creates the triggers: instant. Downgrading adds the keys back,
+which reads every state and history row once to validate them.
+
 Revision ID: 0012
 Revises: 0011
 Create Date: 2026-12-07
