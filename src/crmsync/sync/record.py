@@ -331,8 +331,10 @@ def _record_rows(
     changed = _write_outcomes(sql, conn, token, updates, owned, now)
     if optimistic and changed != len(ids):
         raise _LeaseLost
-    # The history only now: a refused outcome's row may be gone with its contact, whose history
-    # is then left out (`events.insert_events`), so the careful path must know which are ours.
+    # The history only after the optimistic check: a row that was not ours may be gone with its
+    # contact, and its history, written as applied, would name a contact that no longer exists.
+    # The careful path knows which rows are ours, and leaves such history out
+    # (`events.insert_events`).
     insert_events(conn, crm, updates, owned, now, timing)
     lost = [u for u in updates if u.state_id not in owned]
     if lost:
