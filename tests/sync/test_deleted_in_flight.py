@@ -17,13 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync.enums import Crm, SyncStatus
 from crmsync.sync import events, lease, queue
 from crmsync.sync.state import Claimed, Outcome, RowUpdate
-from crmsync.tables import crm_sync_state, sync_events
+from crmsync.tables import contacts, crm_sync_state, sync_events
 from tests.conftest import add_contacts
 from tests.sync.pg_locks import in_own_transaction, until_waiting
 
@@ -150,3 +150,19 @@ async def test_a_delete_waits_for_a_refused_outcomes_history_then_takes_it(
         events.insert_events(conn, HUB, [_ok(row)], set(), _now(), TIMING)
 
     await _delete_meets_history_writer(engine, row, write_refused)
+
+
+async def test_a_refused_outcomes_history_does_not_hold_up_an_edit(
+    client: httpx.AsyncClient, engine: AsyncEngine, pg_only: None
+) -> None:
+    [row] = await _claimed(client, engine, 1)
+    async with engine.connect() as conn:
+        async with conn.begin():
+            await conn.run_sync(
+                lambda sync: events.insert_events(sync, HUB, [_ok(row)], set(), _now(), TIMING)
+            )
+            async with engine.connect() as other:
+                await other.execute(text("SET lock_timeout = '2s'"))
+                edit = update(contacts).where(contacts.c.id == row.contact_id).values(name="E")
+                assert (await other.execute(edit)).rowcount == 1
+                await other.commit()

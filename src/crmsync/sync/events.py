@@ -76,9 +76,10 @@ def _insert_events_from(rows: JsonRows | ArrayRows, *, refused: bool = False) ->
         # state rows with it. Its history is not written (on SQLite it would break the foreign
         # key, and with it the whole batch's record; PostgreSQL has no such key since migration
         # 0012 and would keep it). On PostgreSQL the contacts found are locked until commit, so
-        # none is deleted, with its history, before its history row is in.
+        # none is deleted, with its history, before its history row is in; FOR KEY SHARE, so a
+        # person's edit of them goes on (see `selection._upsert_states`).
         source = source.join(contacts, contacts.c.id == rows("contact_id")).with_for_update(
-            key_share=True, of=contacts
+            read=True, key_share=True, of=contacts
         )
     return insert(sync_events).from_select(list(_EVENT_KEYS), source)
 

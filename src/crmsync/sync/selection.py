@@ -132,7 +132,11 @@ async def _upsert_states(
     if conn.dialect.name == "postgresql":
         # The contacts stay until this commits, and one deleted meanwhile is skipped: with the
         # delete trigger, what a foreign key guaranteed, without its check per row (0012).
-        source = source.order_by(contacts.c.id).with_for_update(key_share=True, of=contacts)
+        # FOR KEY SHARE (`read` and `key_share`; `key_share` alone is FOR NO KEY UPDATE, which
+        # would hold up a person's edit of these contacts and deadlock with it).
+        source = source.order_by(contacts.c.id).with_for_update(
+            read=True, key_share=True, of=contacts
+        )
     insert = upsert_insert(conn, crm_sync_state).from_select(
         ["contact_id", "contact_created_at", "crm", *values.keys()], source
     )
