@@ -1,15 +1,20 @@
-"""PostgreSQL tests of lock order: run a statement on a connection of its own, and wait until
-its backend waits for another transaction's row lock."""
+"""PostgreSQL tests of lock order: run work on a connection of its own, wait until its backend
+waits for another transaction's row lock, or check that an edit does not wait at all."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import delete, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from crmsync.tables import contacts
 from tests.sync.fakes import until
+
+T = TypeVar("T")
 
 
 async def lock_waits(engine: AsyncEngine, pid: int | None = None) -> int:
@@ -36,19 +41,34 @@ async def until_waiting(
 
 
 async def in_own_transaction(
-    engine: AsyncEngine, sql: str, **params: Any
-) -> tuple[int, asyncio.Task[int]]:
-    """Start `sql` on a connection of its own (committing at the end): its backend pid, and the
-    task that runs it (its result: the rows it changed)."""
+    engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]
+) -> tuple[int, asyncio.Task[T]]:
+    """Start `work` in a transaction on a connection of its own, committed when it returns: the
+    connection's backend pid, and the task that runs it (its result: what `work` returned)."""
     conn = await engine.connect()
     pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    await conn.commit()
 
-    async def run() -> int:
+    async def run() -> T:
         try:
-            result = await conn.execute(text(sql), params)
-            await conn.commit()
-            return int(result.rowcount)
+            async with conn.begin():
+                return await work(conn)
         finally:
             await conn.close()
 
     return pid, asyncio.create_task(run())
+
+
+async def delete_contact(conn: AsyncConnection, contact_id: uuid.UUID) -> int:
+    """Delete the contact (as `DELETE /contacts/{id}` does); how many rows went (0 or 1)."""
+    return int((await conn.execute(delete(contacts).where(contacts.c.id == contact_id))).rowcount)
+
+
+async def edit_goes_on(engine: AsyncEngine, contact_id: uuid.UUID) -> None:
+    """A person's edit of the contact, on a connection of its own, commits without waiting for
+    any lock another transaction holds (it fails after 2 s if it would)."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SET lock_timeout = '2s'"))
+        edit = update(contacts).where(contacts.c.id == contact_id).values(name="Edited")
+        assert (await conn.execute(edit)).rowcount == 1
+        await conn.commit()

@@ -13,19 +13,20 @@ import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crmsync.enums import Crm, SyncStatus
 from crmsync.sync import events, lease, queue
 from crmsync.sync.state import Claimed, Outcome, RowUpdate
-from crmsync.tables import contacts, crm_sync_state, sync_events
+from crmsync.tables import crm_sync_state, sync_events
 from tests.conftest import add_contacts
-from tests.sync.pg_locks import in_own_transaction, until_waiting
+from tests.sync.pg_locks import delete_contact, edit_goes_on, in_own_transaction, until_waiting
 
 HUB = Crm.hubspot
 BASE = "/api/v3/contacts"
@@ -117,7 +118,7 @@ async def _delete_meets_history_writer(
         async with conn.begin():
             await conn.run_sync(write)
             pid, deleting = await in_own_transaction(
-                engine, "DELETE FROM contacts WHERE id = :id", id=row.contact_id
+                engine, partial(delete_contact, contact_id=row.contact_id)
             )
             await until_waiting(engine, deleting, pid, "the delete")
     assert await asyncio.wait_for(deleting, 10) == 1
@@ -161,8 +162,4 @@ async def test_a_refused_outcomes_history_does_not_hold_up_an_edit(
             await conn.run_sync(
                 lambda sync: events.insert_events(sync, HUB, [_ok(row)], set(), _now(), TIMING)
             )
-            async with engine.connect() as other:
-                await other.execute(text("SET lock_timeout = '2s'"))
-                edit = update(contacts).where(contacts.c.id == row.contact_id).values(name="E")
-                assert (await other.execute(edit)).rowcount == 1
-                await other.commit()
+            await edit_goes_on(engine, row.contact_id)

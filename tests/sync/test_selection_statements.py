@@ -11,17 +11,18 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, insert, select, text, update
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crmsync.contacts import repository as repo
 from crmsync.enums import Crm, SyncStatus
 from crmsync.sync import selection
 from crmsync.tables import contacts, crm_sync_state
-from tests.sync.pg_locks import in_own_transaction, until_waiting
+from tests.sync.pg_locks import delete_contact, edit_goes_on, in_own_transaction, until_waiting
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 pytestmark = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
@@ -173,7 +174,7 @@ async def test_a_contact_deleted_during_a_selection_takes_its_new_rows_along(
         async with conn.begin():
             assert await selection.select_contacts(conn, list(Crm), repo.by_ids(ids), NOW) == 8
             pid, deleting = await in_own_transaction(
-                engine, "DELETE FROM contacts WHERE id = :id", id=ids[0]
+                engine, partial(delete_contact, contact_id=ids[0])
             )
             await until_waiting(engine, deleting, pid, "the delete")
     assert await asyncio.wait_for(deleting, 10) == 1
@@ -187,21 +188,14 @@ async def test_a_selection_skips_a_contact_deleted_meanwhile(engine: AsyncEngine
     ids = await _contacts(engine, 2)
     async with engine.connect() as conn:
         async with conn.begin():
-            await conn.execute(delete(contacts).where(contacts.c.id == ids[0]))
-            other = await engine.connect()
-            pid = (await other.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-            await other.commit()
+            assert await delete_contact(conn, ids[0]) == 1
 
-            async def select_both() -> int:
-                async with other.begin():
-                    return await selection.select_contacts(other, list(Crm), repo.by_ids(ids), NOW)
+            async def select_both(other: AsyncConnection) -> int:
+                return await selection.select_contacts(other, list(Crm), repo.by_ids(ids), NOW)
 
-            selecting = asyncio.create_task(select_both())
+            pid, selecting = await in_own_transaction(engine, select_both)
             await until_waiting(engine, selecting, pid, "the selection")
-    try:
-        assert await asyncio.wait_for(selecting, 10) == 4
-    finally:
-        await other.close()
+    assert await asyncio.wait_for(selecting, 10) == 4
     assert await _state_rows(engine, ids[0]) == 0
     assert await _state_rows(engine, ids[1]) == 4
 
@@ -223,8 +217,4 @@ async def test_a_selection_does_not_hold_up_an_edit_of_its_contacts(engine: Asyn
     async with engine.connect() as conn:
         async with conn.begin():
             assert await selection.select_contacts(conn, list(Crm), repo.by_ids(ids), NOW) == 8
-            async with engine.connect() as other:
-                await other.execute(text("SET lock_timeout = '2s'"))
-                edit = update(contacts).where(contacts.c.id == ids[0]).values(name="Edited")
-                assert (await other.execute(edit)).rowcount == 1
-                await other.commit()
+            await edit_goes_on(engine, ids[0])
