@@ -48,7 +48,7 @@ async def _roundtrip(url: str) -> None:
     engine = db.create_engine(url)
     try:
         await upgrade(engine)
-        assert await current_revision(engine) == "0012"
+        assert await current_revision(engine) == "0013"
         async with engine.connect() as conn:
             tables, indexes = await conn.run_sync(_tables_and_indexes)
         assert {"contacts", "crm_sync_state", "sync_events", "crm_control", "workers"} <= tables
@@ -63,7 +63,7 @@ async def _roundtrip(url: str) -> None:
         assert kept <= tables if engine.dialect.name == "postgresql" else not kept & tables
         assert {
             "uq_contacts_email_lower",
-            "ix_crm_sync_state_queue",
+            "ix_crm_sync_state_due",
             "ix_crm_sync_state_status_order",
             "ix_contacts_created_at_id",
             "ix_sync_events_contact_id_created_at",
@@ -77,6 +77,10 @@ async def _roundtrip(url: str) -> None:
         assert keys == (set() if pg else {"sync_events", "crm_sync_state"})
         # PostgreSQL only (0010): the rows held under a lease, by token, for the record's read.
         assert ("ix_crm_sync_state_lease" in indexes) == (engine.dialect.name == "postgresql")
+        # PostgreSQL (0013): the rows in flight by lease end, in place of the index of every
+        # row by status; SQLite keeps that one.
+        assert ("ix_crm_sync_state_expiry" in indexes) == pg
+        assert ("ix_crm_sync_state_queue" in indexes) == (not pg)
         # SQLite (0011): a low-cardinality list filter's index holds its matches in list order,
         # in place of its single-column index; PostgreSQL keeps the single-column ones.
         filtered = ("contact_curation_status", "contact_processing_status", "email_type")
@@ -98,7 +102,7 @@ async def _roundtrip(url: str) -> None:
             await conn.run_sync(_down)
         assert await current_revision(engine) is None
         await upgrade(engine)  # and back up on the emptied database
-        assert await current_revision(engine) == "0012"
+        assert await current_revision(engine) == "0013"
     finally:
         await engine.dispose()
 

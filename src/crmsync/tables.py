@@ -169,24 +169,38 @@ crm_sync_state = Table(
     CheckConstraint(_in("crm", CRM_NAMES), name="crm"),
     CheckConstraint(_in("sync_status", SyncStatus), name="sync_status"),
     CheckConstraint(_in("processing_status", ProcessingStatus), name="processing_status"),
-    # Status counts and due-now counts per status.
-    Index("ix_crm_sync_state_queue", "crm", "sync_status", "next_attempt_at"),
-    # A page of the list filtered on one CRM status, in list order; the failed list.
+    # A page of the list filtered on one CRM status, in list order; the failed list; on
+    # PostgreSQL also the operator's actions on the rows of one status.
     Index(
         "ix_crm_sync_state_status_order", "crm", "sync_status", "contact_created_at", "contact_id"
     ),
 )
 
+# SQLite only: status counts (a covering index), the rows of one status, and expired leases.
+# PostgreSQL dropped it (migration 0013): there every status change adds an entry to each index,
+# and its status counts come from trigger-kept deltas.
+Index(
+    "ix_crm_sync_state_queue",
+    crm_sync_state.c.crm,
+    crm_sync_state.c.sync_status,
+    crm_sync_state.c.next_attempt_at,
+).ddl_if(dialect="sqlite")
+
 # PostgreSQL also has `ix_crm_sync_state_lease` (lease_token) WHERE sync_status = 'Processing'
 # (migration 0010, not declared here: SQLite never reads rows by token): a record finds the rows
-# of its batch by token instead of among every dead 'Processing' entry of the queue index.
+# of its batch by token instead of among every dead 'Processing' entry of an index of them.
 
-# Rows in these states take part in the sync (counted as due when their time has come).
-ACTIVE_STATUSES = (SyncStatus.Selected.value, SyncStatus.Queued.value, SyncStatus.Processing.value)
-# The claim reads this: rows of one CRM waiting for their turn, in due order (migration 0002).
-# Processing rows stay out, so a claim removes a row from it and an outcome does not touch it;
-# expired leases are found through `ix_crm_sync_state_queue`.
+# Rows in these states wait for their turn in the queue (Processing: in flight).
 WAITING_STATUSES = (SyncStatus.Selected.value, SyncStatus.Queued.value)
+# The partial indexes' predicates as queries must write them to use the indexes: with the
+# statuses inline, not as bound parameters (the generic plan of a prepared statement cannot
+# prove a parameter matches a predicate, and reads every due row instead).
+IS_WAITING = crm_sync_state.c.sync_status.in_(
+    [literal_column(f"'{status}'") for status in WAITING_STATUSES]
+)
+IN_FLIGHT = crm_sync_state.c.sync_status == literal_column(f"'{SyncStatus.Processing.value}'")
+# The claim reads this: rows of one CRM waiting for their turn, in due order (migration 0002).
+# Processing rows stay out, so a claim removes a row from it and an outcome does not touch it.
 Index(
     "ix_crm_sync_state_due",
     crm_sync_state.c.crm,
@@ -194,6 +208,14 @@ Index(
     sqlite_where=crm_sync_state.c.sync_status.in_(WAITING_STATUSES),
     postgresql_where=crm_sync_state.c.sync_status.in_(WAITING_STATUSES),
 )
+# PostgreSQL: rows in flight, in lease-end order (migration 0013): the claim finds the leases
+# that ran out (a worker died) here. SQLite reads them from `ix_crm_sync_state_queue`.
+Index(
+    "ix_crm_sync_state_expiry",
+    crm_sync_state.c.crm,
+    crm_sync_state.c.next_attempt_at,
+    postgresql_where=crm_sync_state.c.sync_status == SyncStatus.Processing.value,
+).ddl_if(dialect="postgresql")
 
 # A failure as the dashboard's Failed page groups it: the first 500 characters of its message,
 # "" for none. Rows in Error are indexed by it (migration 0009), so a group, its count and its

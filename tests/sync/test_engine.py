@@ -29,6 +29,7 @@ from crmsync.connectors.base import (
     Transient,
 )
 from crmsync.enums import Crm
+from crmsync.ops import repository as ops_repository
 from crmsync.settings import Settings
 from crmsync.sync import queue
 from crmsync.sync.lease import _renewal
@@ -107,6 +108,41 @@ async def test_claim_leases_disjoint_batches_and_skips_rows_not_due(
     assert all(r["lease_expires_at"] == lease and r["next_attempt_at"] == lease for r in held)
     assert rows[ids[4]]["sync_status"] == "Queued"
     assert a[0].payload.email.endswith("@example.com")
+
+
+async def test_the_due_count_holds_what_a_claim_would_take(
+    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    """Health's due count: waiting rows due now and leases that ran out, read through different
+    indexes (ops/repository.py), never rows in flight under a live lease or retries to come."""
+    ids = await add_contacts(client, 4)
+    await select_for(client, ids)
+    start = clock.now - dt.timedelta(minutes=1)
+    async with engine.begin() as conn:
+        await conn.execute(update(crm_sync_state).values(next_attempt_at=start))
+        await conn.execute(
+            update(crm_sync_state)
+            .where(crm_sync_state.c.contact_id == uuid.UUID(ids[3]))
+            .values(sync_status="Queued", next_attempt_at=clock.now + dt.timedelta(hours=1))
+        )
+    lease = clock.now + dt.timedelta(seconds=30)
+    held = await queue.claim(engine, HUB, 2, "w1", "tok-a", clock.now, lease)
+    assert len(held) == 2
+
+    async def due(at: dt.datetime) -> ops_repository.Due:
+        async with engine.connect() as conn:
+            return (await ops_repository.due(conn, at))[HUB.value]
+
+    assert await due(clock.now) == ops_repository.Due(1, start)  # the lease is live
+    after = lease + dt.timedelta(seconds=1)
+    assert await due(after) == ops_repository.Due(3, start)  # the worker died
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(crm_sync_state)
+            .where(crm_sync_state.c.sync_status == "Selected")
+            .values(sync_status="Complete")
+        )
+    assert await due(after) == ops_repository.Due(2, lease)
 
 
 async def test_expired_lease_is_reclaimed_and_the_stale_write_refused(

@@ -4,8 +4,11 @@ and the failed list.
 Every read is one set-based statement (a GROUP BY or a page), never a loop over rows, and each is
 shaped for an existing index (checked with EXPLAIN on both databases):
 
-- status counts: `ix_crm_sync_state_queue` (crm, sync_status, ...) as a covering index;
-- due rows and lag: the partial `ix_crm_sync_state_due` (crm, next_attempt_at) the claim uses;
+- status counts: on SQLite `ix_crm_sync_state_queue` (crm, sync_status, ...) as a covering
+  index, on PostgreSQL the trigger-kept deltas (`counts`);
+- due rows and lag: the partial indexes the claim reads, `ix_crm_sync_state_due` (crm,
+  next_attempt_at) for waiting rows, and for expired leases `ix_crm_sync_state_expiry` on
+  PostgreSQL, `ix_crm_sync_state_queue` on SQLite;
 - outcomes: on PostgreSQL the trigger-kept minutes (migration 0009) and the events of the
   windows' first part-minutes; on SQLite the events of the windows. Events through
   `ix_sync_events_crm_created_at` with `crm IN (every CRM)`, a range scan over the window only;
@@ -29,10 +32,10 @@ from crmsync import counts
 from crmsync.enums import CRM_NAMES, Crm, SyncStatus
 from crmsync.sync.state import Outcome
 from crmsync.tables import (
-    ACTIVE_STATUSES,
     ERROR_KEY,
     IN_ERROR,
-    WAITING_STATUSES,
+    IN_FLIGHT,
+    IS_WAITING,
     contacts,
     crm_sync_state,
     sync_event_minutes,
@@ -89,12 +92,18 @@ async def status_counts(conn: AsyncConnection) -> StatusCounts:
 
 
 async def due(conn: AsyncConnection, now: dt.datetime) -> dict[str, Due]:
-    """Per CRM, rows a worker would claim now (the claim's own condition) and the oldest one."""
-    stmt = (
-        select(s.crm, func.count(), func.min(s.next_attempt_at))
-        .where(s.sync_status.in_(ACTIVE_STATUSES), s.next_attempt_at <= now)
-        .group_by(s.crm)
-    )
+    """Per CRM, rows a worker would claim now (the claim's own conditions) and the oldest one:
+    waiting rows and expired leases counted apart, each through the index the claim reads it
+    from (on PostgreSQL no index holds both), then added up."""
+    parts = union_all(
+        *(
+            select(s.crm, func.count().label("n"), func.min(s.next_attempt_at).label("oldest"))
+            .where(status, s.next_attempt_at <= now)
+            .group_by(s.crm)
+            for status in (IS_WAITING, IN_FLIGHT)
+        )
+    ).subquery()
+    stmt = select(parts.c.crm, func.sum(parts.c.n), func.min(parts.c.oldest)).group_by(parts.c.crm)
     return {crm: Due(int(n), oldest) for crm, n, oldest in (await conn.execute(stmt)).all()}
 
 
@@ -102,7 +111,7 @@ async def next_waiting(conn: AsyncConnection, now: dt.datetime) -> dict[str, dt.
     """Per CRM, when the first row not due yet (a retry backoff, a pause) comes due."""
     stmt = (
         select(s.crm, func.min(s.next_attempt_at))
-        .where(s.sync_status.in_(WAITING_STATUSES), s.next_attempt_at > now)
+        .where(IS_WAITING, s.next_attempt_at > now)
         .group_by(s.crm)
     )
     return {crm: when for crm, when in (await conn.execute(stmt)).all() if when is not None}

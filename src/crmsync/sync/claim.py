@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import ARRAY, any_, bindparam, func, literal_column, select, update
+from sqlalchemy import ARRAY, any_, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,16 +28,11 @@ from crmsync.db import Transaction
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
 from crmsync.sqlutil import Compiled, DriverValues, uuid_from_hex
 from crmsync.sync.state import Claimed
-from crmsync.tables import WAITING_STATUSES, contacts, crm_sync_state
+from crmsync.tables import IN_FLIGHT, IS_WAITING, contacts, crm_sync_state
 
 __all__ = ["DIALECTS", "PostgreSQL", "RawClaim", "SQLite", "claim", "claim_work"]
 
 s = crm_sync_state.c
-# Literal values, not bound parameters: only then can SQLite and PostgreSQL (generic plans of
-# prepared statements) prove the claim matches the partial index `ix_crm_sync_state_due`.
-# With parameters, both sort every due row to return the first hundred.
-_WAITING = s.sync_status.in_([literal_column(f"'{status}'") for status in WAITING_STATUSES])
-_LEASED = s.sync_status == literal_column(f"'{SyncStatus.Processing.value}'")
 
 _PAYLOAD_COLUMNS = (
     contacts.c.id,
@@ -70,10 +65,13 @@ def _due(status: Any) -> Any:
 
 
 # Two kinds of due rows, each read through its own index in due order: leases that ran out (a
-# worker died; `ix_crm_sync_state_queue`, rare) first, then rows waiting for their turn
-# (`ix_crm_sync_state_due`, which holds nothing else).
-_EXPIRED = _due(_LEASED)
-_WAITING_DUE = _due(_WAITING)
+# worker died; rare) first, then rows waiting for their turn (`ix_crm_sync_state_due`, which
+# holds nothing else). The statuses are the indexes' predicates as written in `tables`: with
+# bound parameters, SQLite and PostgreSQL's generic plans sort every due row to return the
+# first hundred. Leases are read through `ix_crm_sync_state_expiry` on PostgreSQL (the rows
+# in flight only), `ix_crm_sync_state_queue` on SQLite.
+_EXPIRED = _due(IN_FLIGHT)
+_WAITING_DUE = _due(IS_WAITING)
 _CLAIM_VALUES = {
     "sync_status": SyncStatus.Processing.value,
     "processing_status": ProcessingStatus.Processing.value,
