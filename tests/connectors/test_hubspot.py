@@ -827,3 +827,33 @@ async def test_ensure_properties_other_failure_is_a_clear_error() -> None:
     client = httpx.AsyncClient(transport=httpx.MockTransport(vendor))
     with pytest.raises(ConnectorError, match="HubSpot answered 500 when asked to list"):
         await ensure_properties(make_settings(), client)
+
+
+async def test_property_calls_count_against_the_vendors_window_like_pushes() -> None:
+    """The worker's field check and `crmsync setup` call HubSpot's properties API, which counts
+    against the same ten-second window as the upserts. The limiter must count those calls too:
+    one it did not know of left it unable to explain a full window by its own requests, and it
+    then waited a whole window instead of until its oldest request left (bench/README.md)."""
+    limit = 5
+    counted = 0
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal counted
+        counted += 1
+        headers = {
+            "X-HubSpot-RateLimit-Max": str(limit),
+            "X-HubSpot-RateLimit-Remaining": str(limit - counted),
+            "X-HubSpot-RateLimit-Interval-Milliseconds": "10000",
+        }
+        return httpx.Response(200, json={"results": [{"name": "email"}]}, headers=headers)
+
+    vendor = Vendor(answer)
+    hub = connector(vendor)
+    for _ in range(limit):
+        await hub.field_api().names()
+    # The window is full of our own calls: the next request waits until the first leaves it,
+    # about ten seconds from now, which is longer than a field check waits: it is told so.
+    assert 9.0 < hub._limiter.wait_for_next() <= 10.0
+    with pytest.raises(RateLimited):
+        await hub.field_api().names()
+    assert len(vendor.requests) == limit

@@ -93,6 +93,7 @@ from crmsync.connectors.base import (
     truncate,
 )
 from crmsync.connectors.fields.brevo import BrevoFields
+from crmsync.connectors.fields.http import PacedClient
 from crmsync.connectors.httputil import (
     body_text,
     describe,
@@ -335,7 +336,8 @@ class BrevoConnector:
 
     def field_api(self) -> BrevoFields:
         """The contact attributes this connector writes (see `connectors.fields`)."""
-        return BrevoFields(self._client, self._base, self._api_key(), self._safe)
+        paced = PacedClient(self._client, self._limiter, brevo_quota)
+        return BrevoFields(paced, self._base, self._api_key(), self._safe)
 
     # -- HTTP -----------------------------------------------------------------------------------
 

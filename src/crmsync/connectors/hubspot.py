@@ -58,6 +58,7 @@ from crmsync.connectors.base import (
     truncate,
 )
 from crmsync.connectors.fields import set_up
+from crmsync.connectors.fields.http import PacedClient
 from crmsync.connectors.fields.hubspot import HubSpotFields
 from crmsync.connectors.httputil import (
     body_text,
@@ -228,7 +229,8 @@ class HubSpotConnector:
         """The custom contact properties this connector writes (see `connectors.fields`)."""
         if self._token is None:
             raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
-        return HubSpotFields(self._client, self._base, self._token, self._properties, self._redact)
+        paced = PacedClient(self._client, self._limiter, hubspot_quota)
+        return HubSpotFields(paced, self._base, self._token, self._properties, self._redact)
 
     # --- one request -------------------------------------------------------------------------
 

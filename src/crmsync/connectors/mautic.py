@@ -60,6 +60,7 @@ from crmsync.connectors.base import (
     stable_hash,
     truncate,
 )
+from crmsync.connectors.fields.http import PacedClient
 from crmsync.connectors.fields.mautic import MauticFields
 from crmsync.connectors.httputil import (
     body_text,
@@ -201,9 +202,8 @@ class MauticConnector:
         """The custom contact fields this connector writes (see `connectors.fields`)."""
         if self._missing:
             raise Misconfigured(self._missing)
-        return MauticFields(
-            self._client, self._base, self._authorization, self._aliases, self._redact
-        )
+        paced = PacedClient(self._client, self._limiter, self._quota)
+        return MauticFields(paced, self._base, self._authorization, self._aliases, self._redact)
 
     # --- one request -------------------------------------------------------------------------
 

@@ -8,11 +8,17 @@ What Brevo answers when the attribute already exists is not documented (the swag
 
 from __future__ import annotations
 
-import httpx
 import orjson
 
 from crmsync.connectors.fields import FieldSpec, FieldStatus
-from crmsync.connectors.fields.http import Fixes, Scrub, raise_for, send, unreadable
+from crmsync.connectors.fields.http import (
+    Fixes,
+    PacedClient,
+    Scrub,
+    raise_for,
+    send,
+    unreadable,
+)
 from crmsync.connectors.httputil import json_body
 from crmsync.enums import Crm
 
@@ -38,7 +44,7 @@ FIXES = Fixes(
 class BrevoFields:
     crm = Crm.brevo
 
-    def __init__(self, client: httpx.AsyncClient, base: str, api_key: str, scrub: Scrub) -> None:
+    def __init__(self, client: PacedClient, base: str, api_key: str, scrub: Scrub) -> None:
         self._client = client
         self._base = base
         self._headers = {"api-key": api_key, "accept": "application/json"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -20,8 +21,46 @@ from crmsync.connectors.base import (
     Transient,
 )
 from crmsync.connectors.httputil import body_text, describe, json_body, seconds_header
+from crmsync.connectors.ratelimit import Quota, RateLimiter
 
 Scrub = Callable[[str], str]
+
+
+class PacedClient:
+    """The connector's HTTP client for its field calls, paced by the connector's limiter.
+
+    The vendor counts a field call against the same window as a push. Sent past the limiter,
+    it made the limiter's count of that window one short: when the window then filled, the
+    vendor's count could not be explained by our own requests, and the limiter waited a whole
+    window (HubSpot: 10 s) instead of until our oldest request left it
+    (`tests/connectors/test_hubspot.py`, bench/README.md "Fixed and rolling windows").
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        limiter: RateLimiter,
+        quota: Callable[[httpx.Response], Quota | None],
+    ) -> None:
+        self._client = client
+        self._limiter = limiter
+        self._quota = quota
+
+    async def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self._request("GET", url, **kwargs)
+
+    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self._request("POST", url, **kwargs)
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        ticket = await self._limiter.acquire()
+        response: httpx.Response | None = None
+        try:
+            response = await self._client.request(method, url, **kwargs)
+        finally:
+            # Every ticket is observed once, answered or not (`RateLimiter.observe`).
+            self._limiter.observe(ticket, None if response is None else self._quota(response))
+        return response
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import orjson
 
 from crmsync.connectors.fields import FieldSpec, FieldStatus
-from crmsync.connectors.fields.http import Fixes, Scrub, raise_for, send, unreadable
+from crmsync.connectors.fields.http import (
+    Fixes,
+    PacedClient,
+    Scrub,
+    raise_for,
+    send,
+    unreadable,
+)
 from crmsync.connectors.httputil import json_body
 from crmsync.connectors.upsert import CUSTOM_FIELDS
 from crmsync.enums import Crm
@@ -68,7 +74,7 @@ class HubSpotFields:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: PacedClient,
         base: str,
         token: str,
         names: dict[str, str],

@@ -17,12 +17,18 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import orjson
 
 from crmsync.connectors.base import ConnectorError, Misconfigured
 from crmsync.connectors.fields import FieldSpec, FieldStatus
-from crmsync.connectors.fields.http import Fixes, Scrub, raise_for, send, unreadable
+from crmsync.connectors.fields.http import (
+    Fixes,
+    PacedClient,
+    Scrub,
+    raise_for,
+    send,
+    unreadable,
+)
 from crmsync.connectors.httputil import json_body
 from crmsync.connectors.upsert import CUSTOM_FIELDS
 from crmsync.enums import Crm
@@ -73,7 +79,7 @@ class MauticFields:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: PacedClient,
         base: str,
         authorization: Callable[[], Awaitable[str]],
         aliases: dict[str, str],
