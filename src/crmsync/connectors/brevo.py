@@ -336,7 +336,7 @@ class BrevoConnector:
 
     def field_api(self) -> BrevoFields:
         """The contact attributes this connector writes (see `connectors.fields`)."""
-        paced = PacedClient(self._client, self._limiter, brevo_quota)
+        paced = PacedClient(self._client, self._limiter)
         return BrevoFields(paced, self._base, self._api_key(), self._safe)
 
     # -- HTTP -----------------------------------------------------------------------------------

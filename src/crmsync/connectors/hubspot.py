@@ -229,7 +229,7 @@ class HubSpotConnector:
         """The custom contact properties this connector writes (see `connectors.fields`)."""
         if self._token is None:
             raise Misconfigured("HUBSPOT_ACCESS_TOKEN is not set")
-        paced = PacedClient(self._client, self._limiter, hubspot_quota)
+        paced = PacedClient(self._client, self._limiter)
         return HubSpotFields(paced, self._base, self._token, self._properties, self._redact)
 
     # --- one request -------------------------------------------------------------------------

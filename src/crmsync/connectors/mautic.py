@@ -202,7 +202,7 @@ class MauticConnector:
         """The custom contact fields this connector writes (see `connectors.fields`)."""
         if self._missing:
             raise Misconfigured(self._missing)
-        paced = PacedClient(self._client, self._limiter, self._quota)
+        paced = PacedClient(self._client, self._limiter)
         return MauticFields(paced, self._base, self._authorization, self._aliases, self._redact)
 
     # --- one request -------------------------------------------------------------------------

@@ -21,30 +21,28 @@ from crmsync.connectors.base import (
     Transient,
 )
 from crmsync.connectors.httputil import body_text, describe, json_body, seconds_header
-from crmsync.connectors.ratelimit import Quota, RateLimiter
+from crmsync.connectors.ratelimit import RateLimiter
 
 Scrub = Callable[[str], str]
 
 
 class PacedClient:
-    """The connector's HTTP client for its field calls, paced by the connector's limiter.
+    """The connector's HTTP client for its field calls, counted by the connector's limiter.
 
-    The vendor counts a field call against the same window as a push. Sent past the limiter,
-    it made the limiter's count of that window one short: when the window then filled, the
-    vendor's count could not be explained by our own requests, and the limiter waited a whole
-    window (HubSpot: 10 s) instead of until our oldest request left it
-    (`tests/connectors/test_hubspot.py`, bench/README.md "Fixed and rolling windows").
+    The vendor counts a field call in the same window as a push. Sent past the limiter, it
+    left the limiter's log of our requests one short: when the window then filled, the vendor's
+    count could not be explained by our own requests, and the limiter took it for another
+    client sharing the allowance and waited a whole window (HubSpot: 10 s) instead of until
+    our oldest request left (`tests/connectors/test_hubspot.py`, bench/README.md "Fixed and
+    rolling windows"). So a field call waits its turn and is logged like a push. Its rate
+    headers are not taken: a refused field call is the field check's to handle (a short wait,
+    then a fresh check, `sync/fields.py`; Mautic's refusal speaks of the hour and would hold
+    every push until then), and the pushes' answers keep the limiter's view of the window.
     """
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        limiter: RateLimiter,
-        quota: Callable[[httpx.Response], Quota | None],
-    ) -> None:
+    def __init__(self, client: httpx.AsyncClient, limiter: RateLimiter) -> None:
         self._client = client
         self._limiter = limiter
-        self._quota = quota
 
     async def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return await self._request("GET", url, **kwargs)
@@ -54,13 +52,10 @@ class PacedClient:
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         ticket = await self._limiter.acquire()
-        response: httpx.Response | None = None
         try:
-            response = await self._client.request(method, url, **kwargs)
+            return await self._client.request(method, url, **kwargs)
         finally:
-            # Every ticket is observed once, answered or not (`RateLimiter.observe`).
-            self._limiter.observe(ticket, None if response is None else self._quota(response))
-        return response
+            self._limiter.observe(ticket, None)  # every ticket is observed once
 
 
 @dataclass(frozen=True, slots=True)
