@@ -14,6 +14,7 @@ from sqlalchemy import (
     ClauseElement,
     ColumnElement,
     Dialect,
+    Select,
     Table,
     bindparam,
     func,
@@ -62,6 +63,15 @@ def lock_statement(
     transactions, which run as `db.Transaction`s): it locks the rows and answers their count."""
     rows = select(literal(1)).select_from(table).where(*where).order_by(*order_by)
     return select(func.count()).select_from(rows.with_for_update().subquery())
+
+
+def for_key_share(stmt: Select[Any], of: Table) -> Select[Any]:
+    """PostgreSQL: `stmt` reading the rows of `of` `FOR KEY SHARE`: none of them can be deleted
+    (or its key changed) until this transaction commits, while other writes to them go on.
+    SQLAlchemy spells it `read=True, key_share=True`; `key_share=True` alone is `FOR NO KEY
+    UPDATE`, which holds up a person's edit of those rows and deadlocked with it (the API load
+    benchmark, issue 24)."""
+    return stmt.with_for_update(read=True, key_share=True, of=of)
 
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:

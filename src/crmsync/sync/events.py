@@ -18,7 +18,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync.enums import CRM_NAMES, Crm
-from crmsync.sqlutil import ArrayRows, ArrayWrite, DriverValues, JsonRows, JsonWrite
+from crmsync.sqlutil import (
+    ArrayRows,
+    ArrayWrite,
+    DriverValues,
+    JsonRows,
+    JsonWrite,
+    for_key_share,
+)
 from crmsync.sync.state import Outcome, RowUpdate
 from crmsync.tables import contacts, sync_events
 
@@ -76,11 +83,9 @@ def _insert_events_from(rows: JsonRows | ArrayRows, *, refused: bool = False) ->
         # state rows with it. Its history is not written (on SQLite it would break the foreign
         # key, and with it the whole batch's record; PostgreSQL has no such key since migration
         # 0012 and would keep it). On PostgreSQL the contacts found are locked until commit, so
-        # none is deleted, with its history, before its history row is in; FOR KEY SHARE, so a
-        # person's edit of them goes on (see `selection._upsert_states`).
-        source = source.join(contacts, contacts.c.id == rows("contact_id")).with_for_update(
-            read=True, key_share=True, of=contacts
-        )
+        # none is deleted, with its history, before its history row is in, and a person's
+        # edit of them goes on.
+        source = for_key_share(source.join(contacts, contacts.c.id == rows("contact_id")), contacts)
     return insert(sync_events).from_select(list(_EVENT_KEYS), source)
 
 

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crmsync.enums import Crm, ProcessingStatus, SyncStatus
-from crmsync.sqlutil import chunks, lock_in_order, upsert_insert
+from crmsync.sqlutil import chunks, for_key_share, lock_in_order, upsert_insert
 from crmsync.sync.state import NO_LEASE
 from crmsync.tables import ERROR_KEY, contacts, crm_sync_state
 
@@ -131,12 +131,9 @@ async def _upsert_states(
     ).where(contact_where)
     if conn.dialect.name == "postgresql":
         # The contacts stay until this commits, and one deleted meanwhile is skipped: with the
-        # delete trigger, what a foreign key guaranteed, without its check per row (0012).
-        # FOR KEY SHARE (`read` and `key_share`; `key_share` alone is FOR NO KEY UPDATE, which
-        # would hold up a person's edit of these contacts and deadlock with it).
-        source = source.order_by(contacts.c.id).with_for_update(
-            read=True, key_share=True, of=contacts
-        )
+        # delete trigger, what a foreign key guaranteed, without its check per row (0012); a
+        # person's edit of them goes on.
+        source = for_key_share(source.order_by(contacts.c.id), contacts)
     insert = upsert_insert(conn, crm_sync_state).from_select(
         ["contact_id", "contact_created_at", "crm", *values.keys()], source
     )
