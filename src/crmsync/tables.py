@@ -192,9 +192,9 @@ Index(
 
 # Rows in these states wait for their turn in the queue (Processing: in flight).
 WAITING_STATUSES = (SyncStatus.Selected.value, SyncStatus.Queued.value)
-# The partial indexes' predicates as queries must write them to use the indexes: with the
-# statuses inline, not as bound parameters (the generic plan of a prepared statement cannot
-# prove a parameter matches a predicate, and reads every due row instead).
+# The partial indexes' predicates below, which queries must write the same way to use those
+# indexes: with the statuses inline, not as bound parameters (the generic plan of a prepared
+# statement cannot prove a parameter matches a predicate, and reads every due row instead).
 IS_WAITING = crm_sync_state.c.sync_status.in_(
     [literal_column(f"'{status}'") for status in WAITING_STATUSES]
 )
@@ -205,8 +205,8 @@ Index(
     "ix_crm_sync_state_due",
     crm_sync_state.c.crm,
     crm_sync_state.c.next_attempt_at,
-    sqlite_where=crm_sync_state.c.sync_status.in_(WAITING_STATUSES),
-    postgresql_where=crm_sync_state.c.sync_status.in_(WAITING_STATUSES),
+    sqlite_where=IS_WAITING,
+    postgresql_where=IS_WAITING,
 )
 # PostgreSQL: rows in flight, in lease-end order (migration 0013): the claim finds the leases
 # that ran out (a worker died) here. SQLite reads them from `ix_crm_sync_state_queue`.
@@ -214,7 +214,7 @@ Index(
     "ix_crm_sync_state_expiry",
     crm_sync_state.c.crm,
     crm_sync_state.c.next_attempt_at,
-    postgresql_where=crm_sync_state.c.sync_status == SyncStatus.Processing.value,
+    postgresql_where=IN_FLIGHT,
 ).ddl_if(dialect="postgresql")
 
 # A failure as the dashboard's Failed page groups it: the first 500 characters of its message,
