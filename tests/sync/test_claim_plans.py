@@ -1,4 +1,4 @@
-"""The claim and the due count read their rows through the partial indexes meant for them.
+"""The claim reads each kind of due row through the partial index meant for it.
 
 A partial index serves a query only if the planner can prove the query's condition implies the
 index's predicate. With the statuses as bound parameters it cannot (SQLite, and PostgreSQL's
