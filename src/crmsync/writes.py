@@ -41,7 +41,7 @@ ANALYZE_FRACTION = 0.1
 # The columns whose statistics the plans of the lists and counts read from a table that changed
 # in bulk (row estimates per CRM and status, and the join to the contacts). The answer waits
 # for the ANALYZE: every other column's statistics are left to autovacuum, which takes them
-# later anyway, and sampling fewer columns halves the wait (bench/README.md, issue 24).
+# later anyway, and sampling fewer columns shortens the wait (bench/README.md, issue 24).
 ANALYZED_COLUMNS = {"crm_sync_state": ("contact_id", "crm", "sync_status", "next_attempt_at")}
 
 
